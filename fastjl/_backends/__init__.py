@@ -1,0 +1,72 @@
+"""Backend registry and selection (DESIGN §4–5).
+
+Each backend module provides ``NAME``, ``availability(device) -> reason or None`` and
+``project(x, out, *, seed, kind, offset)`` taking validated arguments and overwriting every
+element of ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import cuda_backend, torch_backend, triton_backend
+
+_BACKENDS = {m.NAME: m for m in (cuda_backend, triton_backend, torch_backend)}
+BACKEND_NAMES = tuple(_BACKENDS)
+# Preference of backend="auto" on CUDA tensors; CPU tensors always get torch.
+AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
+ENV_VAR = "FASTJL_BACKEND"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str  # why it is unavailable, or "ok"
+
+    def __str__(self) -> str:
+        return f"{self.name:7s} {'available' if self.available else 'unavailable'}: {self.reason}"
+
+
+def _check_name(name, what: str) -> str:
+    if name != "auto" and name not in _BACKENDS:
+        valid = ", ".join(("auto",) + BACKEND_NAMES)
+        raise ValueError(f"{what} must be one of {valid}; got {name!r}")
+    return name
+
+
+def backends(device: torch.device | str | None = None) -> dict[str, BackendStatus]:
+    """Which backends work for tensors on ``device`` (default: the GPU if any, else CPU)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    status = {}
+    for name, module in _BACKENDS.items():
+        reason = module.availability(device)
+        status[name] = BackendStatus(name, reason is None, reason or "ok")
+    return status
+
+
+def select(backend: str, device: torch.device):
+    """The backend module for ``backend`` ("auto" or a name) on ``device``.
+
+    ``FASTJL_BACKEND`` overrides "auto".  An explicitly requested backend that cannot run
+    raises RuntimeError with the reason; "auto" never picks an unavailable one.
+    """
+    _check_name(backend, "backend")
+    if backend == "auto":
+        backend = _check_name(os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}")
+    if backend == "auto":
+        order = AUTO_ORDER_CUDA if device.type == "cuda" else ("torch",)
+        for name in order:
+            if _BACKENDS[name].availability(device) is None:
+                return _BACKENDS[name]
+        raise RuntimeError(f"no fastjl backend can run on {device}")  # torch always can
+    module = _BACKENDS[backend]
+    reason = module.availability(device)
+    if reason is not None:
+        raise RuntimeError(f"fastjl backend {backend!r} is unavailable on {device}: {reason}")
+    return module

@@ -1,0 +1,100 @@
+"""``fastjl.Projector``: a fixed projection for a model's gradients, TRAK-style."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .project import project
+from .spec import MAX_ROWS, MAX_SEED
+from .validation import check_int, check_kind, check_proj_dim, check_scale, check_seed
+
+# TRAK derives each checkpoint's seed as seed + 10^4 * model_id; we keep that convention so
+# features match across tools.
+MODEL_SEED_STRIDE = 10_000
+
+
+class Projector:
+    """Projects ``grad_dim``-dimensional gradients to ``proj_dim`` dimensions.
+
+    Args:
+        grad_dim: D, the number of parameters (length of a flattened gradient).
+        proj_dim: K >= 1.
+        seed: base seed; checkpoint ``model_id`` uses ``seed + 10^4 * model_id``.
+        kind, backend, scale: as in :func:`fastjl.project`.
+    """
+
+    def __init__(
+        self,
+        grad_dim: int,
+        proj_dim: int,
+        seed: int = 0,
+        kind: str = "rademacher",
+        backend: str = "auto",
+        scale: str | None = None,
+    ):
+        self.grad_dim = check_int(grad_dim, "grad_dim", low=1, high=MAX_ROWS)
+        self.proj_dim = check_proj_dim(proj_dim)
+        self.seed = check_seed(seed)
+        self.kind = check_kind(kind)
+        self.backend = backend
+        self.scale = check_scale(scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"Projector(grad_dim={self.grad_dim}, proj_dim={self.proj_dim}, seed={self.seed}, "
+            f"kind={self.kind!r}, backend={self.backend!r}, scale={self.scale!r})"
+        )
+
+    def seed_for(self, model_id: int) -> int:
+        """The seed used for checkpoint ``model_id``: ``seed + 10^4 * model_id``."""
+        model_id = check_int(model_id, "model_id", low=0, high=MAX_SEED)
+        seed = self.seed + MODEL_SEED_STRIDE * model_id
+        if seed > MAX_SEED:
+            raise ValueError(f"seed + 10^4 * model_id = {seed} exceeds 2^64 - 1")
+        return seed
+
+    def project(self, grads, model_id: int = 0) -> torch.Tensor:
+        """Projects a batch of gradients.
+
+        Args:
+            grads: ``(B, grad_dim)`` tensor, or a dict ``{name: (B, *param_shape)}`` of
+                per-parameter gradients whose sizes sum to ``grad_dim``.  A dict is projected
+                chunk by chunk (parameter ``n`` uses rows starting at the sum of the sizes
+                before it, in dict order), never concatenated.
+            model_id: checkpoint index, selects the seed.
+        Returns:
+            ``(B, proj_dim)`` float32.
+        """
+        seed = self.seed_for(model_id)
+        opts = dict(seed=seed, kind=self.kind, backend=self.backend, scale=self.scale)
+        if isinstance(grads, torch.Tensor):
+            if grads.dim() != 2 or grads.shape[1] != self.grad_dim:
+                raise ValueError(
+                    f"grads must have shape (B, grad_dim={self.grad_dim}), got {tuple(grads.shape)}"
+                )
+            return project(grads, self.proj_dim, **opts)
+        if not isinstance(grads, Mapping) or not grads:
+            raise TypeError("grads must be a (B, grad_dim) tensor or a non-empty dict of tensors")
+        chunks = [(name, _flatten_per_example(name, g)) for name, g in grads.items()]
+        batch = chunks[0][1].shape[0]
+        total = sum(c.shape[1] for _, c in chunks)
+        if total != self.grad_dim:
+            raise ValueError(f"the gradients in grads have {total} entries per example, expected grad_dim={self.grad_dim}")
+        result, offset = None, 0
+        for name, chunk in chunks:
+            if chunk.shape[0] != batch:
+                raise ValueError(f"grads[{name!r}] has batch size {chunk.shape[0]}, expected {batch}")
+            part = project(chunk, self.proj_dim, offset=offset, **opts)
+            result = part if result is None else result.add_(part)
+            offset += chunk.shape[1]
+        return result
+
+
+def _flatten_per_example(name: str, g) -> torch.Tensor:
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"grads[{name!r}] must be a torch.Tensor, got {type(g).__name__}")
+    if g.dim() < 1:
+        raise ValueError(f"grads[{name!r}] must have a batch dimension, got a scalar")
+    return g.reshape(g.shape[0], -1)

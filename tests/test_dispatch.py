@@ -1,0 +1,48 @@
+"""Backend selection: auto, FASTJL_BACKEND, and clear reasons for unavailable backends."""
+
+import pytest
+import torch
+
+import fastjl
+from fastjl import _backends
+
+
+def test_backends_reports_every_backend_with_a_reason():
+    status = fastjl.backends("cpu")
+    assert set(status) == {"torch", "triton", "cuda"}
+    assert status["torch"].available and status["torch"].reason == "ok"
+    for s in status.values():
+        assert s.available or len(s.reason) > 10
+        assert s.name in str(s)
+
+
+def test_auto_on_cpu_is_torch():
+    assert _backends.select("auto", torch.device("cpu")).NAME == "torch"
+
+
+def test_unavailable_backend_raises_with_the_same_reason():
+    for name, s in fastjl.backends("cpu").items():
+        if s.available:
+            continue
+        with pytest.raises(RuntimeError, match=name) as info:
+            fastjl.project(torch.randn(2, 3), 4, backend=name)
+        assert s.reason in str(info.value)
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv("FASTJL_BACKEND", "torch")
+    assert _backends.select("auto", torch.device("cpu")).NAME == "torch"
+    monkeypatch.setenv("FASTJL_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="FASTJL_BACKEND"):
+        fastjl.project(torch.randn(2, 3), 4)
+    # An explicit backend argument wins over the environment.
+    assert fastjl.project(torch.randn(2, 3), 4, backend="torch").shape == (2, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_cuda_prefers_compiled_backends():
+    picked = _backends.select("auto", torch.device("cuda")).NAME
+    status = fastjl.backends("cuda")
+    expected = next(n for n in ("cuda", "triton", "torch") if status[n].available)
+    assert picked == expected
