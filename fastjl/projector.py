@@ -71,9 +71,7 @@ class Projector:
         opts = dict(seed=seed, kind=self.kind, backend=self.backend, scale=self.scale)
         if isinstance(grads, torch.Tensor):
             if grads.dim() != 2 or grads.shape[1] != self.grad_dim:
-                raise ValueError(
-                    f"grads must have shape (B, grad_dim={self.grad_dim}), got {tuple(grads.shape)}"
-                )
+                raise ValueError(f"grads must have shape (B, grad_dim={self.grad_dim}), got {tuple(grads.shape)}")
             return project(grads, self.proj_dim, **opts)
         if not isinstance(grads, Mapping) or not grads:
             raise TypeError("grads must be a (B, grad_dim) tensor or a non-empty dict of tensors")
@@ -81,7 +79,9 @@ class Projector:
         batch = chunks[0][1].shape[0]
         total = sum(c.shape[1] for _, c in chunks)
         if total != self.grad_dim:
-            raise ValueError(f"the gradients in grads have {total} entries per example, expected grad_dim={self.grad_dim}")
+            raise ValueError(
+                f"the gradients in grads have {total} entries per example, expected grad_dim={self.grad_dim}"
+            )
         result, offset = None, 0
         for name, chunk in chunks:
             if chunk.shape[0] != batch:

@@ -47,10 +47,7 @@ def check_input(x, *, allow_float64: bool, check_finite: bool = False) -> torch.
 def check_offset(offset, num_rows: int) -> int:
     offset = check_int(offset, "offset", low=0, high=MAX_ROWS - 1)
     if offset + num_rows > MAX_ROWS:
-        raise ValueError(
-            f"offset + D must be at most 2^48 = {MAX_ROWS} (rows of P), "
-            f"got offset={offset}, D={num_rows}"
-        )
+        raise ValueError(f"offset + D must be at most 2^48 = {MAX_ROWS} (rows of P), got offset={offset}, D={num_rows}")
     return offset
 
 
