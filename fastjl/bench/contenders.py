@@ -1,0 +1,91 @@
+"""What the benchmark compares: fastjl's backends and the dense materialized-matrix baseline.
+
+A contender is ``(name, setup)`` where ``setup(shape, device)`` returns a callable
+``run(x) -> y`` or raises ``Unavailable`` with the reason.  Setup work (such as generating a
+stored matrix) is outside the timed call unless the contender's point is to include it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import fastjl
+
+
+class Unavailable(Exception):
+    """This contender cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    dim: int
+    proj_dim: int
+    kind: str
+    dtype: torch.dtype
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.dim * self.proj_dim
+
+
+def fastjl_backend(name: str):
+    def setup(shape: Shape, device: str):
+        status = fastjl.backends(device)[name]
+        if not status.available:
+            raise Unavailable(status.reason)
+        out = torch.empty(shape.batch, shape.proj_dim, device=device)
+        return lambda x: fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend=name)
+
+    return setup
+
+
+def _random_matrix(shape: Shape, device: str, generator: torch.Generator) -> torch.Tensor:
+    """A dense (D, K) matrix drawn with torch's RNG, as TRAK's BasicProjector does."""
+    p = torch.empty(shape.dim, shape.proj_dim, device=device, dtype=_matmul_dtype(shape, device))
+    if shape.kind == "rademacher":
+        return p.bernoulli_(0.5, generator=generator).mul_(2).sub_(1)
+    return p.normal_(generator=generator)
+
+
+def _matmul_dtype(shape: Shape, device: str) -> torch.dtype:
+    # On GPU the stored matrix shares the input's 16-bit dtype (the tensor-core ceiling);
+    # CPU matmuls run in float32.
+    return shape.dtype if device == "cuda" else torch.float32
+
+
+def _check_fits(shape: Shape, device: str) -> None:
+    needed = shape.dim * shape.proj_dim * torch.finfo(_matmul_dtype(shape, device)).bits // 8
+    if device == "cuda":
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        import os
+
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > 0.6 * free:
+        raise Unavailable(f"a stored {shape.dim} x {shape.proj_dim} matrix needs {needed / 2**30:.1f} GiB")
+
+
+def dense_stored(shape: Shape, device: str):
+    """Matmul with a matrix generated before timing: the ceiling for a stored matrix."""
+    _check_fits(shape, device)
+    p = _random_matrix(shape, device, torch.Generator(device=device).manual_seed(0))
+    return lambda x: x.to(p.dtype) @ p
+
+
+def dense_generated(shape: Shape, device: str):
+    """Generate the dense matrix with torch's RNG, then multiply: TRAK's BasicProjector."""
+    _check_fits(shape, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    return lambda x: x.to(_matmul_dtype(shape, device)) @ _random_matrix(shape, device, gen)
+
+
+CONTENDERS = {
+    "fastjl-cuda": fastjl_backend("cuda"),
+    "fastjl-triton": fastjl_backend("triton"),
+    "fastjl-torch": fastjl_backend("torch"),
+    "dense-stored": dense_stored,
+    "dense-generated": dense_generated,
+}

@@ -1,0 +1,35 @@
+"""The benchmark entry point runs end to end (tiny shapes; no timing is asserted)."""
+
+import json
+
+from fastjl.bench.__main__ import format_table, main
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
+    code = main(
+        ["--device", "cpu", "--batch", "3", "--dim", "500", "--proj-dim", "130", "--reps", "2", "--save", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("fastjl-torch", "dense-stored", "dense-generated"):
+        assert name in out
+    assert "unavailable" in out  # cuda/triton report why they did not run
+    (path,) = tmp_path.glob("bench-cpu-*.json")
+    data = json.loads(path.read_text())
+    measured = {r["contender"]: r for r in data["results"] if r["ms"] is not None}
+    assert measured["fastjl-torch"]["ms"] > 0 and measured["fastjl-torch"]["dim"] == 500
+    assert data["device"] and data["torch"] and data["ceilings"]["matmul_tflops"] > 0
+
+
+def test_peak_memory_mode(capsys):
+    assert main(["--device", "cpu", "--batch", "2", "--dim", "1000", "--proj-dim", "64", "--peak-memory"]) == 0
+    assert "peak memory of fastjl-torch" in capsys.readouterr().out
+
+
+def test_unknown_contender_is_an_error(capsys):
+    assert main(["--device", "cpu", "--contenders", "fast_jl9", "--dim", "10", "--no-ceilings"]) == 2
+
+
+def test_table_marks_unavailable_rows():
+    row = dict(contender="x", batch=1, dim=2, proj_dim=3, ms=None, note="no GPU")
+    assert "unavailable: no GPU" in format_table([row])
