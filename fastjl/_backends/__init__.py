@@ -31,6 +31,13 @@ class BackendStatus:
         return f"{self.name:7s} {'available' if self.available else 'unavailable'}: {self.reason}"
 
 
+class BackendTable(dict):
+    """``{name: BackendStatus}`` that prints as one line per backend."""
+
+    def __repr__(self) -> str:
+        return "\n".join(str(s) for s in self.values())
+
+
 def _check_name(name, what: str) -> str:
     if name != "auto" and name not in _BACKENDS:
         valid = ", ".join(("auto",) + BACKEND_NAMES)
@@ -38,12 +45,12 @@ def _check_name(name, what: str) -> str:
     return name
 
 
-def backends(device: torch.device | str | None = None) -> dict[str, BackendStatus]:
+def backends(device: torch.device | str | None = None) -> BackendTable:
     """Which backends work for tensors on ``device`` (default: the GPU if any, else CPU)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    status = {}
+    status = BackendTable()
     for name, module in _BACKENDS.items():
         reason = module.availability(device)
         status[name] = BackendStatus(name, reason is None, reason or "ok")
