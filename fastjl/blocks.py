@@ -57,18 +57,23 @@ def generate_block(
     ncols: int,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``P[row0:row0+nrows, col0:col0+ncols]`` as a contiguous ``(nrows, ncols)`` tensor.
 
     Arguments are assumed validated (see :mod:`fastjl.validation`).  ``dtype`` is float32 or
-    float64; gaussian entries are computed in that precision.
+    float64; gaussian entries are computed in that precision.  ``out``: an optional
+    ``(nrows, ncols)`` tensor of ``dtype`` to write into, so callers generating block after
+    block reuse one buffer (fresh large CPU allocations are mmap'd and page-faulted anew each
+    time, which cost as much as the generation itself).
     """
     device = torch.device(device)
     per = COLUMNS_PER_COUNTER[kind]
     group0 = col0 // per
     ngroups = (col0 + ncols - 1) // per - group0 + 1
     first = col0 - group0 * per
-    out = torch.empty((nrows, ncols), dtype=dtype, device=device)
+    if out is None:
+        out = torch.empty((nrows, ncols), dtype=dtype, device=device)
     step = max(1, _PHILOX_CALLS_PER_SLICE // ngroups)
     for r in range(0, nrows, step):
         h = min(step, nrows - r)

@@ -44,3 +44,12 @@ def test_mulhilo_variants_agree():
         assert torch.equal(torch.stack(_mulhilo_wrapping(a, m)), safe)
         exact = [(int(v) * m) >> 32 for v in a[:50]], [(int(v) * m) & 0xFFFFFFFF for v in a[:50]]
         assert safe[0, :50].tolist() == exact[0] and safe[1, :50].tolist() == exact[1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_block_into_a_reused_buffer(kind):
+    buffer = torch.full((40 * 260,), float("nan"))
+    view = buffer[: 33 * 250].view(33, 250)
+    result = blocks.generate_block(4, kind, 2**40, 33, 5, 250, out=view)
+    assert result.data_ptr() == buffer.data_ptr()
+    assert torch.equal(view, blocks.generate_block(4, kind, 2**40, 33, 5, 250))

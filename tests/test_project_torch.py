@@ -125,8 +125,8 @@ def test_small_budget_gives_same_result_and_small_blocks(kind, monkeypatch):
     sizes = []
     real = torch_backend.generate_block
 
-    def recording(*args):
-        block = real(*args)
+    def recording(*args, **kwargs):
+        block = real(*args, **kwargs)
         sizes.append(block.numel() * block.element_size())
         return block
 

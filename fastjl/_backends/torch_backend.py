@@ -63,11 +63,13 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
     rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, _budget_bytes)
+    buffer = torch.empty(min(rows, dim) * cols, dtype=compute, device=x.device)  # reused by every block
     for c0 in range(0, proj_dim, cols):
         c1 = min(proj_dim, c0 + cols)
         acc = torch.zeros((batch, c1 - c0), dtype=compute, device=x.device)
         for r0 in range(0, dim, rows):
             r1 = min(dim, r0 + rows)
-            block = generate_block(seed, kind, offset + r0, r1 - r0, c0, c1 - c0, compute, x.device)
+            block = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            generate_block(seed, kind, offset + r0, r1 - r0, c0, c1 - c0, compute, x.device, out=block)
             acc.addmm_(x[:, r0:r1].to(compute), block)
         out[:, c0:c1] = acc
