@@ -1,5 +1,6 @@
 """The benchmark entry point runs end to end (tiny shapes; no timing is asserted)."""
 
+import importlib.util
 import json
 
 from fastjl.bench.__main__ import format_table, main
@@ -19,6 +20,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     measured = {r["contender"]: r for r in data["results"] if r["ms"] is not None}
     assert measured["fastjl-torch"]["ms"] > 0 and measured["fastjl-torch"]["dim"] == 500
     assert data["device"] and data["torch"] and data["ceilings"]["matmul_tflops"] > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert path.with_suffix(".png").stat().st_size > 1000
 
 
 def test_peak_memory_mode(capsys):

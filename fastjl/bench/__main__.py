@@ -22,6 +22,7 @@ import fastjl
 
 from .ceilings import measure_ceilings
 from .contenders import CONTENDERS, Shape, Unavailable
+from .plot import save_plot
 from .timing import median_ms
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -170,6 +171,9 @@ def main(argv=None) -> int:
         path = folder / f"bench-{device}-{stamp}.json"
         path.write_text(json.dumps(dict(info, ceilings=ceilings, results=rows), indent=2))
         print(f"wrote {path}")
+        png = save_plot(rows, path.with_suffix(".png"), f"fastjl.bench on {info['device']}, {info['date']}")
+        if png:
+            print(f"wrote {png}")
     return 0
 
 

@@ -82,10 +82,30 @@ def dense_generated(shape: Shape, device: str):
     return lambda x: x.to(_matmul_dtype(shape, device)) @ _random_matrix(shape, device, gen)
 
 
+def fast_jl_peer(shape: Shape, device: str):
+    """TRAK's fast_jl kernel, called as traker's CudaProjector calls it (when installed)."""
+    try:
+        import fast_jl
+    except ImportError as exc:
+        raise Unavailable(f"fast_jl is not installed ({exc})") from None
+    if device != "cuda":
+        raise Unavailable("fast_jl runs on CUDA tensors only")
+    if shape.dtype != torch.float16:
+        raise Unavailable(f"fast_jl supports float16 inputs only, not {shape.dtype}")
+    if shape.proj_dim % 512:
+        raise Unavailable(f"fast_jl needs K to be a multiple of 512, got {shape.proj_dim}")
+    width = 8 if shape.batch <= 8 else 16 if shape.batch <= 16 else 32
+    kind = {"rademacher": "rademacher", "gaussian": "normal"}[shape.kind]
+    fn = getattr(fast_jl, f"project_{kind}_{width}")
+    num_sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return lambda x: fn(x, shape.proj_dim, 0, num_sms)
+
+
 CONTENDERS = {
     "fastjl-cuda": fastjl_backend("cuda"),
     "fastjl-triton": fastjl_backend("triton"),
     "fastjl-torch": fastjl_backend("torch"),
+    "fast_jl": fast_jl_peer,
     "dense-stored": dense_stored,
     "dense-generated": dense_generated,
 }
