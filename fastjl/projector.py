@@ -67,29 +67,43 @@ class Projector:
         Returns:
             ``(B, proj_dim)`` float32.
         """
-        seed = self.seed_for(model_id)
-        opts = dict(seed=seed, kind=self.kind, backend=self.backend, scale=self.scale)
-        if isinstance(grads, torch.Tensor):
-            if grads.dim() != 2 or grads.shape[1] != self.grad_dim:
-                raise ValueError(f"grads must have shape (B, grad_dim={self.grad_dim}), got {tuple(grads.shape)}")
-            return project(grads, self.proj_dim, **opts)
-        if not isinstance(grads, Mapping) or not grads:
-            raise TypeError("grads must be a (B, grad_dim) tensor or a non-empty dict of tensors")
-        chunks = [(name, _flatten_per_example(name, g)) for name, g in grads.items()]
-        batch = chunks[0][1].shape[0]
-        total = sum(c.shape[1] for _, c in chunks)
-        if total != self.grad_dim:
-            raise ValueError(
-                f"the gradients in grads have {total} entries per example, expected grad_dim={self.grad_dim}"
-            )
-        result, offset = None, 0
-        for name, chunk in chunks:
-            if chunk.shape[0] != batch:
-                raise ValueError(f"grads[{name!r}] has batch size {chunk.shape[0]}, expected {batch}")
-            part = project(chunk, self.proj_dim, offset=offset, **opts)
-            result = part if result is None else result.add_(part)
-            offset += chunk.shape[1]
-        return result
+        opts = dict(seed=self.seed_for(model_id), kind=self.kind, backend=self.backend, scale=self.scale)
+        return project_gradients(grads, self.proj_dim, grad_dim=self.grad_dim, **opts)
+
+
+def project_gradients(grads, proj_dim: int, *, grad_dim: int, prepare=None, **opts) -> torch.Tensor:
+    """Projects a batch of gradients given whole or per parameter, never concatenating them.
+
+    Args:
+        grads: ``(B, grad_dim)`` tensor, or a dict ``{name: (B, *param_shape)}`` whose sizes sum
+            to ``grad_dim``; parameter ``n`` uses the rows of ``P`` after those of the ones before
+            it in dict order, so the result equals projecting the concatenation.
+        prepare: optional ``chunk -> chunk`` applied to each ``(B, size)`` chunk before it is
+            projected (the integrations move chunks to a device or round float64 there).
+        opts: ``seed``, ``kind``, ``backend``, ``scale`` for :func:`fastjl.project`.
+    Returns:
+        ``(B, proj_dim)`` float32.
+    """
+    prepare = prepare or (lambda chunk: chunk)
+    if isinstance(grads, torch.Tensor):
+        if grads.dim() != 2 or grads.shape[1] != grad_dim:
+            raise ValueError(f"grads must have shape (B, grad_dim={grad_dim}), got {tuple(grads.shape)}")
+        return project(prepare(grads), proj_dim, **opts)
+    if not isinstance(grads, Mapping) or not grads:
+        raise TypeError(f"grads must be a (B, grad_dim) tensor or a non-empty dict of tensors, got {type(grads)}")
+    chunks = [(name, _flatten_per_example(name, g)) for name, g in grads.items()]
+    batch = chunks[0][1].shape[0]
+    total = sum(c.shape[1] for _, c in chunks)
+    if total != grad_dim:
+        raise ValueError(f"the gradients in grads have {total} entries per example, expected grad_dim={grad_dim}")
+    result, offset = None, 0
+    for name, chunk in chunks:
+        if chunk.shape[0] != batch:
+            raise ValueError(f"grads[{name!r}] has batch size {chunk.shape[0]}, expected {batch}")
+        part = project(prepare(chunk), proj_dim, offset=offset, **opts)
+        result = part if result is None else result.add_(part)
+        offset += chunk.shape[1]
+    return result
 
 
 def _flatten_per_example(name: str, g) -> torch.Tensor:
