@@ -81,20 +81,29 @@ def generate_block(
     for r in range(0, nrows, step):
         h = min(step, nrows - r)
         words = _philox_words(seed, kind, row0 + r, h, group0, ngroups, device)
-        wide = _expand(words, kind, dtype, device).reshape(h, ngroups * per)
-        out[r : r + h] = wide[:, first : first + ncols]
+        if first == 0 and ncols == ngroups * per:  # aligned: expand straight into out
+            _expand(words, kind, dtype, device, into=out[r : r + h])
+        else:
+            wide = _expand(words, kind, dtype, device).reshape(h, ngroups * per)
+            out[r : r + h] = wide[:, first : first + ncols]
     return out
 
 
-def _expand(words: torch.Tensor, kind: str, dtype: torch.dtype, device) -> torch.Tensor:
-    """Philox words ``(h, G, 4)`` to matrix entries ``(h, G, columns per counter)``."""
+def _expand(words: torch.Tensor, kind: str, dtype: torch.dtype, device, into=None) -> torch.Tensor:
+    """Philox words ``(h, G, 4)`` to matrix entries ``(h, G, columns per counter)``, written
+    into the contiguous ``into`` (any shape with that many elements) when given."""
     if kind == "rademacher":
         # Two's-complement int32 whose little-endian bytes are, in order, the bits of
         # columns 0-7, 8-15, ... of the 128-column group (word t holds columns 32t..32t+31).
         as_int32 = (words - ((words >> 31) << 32)).to(torch.int32)
         byte_values = as_int32.view(torch.uint8).reshape(-1).to(torch.int32)
-        return _sign_table(device, dtype).index_select(0, byte_values)
+        table = _sign_table(device, dtype)
+        if into is None:
+            return table.index_select(0, byte_values)
+        return torch.index_select(table, 0, byte_values, out=into.view(-1, 8))
     u = uniforms_from_words(words, dtype)
     cos01, sin01 = box_muller(u[..., 0], u[..., 1])
     cos23, sin23 = box_muller(u[..., 2], u[..., 3])
-    return torch.stack((cos01, sin01, cos23, sin23), dim=-1)
+    if into is None:
+        return torch.stack((cos01, sin01, cos23, sin23), dim=-1)
+    return torch.stack((cos01, sin01, cos23, sin23), dim=-1, out=into.view(*words.shape[:2], 4))
