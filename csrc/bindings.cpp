@@ -15,6 +15,8 @@
 #include "block_args.h"
 #include "build_config.h"
 #include "philox.cuh"
+#include "project_args.h"
+#include "project_plan.cuh"
 
 namespace py = pybind11;
 
@@ -30,6 +32,21 @@ std::tuple<uint32_t, uint32_t, uint32_t, uint32_t> philox_py(std::array<uint32_t
 fastjl::BlockArgs block_args(uint64_t seed, int kind, int64_t row0, int64_t nrows, int64_t col0,
                              int64_t ncols, uintptr_t out_ptr, int dtype_code) {
   return fastjl::BlockArgs{seed, kind, row0, nrows, col0, ncols, out_ptr, dtype_code};
+}
+
+fastjl::ProjectArgs project_args(uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim,
+                                 int64_t stride_xb, int64_t stride_xd, uintptr_t out_ptr,
+                                 int64_t proj_dim, int64_t stride_ob, int64_t stride_ok,
+                                 uint64_t seed, int kind, int64_t offset) {
+  return fastjl::ProjectArgs{x_ptr,    x_dtype,   batch,     dim,  stride_xb,
+                             stride_xd, out_ptr,  proj_dim, stride_ob, stride_ok,
+                             seed,     kind,      offset};
+}
+
+fastjl::proj::Plan project_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_sms,
+                                const char* op) {
+  fastjl::validate_project_sizes(batch, dim, proj_dim, op);
+  return fastjl::proj::make_plan(batch, dim, proj_dim, num_sms, op);
 }
 
 py::dict build_info() {
@@ -79,6 +96,80 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Same as host_matrix_block into CUDA device memory, launched on `stream` (an int\n"
       "cudaStream_t, e.g. torch.cuda.current_stream().cuda_stream); asynchronous.");
+
+  // ---- projection (project_kernel.cu) ---------------------------------------------
+  // Argument order: x (pointer, dtype code, B, D, element strides), out (pointer, K,
+  // element strides; float32), seed, kind, offset, then the launch resources.
+  // dtype codes: 0 float32, 1 float16, 2 bfloat16.  kind: 0 rademacher, 1 gaussian.
+  m.def(
+      "project",
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
+         int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
+         int64_t stride_ok, uint64_t seed, int kind, int64_t offset, uintptr_t workspace_ptr,
+         int64_t workspace_bytes, int64_t num_sms, uintptr_t stream) {
+        fastjl::project_device(project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd,
+                                            out_ptr, proj_dim, stride_ob, stride_ok, seed,
+                                            kind, offset),
+                               workspace_ptr, workspace_bytes, num_sms, stream);
+      },
+      py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("D"), py::arg("stride_xb"),
+      py::arg("stride_xd"), py::arg("out_ptr"), py::arg("K"), py::arg("stride_ob"),
+      py::arg("stride_ok"), py::arg("seed"), py::arg("kind"), py::arg("offset"),
+      py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("num_sms"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+      "out[b, k] = sum_d x[b, d] * P[offset + d, k] on the GPU (tensor cores, P generated\n"
+      "on the fly from spec v1).  Device pointers; element strides; out is float32 and\n"
+      "fully overwritten.  workspace: device memory of project_workspace_bytes(B, D, K,\n"
+      "num_sms) bytes (0/0 when that is 0); num_sms: the GPU's multiprocessor count, which\n"
+      "fixes the launch plan.  Launched on `stream` (an int cudaStream_t); asynchronous.\n"
+      "Raises ValueError for bad arguments, RuntimeError('fastjl._C.project: <CUDA error>').");
+
+  m.def(
+      "project_workspace_bytes",
+      [](int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_sms) {
+        return project_plan(batch, dim, proj_dim, num_sms, "fastjl._C.project_workspace_bytes")
+            .workspace_bytes;
+      },
+      py::arg("B"), py::arg("D"), py::arg("K"), py::arg("num_sms"),
+      "Bytes of device workspace project() needs for this shape on a GPU with num_sms SMs\n"
+      "(float32 partial sums of the D-splits; 0 when D is not split).");
+
+  m.def(
+      "project_plan",
+      [](int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_sms) {
+        const auto p = project_plan(batch, dim, proj_dim, num_sms, "fastjl._C.project_plan");
+        py::dict d;
+        d["block_b"] = p.block_b;
+        d["block_d"] = fastjl::proj::kBlockD;
+        d["block_n"] = fastjl::proj::kBlockN;
+        d["tiles_b"] = p.tiles_b;
+        d["tiles_n"] = p.tiles_n;
+        d["splits"] = p.splits;
+        d["d_per_split"] = p.d_per_split;
+        d["workspace_bytes"] = p.workspace_bytes;
+        return d;
+      },
+      py::arg("B"), py::arg("D"), py::arg("K"), py::arg("num_sms"),
+      "The launch plan of project() (tile sizes, grid, D-splits, workspace), for tests.");
+
+  m.def(
+      "host_emulate_project",
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
+         int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
+         int64_t stride_ok, uint64_t seed, int kind, int64_t offset, int64_t num_sms) {
+        const auto a = project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, out_ptr,
+                                    proj_dim, stride_ob, stride_ok, seed, kind, offset);
+        fastjl::host_emulate_project(a, num_sms);
+        return fastjl::use_vector_loads(a);
+      },
+      py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("D"), py::arg("stride_xb"),
+      py::arg("stride_xd"), py::arg("out_ptr"), py::arg("K"), py::arg("stride_ob"),
+      py::arg("stride_ok"), py::arg("seed"), py::arg("kind"), py::arg("offset"),
+      py::arg("num_sms"), py::call_guard<py::gil_scoped_release>(),
+      "project() emulated on the CPU, lane by lane, on HOST pointers: the kernel's plan,\n"
+      "index maps, tile fetch and P generation, with ldmatrix/mma modelled from the PTX\n"
+      "ISA.  Slow; for tests on small shapes.  Returns whether the vector (cp.async) path\n"
+      "was taken.");
 
   m.def("build_info", &build_info, "Facts about this build (versions, CUDA archs).");
 }

@@ -1,8 +1,16 @@
-"""CUDA backend: tensor-core kernels compiled into ``fastjl._C`` (issue 4).
+"""CUDA backend: the tensor-core kernel compiled into ``fastjl._C`` (csrc/project_kernel.cu).
 
-``fastjl._C`` takes raw pointers, sizes, dtype codes and the stream handle, so this wrapper
-is where torch tensors become those integers.  Until the projection kernel lands this module
-only reports why the backend is unavailable.
+``fastjl._C`` takes raw pointers, sizes, dtype codes and the stream handle (it includes no
+torch headers, so one build serves every torch version); this wrapper is where torch tensors
+become those integers.  Arguments arrive validated by :func:`fastjl.project`.
+
+Precision (float32 accumulation throughout): float16/bfloat16 inputs enter the MMAs as they
+are; float32 inputs are split into two bfloat16 halves (~16 significant bits, bf16 keeps
+float32's exponent range), predicted relative error of the projection ~5e-6.  Gaussian
+entries are split likewise (hi + lo), so they keep ~16 (bf16) or ~22 (fp16) bits.
+
+The launch plan (tiles, D-splits) depends on the GPU's SM count, so results are bitwise
+reproducible on one GPU model and agree across models to float32 rounding.
 """
 
 from __future__ import annotations
@@ -10,19 +18,60 @@ from __future__ import annotations
 import torch
 
 from .._extension import _C, IMPORT_ERROR
+from ..spec import KIND_CODES
 
 NAME = "cuda"
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+MIN_CAPABILITY = (8, 0)  # mma.sync bf16 m16n8k16, cp.async
 
 
 def availability(device: torch.device) -> str | None:
     if _C is None:
         return IMPORT_ERROR
     if not hasattr(_C, "project"):
-        return "fastjl._C has no projection kernel in this version (only the host RNG code)"
+        return "fastjl._C has no projection kernel in this build (rebuild fastjl)"
     if device.type != "cuda":
         return f"needs a CUDA tensor, got a tensor on {device}"
+    if not torch.cuda.is_available():
+        return "torch reports no usable CUDA device"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        return f"needs a GPU of compute capability 8.0 or newer, got {capability[0]}.{capability[1]}"
     return None
 
 
 def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> None:
-    raise RuntimeError(f"fastjl cuda backend: {availability(x.device)}")
+    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)`` float32, any strides).
+
+    ``x``: ``(B, D)`` float32/float16/bfloat16 CUDA tensor, any strides (unit stride along D
+    with 16-byte aligned rows takes the asynchronous-copy path).  Runs on the current stream
+    of ``x``'s device; does not synchronize.
+    """
+    batch, dim = x.shape
+    proj_dim = out.shape[1]
+    with torch.cuda.device(x.device):
+        num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        workspace_bytes = _C.project_workspace_bytes(batch, dim, proj_dim, num_sms)
+        # Allocated on the current stream, which is also the kernel's: the caching allocator
+        # can only hand this memory out again to work ordered after the kernel.
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device) if workspace_bytes else None
+        _C.project(
+            x.data_ptr(),
+            DTYPE_CODES[x.dtype],
+            batch,
+            dim,
+            x.stride(0),
+            x.stride(1),
+            out.data_ptr(),
+            proj_dim,
+            out.stride(0),
+            out.stride(1),
+            seed,
+            KIND_CODES[kind],
+            offset,
+            workspace.data_ptr() if workspace is not None else 0,
+            workspace_bytes,
+            num_sms,
+            torch.cuda.current_stream(x.device).cuda_stream,
+        )

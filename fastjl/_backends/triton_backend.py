@@ -19,11 +19,12 @@ import os
 
 import torch
 
+from ..spec import KIND_CODES
+
 NAME = "triton"
 
 FP32_PRECISIONS = ("tf32", "tf32x3", "ieee")
 FP32_PRECISION = os.environ.get("FASTJL_TRITON_FP32_PRECISION", "tf32")
-KIND_CODES = {"rademacher": 0, "gaussian": 1}
 _ALIGN = {"rademacher": 128, "gaussian": 4}  # BLOCK_K must be a multiple of the counter width
 
 

@@ -1,0 +1,162 @@
+// Per-thread work on the shared-memory tiles of the projection kernel: fetching a tile of x
+// and generating a tile of P.  __host__ __device__: the kernel calls these with
+// threadIdx.x, the CPU emulation (host_emulate.cpp) calls them for tid = 0 .. 255 on a
+// byte array standing in for shared memory.
+//
+// Shared-memory layouts (pitches in project_plan.cuh):
+//   x tile  [block_b][kXStride]  raw input elements (fp32 or 16-bit), rows = batch
+//   P tile  [kBlockD][kPStride]  16-bit MMA operands, rows = input index d, cols = output n
+//                                (gaussian: two such planes, hi and lo)
+//   words   [kBlockD]            rademacher: the 4 Philox words of each row (128 signs)
+//
+// How P is generated (spec v1, matrix_entries.cuh):
+//   rademacher: one Philox call per row of a step covers all 128 columns of the CTA.  One
+//     warp computes the 32 calls of a step (a lane per row; philox is ~100 instructions, so
+//     giving every warp its own copy would cost 8x the issue slots), the words go through
+//     shared memory, and all 256 threads expand bits to packed ±1 (4 logic ops per register
+//     of two values) with 16-byte stores.  The kernel computes the words two steps ahead,
+//     so no extra barrier is needed (see project_kernel.cu).
+//   gaussian: one Philox call + Box-Muller per 4 columns; every thread does 4 groups per
+//     step and stores hi and lo halves.  Groups entirely at or past column K are skipped
+//     (zeros): they only feed outputs that are never stored.
+#pragma once
+
+#include <cstdint>
+
+#include "half_bits.cuh"
+#include "matrix_entries.cuh"
+#include "project_index.cuh"
+
+namespace fastjl {
+namespace proj {
+
+// 16 bytes / 8 bytes of shared memory written in one store (the compiler emits st.v4/v2).
+struct alignas(16) Packed4 {
+  uint32_t v[4];
+};
+struct alignas(8) Packed2 {
+  uint32_t v[2];
+};
+
+// ---- x tile --------------------------------------------------------------------------
+
+struct XSource {
+  const unsigned char* x;  // base pointer of x
+  int64_t esize;           // bytes per element
+  int64_t batch, stride_xb, stride_xd;
+};
+
+// Vector path: thread tid's 16-byte chunks of the x tile at (b0, d0), through `copy`
+// (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
+// copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid even
+// when bytes == 0.
+template <class Copy16>
+FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_t b0,
+                                  int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
+  const int per_chunk = static_cast<int>(16 / s.esize);
+  const int chunks = block_b * kBlockD / per_chunk;
+  for (int c = tid; c < chunks; c += kThreads) {
+    const RowCol rc = x_chunk(c, per_chunk);
+    const int64_t b = b0 + rc.row, d = d0 + rc.col;
+    const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
+    const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * s.esize : s.x;
+    copy(tile + (static_cast<int64_t>(rc.row) * kXStride + rc.col) * s.esize, src,
+         static_cast<int>(valid * s.esize));
+  }
+}
+
+// Element path (any strides, any alignment): plain loads, zeros outside the matrix.
+template <typename Elem>
+FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int64_t b0,
+                                    int64_t d0, int64_t d_end, Elem* tile) {
+  const Elem* x = reinterpret_cast<const Elem*>(s.x);
+  for (int e = tid; e < block_b * kBlockD; e += kThreads) {
+    const RowCol rc = x_element(e);
+    const int64_t b = b0 + rc.row, d = d0 + rc.col;
+    tile[rc.row * kXStride + rc.col] =
+        (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
+  }
+}
+
+// ---- rademacher ----------------------------------------------------------------------
+
+// Words of rows row0 + lane (lane 0..31) for counter group `group`; one warp runs this.
+FASTJL_HD void rademacher_words(int lane, PhiloxKey key, uint64_t row0, uint32_t group,
+                                U32x4* words) {
+  words[lane] = group_words(key, kRademacher, row0 + static_cast<uint64_t>(lane), group);
+}
+
+// Signs of columns col .. col + 7 (col % 8 == 0) as 8 bits, bit q = column col + q.
+FASTJL_HD uint32_t rademacher_byte(const U32x4& r, int col) {
+  return (word(r, static_cast<uint32_t>(col) >> 5) >> (col & 31)) & 0xFFu;
+}
+
+// 8 sign bits -> 4 registers of two 16-bit ±1 (bit 1 -> -1): only the sign bit (15 or 31)
+// differs from 1.0, so no conversion instruction is needed.
+template <int T>
+FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
+  constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;  // (1.0, 1.0)
+  Packed4 p;
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t pair = bits >> (2 * q);
+    p.v[q] = kOnes | ((pair & 1u) << 15) | ((pair & 2u) << 30);
+  }
+  return p;
+}
+
+// Thread tid's share of expanding a step's words into the P tile.
+template <int T>
+FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) {
+  for (int c = tid; c < kPChunks; c += kThreads) {
+    const RowCol rc = p_chunk(c);
+    *reinterpret_cast<Packed4*>(p_tile + rc.row * kPStride + rc.col) =
+        rademacher_pack8<T>(rademacher_byte(words[rc.row], rc.col));
+  }
+}
+
+// ---- gaussian ------------------------------------------------------------------------
+
+// Thread tid's share of the gaussian P tile for rows row0 .. row0 + 31, columns
+// col0 .. col0 + 127: hi and lo planes (P = hi + lo to ~16 / ~22 bits).
+template <int T>
+FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t col0,
+                                 int64_t proj_dim, uint16_t* p_hi, uint16_t* p_lo) {
+  for (int item = tid; item < kPGroups; item += kThreads) {
+    const RowCol rc = p_group(item);
+    Packed2 hi{{0u, 0u}}, lo{{0u, 0u}};
+    const uint32_t col = col0 + static_cast<uint32_t>(rc.col);
+    if (static_cast<int64_t>(col) < proj_dim) {
+      const U32x4 r = group_words(key, kGaussian, row0 + static_cast<uint64_t>(rc.row),
+                                  col / kGaussianColumnsPerCounter);
+      float v[kGaussianColumnsPerCounter];
+      gaussian_tile<float>(r, v);
+      split_pair<T>(v[0], v[1], hi.v[0], lo.v[0]);
+      split_pair<T>(v[2], v[3], hi.v[1], lo.v[1]);
+    }
+    *reinterpret_cast<Packed2*>(p_hi + rc.row * kPStride + rc.col) = hi;
+    *reinterpret_cast<Packed2*>(p_lo + rc.row * kPStride + rc.col) = lo;
+  }
+}
+
+// ---- shared-memory layout ------------------------------------------------------------
+
+// Byte offsets of the double-buffered tiles (stage s = step % 2).  All 16-byte aligned.
+template <class Cfg, int XDtypeSize, int Kind>
+struct SmemLayout {
+  static constexpr int kXBytes = Cfg::kBlockB * kXStride * XDtypeSize;  // per stage
+  static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
+  static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
+  static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;  // per stage
+  static constexpr int kTotal = 2 * kXBytes + 2 * kPPlanes * kPBytes + 2 * kWBytes;
+  static constexpr FASTJL_HD int x(int stage) { return stage * kXBytes; }
+  static constexpr FASTJL_HD int p(int stage, int plane) {
+    return 2 * kXBytes + (stage * kPPlanes + plane) * kPBytes;
+  }
+  static constexpr FASTJL_HD int w(int stage) {
+    return 2 * kXBytes + 2 * kPPlanes * kPBytes + stage * kWBytes;
+  }
+  static_assert(kXBytes % 16 == 0 && kPBytes % 16 == 0, "tiles must stay 16-byte aligned");
+};
+
+}  // namespace proj
+}  // namespace fastjl

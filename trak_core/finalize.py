@@ -1,0 +1,54 @@
+"""Finalizing one checkpoint: ``XᵀX`` in one pass, λ, Cholesky, then ``X (XᵀX + λI)⁻¹`` to disk."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .linalg import RegularizedSolver, accumulate_xtx, load_rows, row_blocks
+from .progress import log_time, progress_bar
+from .regularization import resolve_lambda
+from .store import Store
+
+logger = logging.getLogger("trak_core")
+
+
+def finalize_model(
+    store: Store,
+    model_id: int,
+    *,
+    lambda_reg: float | None,
+    lambda_scale: float,
+    xtx_dtype: torch.dtype,
+    device,
+    block_rows: int,
+    quiet: bool,
+) -> dict:
+    """Writes the finalized features of checkpoint ``model_id`` and marks it finalized.
+
+    Reads ``grads`` (n, K) twice, ``block_rows`` rows at a time; holds one (K, K) matrix and
+    its factor.  A kill before the final metadata update means the checkpoint is finalized again
+    from the start on the next run (finalization is one unit of work per checkpoint).
+
+    Returns:
+        The checkpoint's metadata record (with ``lambda``, ``solver`` and ``xtx_trace``).
+    """
+    grads = store.train_grads(model_id, mode="r")
+    n = grads.shape[0]
+    with log_time(f"model {model_id}: XᵀX ({n} rows, K={grads.shape[1]}, {xtx_dtype})"):
+        xtx = accumulate_xtx(grads, xtx_dtype, device, block_rows)
+    lam = resolve_lambda(xtx, n, lambda_reg, lambda_scale)
+    with log_time(f"model {model_id}: factorize XᵀX + λI (λ={lam:.4g})"):
+        solver = RegularizedSolver(xtx, lam)
+    features = store.features(model_id, mode="r+")
+    with log_time(f"model {model_id}: features X (XᵀX + λI)⁻¹"):
+        blocks = list(row_blocks(n, block_rows))
+        for start, stop in progress_bar(blocks, desc=f"finalize model {model_id}", quiet=quiet, unit="block"):
+            block = load_rows(grads, start, stop, device)
+            features[start:stop] = solver.solve_rows(block).float().cpu().numpy()
+        features.flush()
+    store.update_model(
+        model_id, finalized=True, **{"lambda": lam, "solver": solver.method, "xtx_trace": float(torch.trace(xtx))}
+    )
+    return store.model(model_id)

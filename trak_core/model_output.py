@@ -1,0 +1,83 @@
+"""Model output functions f (what TRAK attributes) and their out-to-loss term Q.
+
+Plugging in another output: subclass :class:`ModelOutput` (the method names and arguments are
+TRAK's, so a TRAK ``AbstractModelOutput`` subclass works unchanged) and pass an instance as
+``task``::
+
+    class NegativeLoss(trak_core.ModelOutput):
+        def get_output(self, model, weights, buffers, x, y):
+            logits = torch.func.functional_call(model, (weights, buffers), (x.unsqueeze(0),))
+            return -torch.nn.functional.cross_entropy(logits, y.unsqueeze(0))
+
+        def get_out_to_loss_grad(self, model, weights, buffers, batch):
+            return torch.ones(len(batch[0]))   # loss = -f: |d loss / d f| = 1 for every example
+
+``get_output`` sees one example (no batch dimension) and is vmapped by the gradient computer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch.func import functional_call
+
+
+class ModelOutput(ABC):
+    """Interface of a model output function (TRAK's ``AbstractModelOutput``)."""
+
+    @abstractmethod
+    def get_output(self, model: torch.nn.Module, weights: dict, buffers: dict, *example) -> torch.Tensor:
+        """f(z; θ) for ONE example ``example`` (tensors without batch dimension): a 0-d tensor.
+
+        ``weights``/``buffers`` are name -> tensor dicts for ``torch.func.functional_call``;
+        gradients are taken with respect to (some of) ``weights``.
+        """
+
+    @abstractmethod
+    def get_out_to_loss_grad(self, model: torch.nn.Module, weights: dict, buffers: dict, batch) -> torch.Tensor:
+        """Q, the magnitude of d loss / d f, for a batch: ``(B,)`` or ``(B, 1)`` float tensor.
+
+        For the margin, loss = log(1 + e^{-f}) and |d loss / d f| = 1 - p(correct class).
+        """
+
+
+class ClassificationMargin(ModelOutput):
+    """TRAK's classification output: the margin f = logit_y − logsumexp_{c≠y} logit_c, Q = 1 − p_y.
+
+    Batches are ``(inputs, labels)``: inputs ``(B, ...)`` float, labels ``(B,)`` int64.
+    """
+
+    def get_output(self, model, weights, buffers, x, label):
+        logits = functional_call(model, (weights, buffers), (x.unsqueeze(0),))[0]
+        # A mask instead of logits[label]: indexing with a tensor would need .item() under vmap.
+        is_label = torch.arange(logits.shape[-1], device=logits.device) == label
+        correct = logits.masked_fill(~is_label, 0.0).sum()
+        others = logits.masked_fill(is_label, float("-inf")).logsumexp(-1)
+        return correct - others
+
+    def get_out_to_loss_grad(self, model, weights, buffers, batch):
+        x, labels = batch[0], batch[1]
+        logits = functional_call(model, (weights, buffers), (x,))
+        p_correct = logits.softmax(-1).gather(-1, labels.reshape(-1, 1)).reshape(-1)
+        return (1.0 - p_correct).detach()
+
+
+# TRAK's task names that mean the classification margin above.
+TASKS = {
+    "image_classification": ClassificationMargin,
+    "classification": ClassificationMargin,
+}
+
+
+def resolve_task(task) -> ModelOutput:
+    """A :class:`ModelOutput` instance from a task name, a ModelOutput class or an instance."""
+    if isinstance(task, str):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known names: {sorted(TASKS)}, or pass a ModelOutput")
+        return TASKS[task]()
+    if isinstance(task, type):
+        task = task()
+    if not (hasattr(task, "get_output") and hasattr(task, "get_out_to_loss_grad")):
+        raise TypeError(f"task must define get_output and get_out_to_loss_grad, got {type(task).__name__}")
+    return task

@@ -1,0 +1,56 @@
+"""The settings a store is bound to: featurizing with any other value would mix incompatible rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Everything that changes the numbers written into a store.
+
+    Attributes:
+        train_set_size: n, number of train examples (rows of every per-checkpoint array).
+        proj_dim: K, projected dimension (columns).
+        projector: where projections come from: ``"fastjl"`` or a custom projector's class name.
+        seed: base projection seed (checkpoint m uses ``seed + 10^4 m``); None for custom projectors.
+        kind: projection kind (``"rademacher"``, ``"gaussian"``, ...); None for custom projectors.
+        dtype: dtype of the stored features (``"float32"``).
+        xtx_dtype: dtype in which ``XᵀX`` is accumulated and factorized.
+        num_params: number of parameters the gradients are taken with respect to.
+        model: fingerprint of the architecture (names and shapes of those parameters).
+        task: the model output function (class name).
+        lambda_reg: the regularization rule, e.g. ``"default(scale=0.5)"`` or ``"0.0"``.
+    """
+
+    train_set_size: int
+    proj_dim: int
+    projector: str
+    seed: int | None
+    kind: str | None
+    dtype: str
+    xtx_dtype: str
+    num_params: int
+    model: str
+    task: str
+    lambda_reg: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> StoreSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def mismatches(self, stored: StoreSettings) -> list[str]:
+        """Human-readable differences ``"name: store has X, requested Y"``; empty if compatible."""
+        return [
+            f"{f.name}: store has {getattr(stored, f.name)!r}, requested {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(stored, f.name)
+        ]
+
+
+class StoreMismatchError(ValueError):
+    """Raised when a store was created with other settings than the ones requested."""
