@@ -27,8 +27,8 @@ if importlib.util.find_spec("fastjl._C") is None:
     )
 _C = importlib.import_module("fastjl._C")
 
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-KIND_CODE = {"rademacher": 0, "gaussian": 1}
+from fastjl._backends.cuda_backend import tensor_args  # noqa: E402
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEED = 2**64 - 3
 H100_SMS = 132
@@ -50,22 +50,7 @@ def emulate(x, proj_dim, *, seed=SEED, kind="rademacher", offset=0, num_sms=H100
     batch, dim = x.shape
     if out is None:
         out = poisoned((batch, proj_dim))
-    vector = _C.host_emulate_project(
-        x.data_ptr(),
-        DTYPE_CODE[x.dtype],
-        batch,
-        dim,
-        x.stride(0),
-        x.stride(1),
-        out.data_ptr(),
-        proj_dim,
-        out.stride(0),
-        out.stride(1),
-        seed,
-        KIND_CODE[kind],
-        offset,
-        num_sms,
-    )
+    vector = _C.host_emulate_project(*tensor_args(x, out, seed=seed, kind=kind, offset=offset), num_sms)
     return out, vector
 
 

@@ -57,21 +57,20 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         # can only hand this memory out again to work ordered after the kernel.
         workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device) if workspace_bytes else None
         _C.project(
-            x.data_ptr(),
-            DTYPE_CODES[x.dtype],
-            batch,
-            dim,
-            x.stride(0),
-            x.stride(1),
-            out.data_ptr(),
-            proj_dim,
-            out.stride(0),
-            out.stride(1),
-            seed,
-            KIND_CODES[kind],
-            offset,
+            *tensor_args(x, out, seed=seed, kind=kind, offset=offset),
             workspace.data_ptr() if workspace is not None else 0,
             workspace_bytes,
             num_sms,
             torch.cuda.current_stream(x.device).cuda_stream,
         )
+
+
+def tensor_args(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> tuple:
+    """The leading arguments of ``_C.project`` and ``_C.host_emulate_project``: pointers,
+    dtype code, sizes and strides (in elements) of ``x`` and ``out``, seed, kind code, offset."""
+    batch, dim = x.shape
+    return (
+        x.data_ptr(), DTYPE_CODES[x.dtype], batch, dim, x.stride(0), x.stride(1),
+        out.data_ptr(), out.shape[1], out.stride(0), out.stride(1),
+        seed, KIND_CODES[kind], offset,
+    )  # fmt: skip
