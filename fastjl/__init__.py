@@ -8,19 +8,25 @@ See README.md and ``fastjl.spec`` for the projection contract (spec v1).
 
 from ._backends import backends
 from ._backends.torch_backend import block_budget, set_block_budget
+from .kronecker import kronecker_factors
+from .linear import project_linear
 from .project import project
 from .projector import Projector
-from .spec import KINDS, SPEC_VERSION, matrix_block
+from .spec import KINDS, LINEAR_KINDS, SPEC_VERSION, kronecker_factor, matrix_block
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KINDS",
+    "LINEAR_KINDS",
     "SPEC_VERSION",
     "Projector",
     "backends",
     "block_budget",
+    "kronecker_factor",
+    "kronecker_factors",
     "matrix_block",
     "project",
+    "project_linear",
     "set_block_budget",
 ]

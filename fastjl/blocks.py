@@ -15,10 +15,9 @@ from .spec import (
     COLUMNS_PER_COUNTER,
     COUNTER_DOMAIN,
     MASK32,
-    box_muller,
+    gaussian_lanes,
     philox4x32_10,
     seed_to_key,
-    uniforms_from_words,
 )
 
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -101,9 +100,7 @@ def _expand(words: torch.Tensor, kind: str, dtype: torch.dtype, device, into=Non
         if into is None:
             return table.index_select(0, byte_values)
         return torch.index_select(table, 0, byte_values, out=into.view(-1, 8))
-    u = uniforms_from_words(words, dtype)
-    cos01, sin01 = box_muller(u[..., 0], u[..., 1])
-    cos23, sin23 = box_muller(u[..., 2], u[..., 3])
+    lanes = gaussian_lanes(words, dtype)
     if into is None:
-        return torch.stack((cos01, sin01, cos23, sin23), dim=-1)
-    return torch.stack((cos01, sin01, cos23, sin23), dim=-1, out=into.view(*words.shape[:2], 4))
+        return torch.stack(lanes, dim=-1)
+    return torch.stack(lanes, dim=-1, out=into.view(*words.shape[:2], 4))

@@ -16,7 +16,15 @@ cuRAND's Philox4_32_10 and Triton's ``tl.philox`` with 32-bit counters).
   ``u_t = (2 (r_t >> 9) + 1) / 2^24`` (exact in fp32, strictly inside (0, 1)); Box-Muller on
   ``(u0, u1)`` gives entries ``4m, 4m+1`` = ``sqrt(-2 ln u0) cos(2 pi u1)``,
   ``sqrt(-2 ln u0) sin(2 pi u1)``; on ``(u2, u3)`` entries ``4m+2, 4m+3``.
-* Counter word ``c3`` is the kind's domain: 0 rademacher, 1 gaussian, 2 reserved (sjlt).
+* Counter word ``c3`` is the kind's domain: 0 rademacher, 1 gaussian, 2 reserved (sjlt),
+  and ``c3 = 3 (mod 4)`` for the kronecker factors below (never 0, 1 or 2, so no stream is shared).
+* ``kronecker`` (used by :func:`fastjl.project_linear` only): a layer whose weight gradient
+  starts at row ``offset`` of the gradient vector gets two gaussian factor matrices,
+  ``F_in (d_in, k_in)`` (factor ``f = 0``) and ``F_out (d_out, k_out)`` (``f = 1``), both drawn
+  from spec v1's Box-Muller as for ``gaussian``: entry ``(r, j)`` of factor ``f`` uses counter
+  ``(r, offset mod 2^32, (offset >> 32) | (f << 16), 3 + 4 (j // 4))`` and lane ``j mod 4``.
+  Keyed by ``(seed, offset, f)``: every layer (every offset) gets its own factors, and they do
+  not depend on ``d_in``, ``d_out``, ``k_in`` or ``k_out`` beyond their extent.
 
 Changing anything here is a breaking change; ``tests/test_spec.py`` pins golden values.
 """
@@ -31,9 +39,16 @@ import torch
 SPEC_VERSION = 1
 
 KINDS = ("rademacher", "gaussian")
+# project_linear also takes the structured kind (a Kronecker product of two small factors).
+LINEAR_KINDS = KINDS + ("kronecker",)
 KIND_CODES = {"rademacher": 0, "gaussian": 1}
 # Counter word c3 separates the kinds' random streams.
 COUNTER_DOMAIN = {"rademacher": 0, "gaussian": 1, "sjlt": 2}
+# Kronecker factors use c3 = KRONECKER_DOMAIN + 4 * (j // 4): c3 mod 4 == 3 keeps them apart.
+KRONECKER_DOMAIN = 3
+KRONECKER_FACTORS = {"in": 0, "out": 1}
+MAX_FACTOR_ROWS = 1 << 32  # the factor row is counter word c0
+MAX_FACTOR_COLS = 1 << 32  # 3 + 4 (j // 4) must fit counter word c3
 # Columns served by one Philox call.
 COLUMNS_PER_COUNTER = {"rademacher": 128, "gaussian": 4}
 
@@ -122,6 +137,15 @@ def box_muller(u_radius: torch.Tensor, u_angle: torch.Tensor) -> tuple[torch.Ten
     return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
+def gaussian_lanes(words: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The four gaussian entries (lanes 0..3) drawn from Philox words ``(..., 4)``: Box-Muller
+    on ``(u0, u1)`` gives lanes 0, 1 (cos, sin) and on ``(u2, u3)`` lanes 2, 3."""
+    u = uniforms_from_words(words, dtype)
+    cos01, sin01 = box_muller(u[..., 0], u[..., 1])
+    cos23, sin23 = box_muller(u[..., 2], u[..., 3])
+    return cos01, sin01, cos23, sin23
+
+
 def _as_index(idx, name: str, limit: int) -> torch.Tensor:
     t = torch.arange(idx.start, idx.stop, idx.step or 1) if isinstance(idx, range) else idx
     t = torch.as_tensor(t, dtype=torch.int64).reshape(-1)
@@ -189,3 +213,42 @@ def matrix_block(
     pair = (lane // 2).expand(r.shape[0], -1)[..., None]
     cos_part, sin_part = box_muller(torch.gather(u, -1, 2 * pair)[..., 0], torch.gather(u, -1, 2 * pair + 1)[..., 0])
     return torch.where((lane % 2) == 0, cos_part, sin_part)
+
+
+def kronecker_factor(
+    seed: int,
+    offset: int,
+    factor: str,
+    nrows: int,
+    ncols: int,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Rows ``0..nrows-1`` and columns ``0..ncols-1`` of the kronecker factor ``factor``
+    (``"in"`` or ``"out"``) of the layer at ``offset`` (see the module docstring).
+
+    Args:
+        seed: 0 <= seed < 2^64.
+        offset: the layer's first row in the gradient vector, 0 <= offset < 2^48.
+        factor: ``"in"`` (``F_in``, rows indexed by input features) or ``"out"``.
+        nrows, ncols: extent, each in [1, 2^32].
+        dtype: float64 (default) or float32; Box-Muller runs in this precision.
+    Returns:
+        ``(nrows, ncols)`` tensor of N(0, 1) entries.
+    """
+    seed = check_seed(seed)
+    offset = check_int(offset, "offset", low=0, high=MAX_ROWS - 1)
+    if factor not in KRONECKER_FACTORS:
+        raise ValueError(f"factor must be one of {tuple(KRONECKER_FACTORS)}, got {factor!r}")
+    nrows = check_int(nrows, "nrows", low=1, high=MAX_FACTOR_ROWS)
+    ncols = check_int(ncols, "ncols", low=1, high=MAX_FACTOR_COLS)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"kronecker_factor: dtype must be torch.float32 or torch.float64, got {dtype}")
+    groups = -(-ncols // 4)  # one Philox call serves 4 columns
+    r = torch.arange(nrows, dtype=torch.int64, device=device)[:, None]
+    m = torch.arange(groups, dtype=torch.int64, device=device)[None, :]
+    high = (offset >> 32) | (KRONECKER_FACTORS[factor] << 16)
+    counter = (r, offset & MASK32, high, KRONECKER_DOMAIN + 4 * m)
+    words = torch.stack(philox4x32_10(counter, seed_to_key(seed)), dim=-1)
+    entries = torch.stack(gaussian_lanes(words, dtype), dim=-1).reshape(nrows, 4 * groups)
+    return entries[:, :ncols].contiguous()

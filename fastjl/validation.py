@@ -27,21 +27,64 @@ def check_scale(scale):
     return scale
 
 
+def check_dtype(t: torch.Tensor, name: str, *, allow_float64: bool) -> None:
+    allowed = INPUT_DTYPES + ((REFERENCE_DTYPE,) if allow_float64 else ())
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} must have dtype {names}; got {t.dtype}")
+
+
+def check_all_finite(t: torch.Tensor, name: str) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf (check_finite=True)")
+
+
 def check_input(x, *, allow_float64: bool, check_finite: bool = False) -> torch.Tensor:
     """``x`` must be a 2-D floating tensor ``(B, D)`` with D >= 1."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, D), got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (B, D), got shape {tuple(x.shape)}")
-    allowed = INPUT_DTYPES + ((REFERENCE_DTYPE,) if allow_float64 else ())
-    if x.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"x must have dtype {names}; got {x.dtype}")
+    check_dtype(x, "x", allow_float64=allow_float64)
     if x.shape[1] < 1:
         raise ValueError(f"x must have at least one column (D >= 1), got shape {tuple(x.shape)}")
-    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf (check_finite=True)")
+    if check_finite:
+        check_all_finite(x, "x")
     return x
+
+
+def check_linear_inputs(a, g, *, allow_float64: bool, check_finite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear layer's inputs ``a`` and output gradients ``g``, returned as ``(B, T, d_in)``
+    and ``(B, T, d_out)`` views: both must be 2-D (T = 1) or both 3-D, with the same B, T,
+    dtype and device."""
+    for name, t, width in (("a", a, "d_in"), ("g", g, "d_out")):
+        if not isinstance(t, torch.Tensor):
+            kind = type(t).__name__
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, {width}) or (B, T, {width}), got {kind}")
+        if t.dim() not in (2, 3):
+            raise ValueError(f"{name} must be 2-D (B, {width}) or 3-D (B, T, {width}), got shape {tuple(t.shape)}")
+        check_dtype(t, name, allow_float64=allow_float64)
+        if t.shape[-1] < 1:
+            raise ValueError(f"{name} must have {width} >= 1, got shape {tuple(t.shape)}")
+    if a.dim() != g.dim():
+        raise ValueError(
+            f"a and g must have the same rank (both (B, d) or both (B, T, d)), got shapes "
+            f"{tuple(a.shape)} and {tuple(g.shape)}"
+        )
+    if a.shape[0] != g.shape[0]:
+        raise ValueError(f"a and g must have the same batch size B, got {a.shape[0]} and {g.shape[0]}")
+    if a.dim() == 3 and a.shape[1] != g.shape[1]:
+        raise ValueError(f"a and g must have the same number of tokens T, got {a.shape[1]} and {g.shape[1]}")
+    if a.dtype != g.dtype:
+        raise TypeError(f"a and g must have the same dtype, got {a.dtype} and {g.dtype}")
+    if a.device != g.device:
+        raise ValueError(f"a is on device {a.device} but g is on device {g.device}; they must match")
+    if check_finite:
+        check_all_finite(a, "a")
+        check_all_finite(g, "g")
+    if a.dim() == 2:
+        a, g = a[:, None, :], g[:, None, :]
+    return a, g
 
 
 def check_offset(offset, num_rows: int) -> int:
@@ -56,7 +99,8 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def check_out(out, x: torch.Tensor, proj_dim: int) -> torch.Tensor:
-    """Checks a caller-provided output, or allocates one; ``(B, K)`` float32 on x's device."""
+    """Checks a caller-provided output, or allocates one; ``(B, K)`` float32 on x's device
+    (``x`` is any tensor whose first dimension is B and whose dtype is the input's)."""
     shape = (x.shape[0], proj_dim)
     dtype = output_dtype(x)
     if out is None:
@@ -75,6 +119,7 @@ def check_out(out, x: torch.Tensor, proj_dim: int) -> torch.Tensor:
 __all__ = [
     "INPUT_DTYPES",
     "check_input",
+    "check_linear_inputs",
     "check_int",
     "check_kind",
     "check_offset",

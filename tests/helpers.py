@@ -25,3 +25,12 @@ def relative_error(y, ref):
 # by input dtype: float32 inputs only suffer accumulation rounding; fp16/bf16 inputs are
 # exact in float32, so the comparison is against the reference of the rounded input.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float64: 1e-12}
+
+
+def materialized_linear_gradient(a, g, bias=False):
+    """Per-example gradients of a Linear layer, formed explicitly in float64: ``(B, d_out*d_in [+ d_out])``
+    from inputs ``a`` ``(B, [T,] d_in)`` and output gradients ``g`` ``(B, [T,] d_out)``."""
+    if a.dim() == 2:
+        a, g = a[:, None], g[:, None]
+    grads = torch.einsum("bto,bti->boi", g.double(), a.double()).reshape(a.shape[0], -1)
+    return torch.cat([grads, g.double().sum(1)], dim=1) if bias else grads

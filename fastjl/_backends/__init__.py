@@ -1,8 +1,10 @@
 """Backend registry and selection (DESIGN §4–5).
 
-Each backend module provides ``NAME``, ``availability(device) -> reason or None`` and
-``project(x, out, *, seed, kind, offset)`` taking validated arguments and overwriting every
-element of ``out``.
+Each backend module provides ``NAME``, ``availability(device) -> reason or None`` and the
+ops it implements, taking validated arguments and overwriting every element of ``out``:
+``project(x, out, *, seed, kind, offset)`` (all backends) and
+``project_linear(a, g, out, *, seed, kind, offset, bias)``.  A module may also define
+``op_availability(op) -> reason or None`` for ops that depend on how it was built.
 """
 
 from __future__ import annotations
@@ -57,8 +59,18 @@ def backends(device: torch.device | str | None = None) -> BackendTable:
     return status
 
 
-def select(backend: str, device: torch.device):
-    """The backend module for ``backend`` ("auto" or a name) on ``device``.
+def _unavailable(module, device: torch.device, op: str) -> str | None:
+    """Why ``module`` cannot run ``op`` on ``device``, or None."""
+    reason = module.availability(device)
+    if reason is None and not hasattr(module, op):
+        reason = f"does not implement {op}"
+    if reason is None and hasattr(module, "op_availability"):
+        reason = module.op_availability(op)
+    return reason
+
+
+def select(backend: str, device: torch.device, op: str = "project"):
+    """The backend module for ``backend`` ("auto" or a name) that runs ``op`` on ``device``.
 
     ``FASTJL_BACKEND`` overrides "auto".  An explicitly requested backend that cannot run
     raises RuntimeError with the reason; "auto" never picks an unavailable one.
@@ -69,11 +81,11 @@ def select(backend: str, device: torch.device):
     if backend == "auto":
         order = AUTO_ORDER_CUDA if device.type == "cuda" else ("torch",)
         for name in order:
-            if _BACKENDS[name].availability(device) is None:
+            if _unavailable(_BACKENDS[name], device, op) is None:
                 return _BACKENDS[name]
         raise RuntimeError(f"no fastjl backend can run on {device}")  # torch always can
     module = _BACKENDS[backend]
-    reason = module.availability(device)
+    reason = _unavailable(module, device, op)
     if reason is not None:
-        raise RuntimeError(f"fastjl backend {backend!r} is unavailable on {device}: {reason}")
+        raise RuntimeError(f"fastjl backend {backend!r} cannot run {op} on {device}: {reason}")
     return module

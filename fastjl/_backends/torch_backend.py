@@ -73,3 +73,51 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
             generate_block(seed, kind, offset + r0, r1 - r0, c0, c1 - c0, compute, x.device, out=block)
             acc.addmm_(x[:, r0:r1].to(compute), block)
         out[:, c0:c1] = acc
+
+
+def project_linear(
+    a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, bias: bool
+) -> None:
+    """Writes the projection of a Linear layer's per-example gradients into ``out`` ``(B, K)``.
+
+    ``a`` ``(B, T, d_in)``, ``g`` ``(B, T, d_out)``: example b's weight gradient
+    ``G_b = Σ_t g_bt a_btᵀ`` is row-major ``o * d_in + i`` at rows ``offset ...`` of ``P``; with
+    ``bias`` its bias gradient ``Σ_t g_bt`` follows at ``offset + d_out * d_in``.  ``G`` is formed
+    one block of rows at a time (in the compute dtype, so 16-bit inputs lose nothing for T = 1)
+    and multiplied by the matching block of ``P``: never more than ``block_budget()`` bytes of
+    either exist, whatever ``d_out * d_in``.
+    """
+    batch, tokens, d_in = a.shape
+    d_out = g.shape[2]
+    proj_dim = out.shape[1]
+    compute = out.dtype
+    itemsize = torch.finfo(compute).bits // 8
+    rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, _budget_bytes)
+    # A block covers whole outputs o (contiguous rows of P) when d_in rows fit, else a piece
+    # of one output's row.
+    span_o, span_i = (rows // d_in, d_in) if rows >= d_in else (1, rows)
+    a, g = a.to(compute), g.to(compute)
+    p_buffer = torch.empty(span_o * span_i * cols, dtype=compute, device=a.device)
+    g_buffer = torch.empty(batch * span_o * span_i, dtype=compute, device=a.device)
+    for c0 in range(0, proj_dim, cols):
+        c1 = min(proj_dim, c0 + cols)
+        acc = torch.zeros((batch, c1 - c0), dtype=compute, device=a.device)
+        for o0 in range(0, d_out, span_o):
+            o1 = min(d_out, o0 + span_o)
+            for i0 in range(0, d_in, span_i):
+                i1 = min(d_in, i0 + span_i)
+                n = (o1 - o0) * (i1 - i0)
+                grad_block = g_buffer[: batch * n].view(batch, o1 - o0, i1 - i0)
+                if tokens == 1:  # an outer product; bmm with an inner dimension of 1 is slow
+                    torch.mul(g[:, 0, o0:o1, None], a[:, 0, None, i0:i1], out=grad_block)
+                else:
+                    torch.bmm(g[:, :, o0:o1].transpose(1, 2), a[:, :, i0:i1], out=grad_block)
+                block = p_buffer[: n * (c1 - c0)].view(n, c1 - c0)
+                row0 = offset + o0 * d_in + i0  # rows are contiguous: whole outputs, or one output
+                generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
+                acc.addmm_(grad_block.view(batch, n), block)
+        out[:, c0:c1] = acc
+    if bias:
+        bias_rows = torch.empty_like(out)
+        project(g.sum(1), bias_rows, seed=seed, kind=kind, offset=offset + d_out * d_in)
+        out.add_(bias_rows)

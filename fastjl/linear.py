@@ -1,0 +1,88 @@
+"""``fastjl.project_linear``: per-example gradients of a Linear layer, projected without forming them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _backends
+from .kronecker import project_kronecker, split_proj_dim
+from .spec import LINEAR_KINDS, check_seed
+from .validation import check_linear_inputs, check_offset, check_out, check_proj_dim, check_scale
+
+
+def project_linear(
+    a: torch.Tensor,
+    g: torch.Tensor,
+    proj_dim,
+    *,
+    seed: int = 0,
+    kind: str = "rademacher",
+    offset: int = 0,
+    bias: bool = False,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+    scale: str | None = None,
+    check_finite: bool = False,
+) -> torch.Tensor:
+    """Projects the per-example gradients of an ``nn.Linear`` layer from its inputs and output
+    gradients, never forming them.
+
+    Example b's weight gradient is ``G_b = Σ_t g[b, t] a[b, t]ᵀ`` (``d_out × d_in``, in
+    ``weight.flatten()`` order); both are what one ordinary batched backward pass of the summed
+    outputs gives (examples must not interact, e.g. eval-mode BatchNorm).
+
+    * ``kind="rademacher"`` / ``"gaussian"``: returns exactly (to float32 rounding)
+      ``fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset)`` with
+      ``x = G.flatten(1)``, or ``[G.flatten(1), Σ_t g]`` if ``bias`` (the layout of
+      ``torch.cat([weight.grad.flatten(), bias.grad])``).  The kernels form tiles of ``G`` from
+      tiles of ``a`` and ``g`` and multiply them by generated tiles of ``P``.
+    * ``kind="kronecker"``: ``y_b = Σ_t (F_outᵀ g_bt) ⊗ (F_inᵀ a_bt)`` with spec v1's per-layer
+      gaussian factors (see :mod:`fastjl.kronecker`); ``proj_dim`` is ``k_out * k_in``, given
+      as an int (split by :func:`fastjl.kronecker.split_proj_dim`) or as the pair.  It costs
+      ``O(B T (d_out k_out + d_in k_in) + B K)`` instead of ``O(B d_out d_in K)``; it runs as
+      torch matrix products whatever the backend.
+
+    Args:
+        a: ``(B, d_in)`` or ``(B, T, d_in)`` layer inputs; float32, float16 or bfloat16 (float64
+            with ``backend="torch"``), any strides.
+        g: ``(B, d_out)`` or ``(B, T, d_out)`` gradients of the layer's outputs; same rank, B, T,
+            dtype and device as ``a``.
+        proj_dim: K >= 1 (kronecker: K or ``(k_out, k_in)``).
+        seed, offset: as in :func:`fastjl.project`; ``offset`` is the layer's first row in the
+            model's gradient vector (``offset + D <= 2^48``), so layers projected one by one
+            sum to the projection of the whole gradient.
+        kind: ``"rademacher"``, ``"gaussian"`` or ``"kronecker"``.
+        bias: also project the bias gradient ``Σ_t g_bt`` (after the weight's ``d_out·d_in`` rows).
+        out, backend, scale, check_finite: as in :func:`fastjl.project`.
+    Returns:
+        ``(B, K)`` float32 tensor on a's device (float64 for float64 inputs; ``out`` if given).
+    """
+    a, g = check_linear_inputs(a, g, allow_float64=backend == "torch", check_finite=check_finite)
+    if kind not in LINEAR_KINDS:
+        raise ValueError(f"kind must be one of {LINEAR_KINDS}, got {kind!r}")
+    d_out, d_in = g.shape[2], a.shape[2]
+    seed = check_seed(seed)
+    scale = check_scale(scale)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    module = _backends.select(backend, a.device, op="project_linear")
+    if a.dtype == torch.float64 and module.NAME != "torch":
+        raise TypeError(f"a and g of dtype float64 are supported by backend='torch' only, not {module.NAME!r}")
+    if kind == "kronecker":
+        k_out, k_in = split_proj_dim(proj_dim, d_out, d_in)
+        proj_dim = k_out * k_in
+    else:
+        proj_dim = check_proj_dim(proj_dim)
+    offset = check_offset(offset, d_out * d_in + (d_out if bias else 0))
+    out = check_out(out, a, proj_dim)
+    if a.shape[0] == 0:
+        return out
+    if kind == "kronecker":
+        project_kronecker(a, g, out, seed=seed, offset=offset, k_out=k_out, k_in=k_in, bias=bias)
+    else:
+        module.project_linear(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
+    if scale == "jl":
+        out.mul_(1.0 / math.sqrt(proj_dim))
+    return out
