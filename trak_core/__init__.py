@@ -24,6 +24,7 @@ Depends only on fastjl's public API (``fastjl.Projector``).  Demo: ``python -m t
 
 from .attribute import attribute
 from .gradients import FunctionalGradientComputer, GradientComputer
+from .hooked_gradients import LinearHooksGradientComputer
 from .lds import LDSResult, linear_datamodeling_score
 from .model_output import ClassificationMargin, ModelOutput
 from .regularization import DEFAULT_LAMBDA_SCALE, resolve_lambda
@@ -36,6 +37,7 @@ __all__ = [
     "ClassificationMargin",
     "FunctionalGradientComputer",
     "GradientComputer",
+    "LinearHooksGradientComputer",
     "LDSResult",
     "ModelOutput",
     "Store",

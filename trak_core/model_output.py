@@ -13,6 +13,9 @@ TRAK's, so a TRAK ``AbstractModelOutput`` subclass works unchanged) and pass an 
             return torch.ones(len(batch[0]))   # loss = -f: |d loss / d f| = 1 for every example
 
 ``get_output`` sees one example (no batch dimension) and is vmapped by the gradient computer.
+The hooks gradient path (:mod:`trak_core.hooked_gradients`) needs f for a whole batch from one
+ordinary forward call: a ModelOutput that also overrides :meth:`ModelOutput.get_outputs`
+gets it; one that does not is featurized through ``torch.func``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ class ModelOutput(ABC):
         gradients are taken with respect to (some of) ``weights``.
         """
 
+    def get_outputs(self, model: torch.nn.Module, weights: dict, buffers: dict, batch) -> torch.Tensor:
+        """f for every example of ``batch`` from ONE batched forward call of ``model``: ``(B,)``.
+
+        Optional; must equal :meth:`get_output` example by example.  Examples must not interact
+        (eval mode), since gradients of the summed outputs are taken per example.
+        """
+        raise NotImplementedError
+
     @abstractmethod
     def get_out_to_loss_grad(self, model: torch.nn.Module, weights: dict, buffers: dict, batch) -> torch.Tensor:
         """Q, the magnitude of d loss / d f, for a batch: ``(B,)`` or ``(B, 1)`` float tensor.
@@ -49,18 +60,32 @@ class ClassificationMargin(ModelOutput):
     """
 
     def get_output(self, model, weights, buffers, x, label):
-        logits = functional_call(model, (weights, buffers), (x.unsqueeze(0),))[0]
-        # A mask instead of logits[label]: indexing with a tensor would need .item() under vmap.
-        is_label = torch.arange(logits.shape[-1], device=logits.device) == label
-        correct = logits.masked_fill(~is_label, 0.0).sum()
-        others = logits.masked_fill(is_label, float("-inf")).logsumexp(-1)
-        return correct - others
+        logits = functional_call(model, (weights, buffers), (x.unsqueeze(0),))
+        return margins(logits, label.reshape(1))[0]
+
+    def get_outputs(self, model, weights, buffers, batch):
+        return margins(functional_call(model, (weights, buffers), (batch[0],)), batch[1].reshape(-1))
 
     def get_out_to_loss_grad(self, model, weights, buffers, batch):
         x, labels = batch[0], batch[1]
         logits = functional_call(model, (weights, buffers), (x,))
         p_correct = logits.softmax(-1).gather(-1, labels.reshape(-1, 1)).reshape(-1)
         return (1.0 - p_correct).detach()
+
+
+def has_batched_outputs(task) -> bool:
+    """Whether ``task`` overrides :meth:`ModelOutput.get_outputs` (needed by the hooks path)."""
+    method = getattr(type(task), "get_outputs", None)
+    return method is not None and method is not ModelOutput.get_outputs
+
+
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` margins ``logit_y - logsumexp_{c != y} logit_c`` of ``(B, C)`` logits."""
+    # A mask instead of logits[label]: indexing with a tensor would need .item() under vmap.
+    is_label = torch.arange(logits.shape[-1], device=logits.device)[None, :] == labels[:, None]
+    correct = logits.masked_fill(~is_label, 0.0).sum(-1)
+    others = logits.masked_fill(is_label, float("-inf")).logsumexp(-1)
+    return correct - others
 
 
 # TRAK's task names that mean the classification margin above.

@@ -27,7 +27,8 @@ import torch
 
 from .featurize import RowWriter, indices_for
 from .finalize import finalize_model
-from .gradients import FunctionalGradientComputer, architecture_fingerprint, weights_fingerprint
+from .gradient_paths import make_gradient_computer
+from .gradients import architecture_fingerprint, weights_fingerprint
 from .linalg import DTYPES
 from .model_output import resolve_task
 from .progress import progress_bar
@@ -51,8 +52,12 @@ class TRAKer:
         save_dir: the store directory.
         load_from_save_dir: False deletes an existing store in ``save_dir`` first.
         device: where gradients and linear algebra run; default: the model's device.
-        gradient_computer: a :class:`~trak_core.GradientComputer` class, built as
-            ``cls(model=, task=, grad_wrt=)``.
+        gradient_computer: ``"auto"`` (default): the hooks path
+            (:class:`~trak_core.LinearHooksGradientComputer`: ``nn.Linear`` layers projected by
+            ``fastjl.project_linear`` without forming per-example gradients, the rest through
+            ``torch.func``) when the model has Linear layers and the task defines
+            ``get_outputs``, else :class:`~trak_core.FunctionalGradientComputer`; or a
+            :class:`~trak_core.GradientComputer` class, built as ``cls(model=, task=, grad_wrt=)``.
         projector: an object with ``.project(grads_dict, model_id) -> (B, K)`` and ``proj_dim``;
             default ``fastjl.Projector(num_params, proj_dim, seed=projector_seed, kind=proj_kind)``.
         saver, score_computer: must be None (the store and the scoring are trak_core's own).
@@ -67,7 +72,10 @@ class TRAKer:
         lambda_reg: λ >= 0, or None for the default rule (see :mod:`trak_core.regularization`).
     Keyword-only extras:
         lambda_scale: multiplier of the default λ rule.
-        proj_kind, proj_backend: passed to ``fastjl.Projector``.
+        proj_kind: ``"rademacher"`` (default) or ``"gaussian"`` (dense, passed to
+            ``fastjl.Projector``), or ``"kronecker"``: Linear layers get LoGra-style Kronecker
+            projections (needs the hooks path), the other parameters dense gaussian ones.
+        proj_backend: passed to ``fastjl.Projector``.
         xtx_dtype: ``"float64"`` (default) or ``"float32"``: accumulation and solve of ``XᵀX``.
         block_rows: rows streamed at a time through ``XᵀX`` and the solve.
         score_tile: (train rows, targets) per score tile; bounds score memory.
@@ -82,7 +90,7 @@ class TRAKer:
         save_dir: str = "./trak_results",
         load_from_save_dir: bool = True,
         device=None,
-        gradient_computer=FunctionalGradientComputer,
+        gradient_computer="auto",
         projector=None,
         saver=None,
         score_computer=None,
@@ -114,14 +122,17 @@ class TRAKer:
         if block_rows < 1 or min(score_tile) < 1:
             raise ValueError("block_rows and score_tile must be positive")
         check_lambda(lambda_reg, lambda_scale)
+        if proj_kind == "kronecker" and projector is not None:
+            raise ValueError("proj_kind='kronecker' builds its own projections: pass projector=None")
 
         self.model = model
         self.task = resolve_task(task)
         self.train_set_size = int(train_set_size)
         self.device = torch.device(device) if device is not None else _model_device(model)
-        self.gradient_computer = gradient_computer(model=model, task=self.task, grad_wrt=grad_wrt)
+        self.gradient_computer = make_gradient_computer(gradient_computer, model, self.task, grad_wrt, proj_kind)
         self.num_params = self.gradient_computer.num_params
-        self.projector = build_projector(projector, self.num_params, proj_dim, projector_seed, proj_kind, proj_backend)
+        dense_kind = "gaussian" if proj_kind == "kronecker" else proj_kind
+        self.projector = build_projector(projector, self.num_params, proj_dim, projector_seed, dense_kind, proj_backend)
         self.proj_dim = int(self.projector.proj_dim)
         self.lambda_reg, self.lambda_scale = lambda_reg, lambda_scale
         self.xtx_dtype = DTYPES[xtx_dtype]
@@ -129,6 +140,7 @@ class TRAKer:
         self.writer = RowWriter(self.gradient_computer, self.projector, proj_max_batch_size)
 
         name, seed, kind = projector_description(self.projector)
+        kind = "kronecker" if proj_kind == "kronecker" else kind
         settings = StoreSettings(
             train_set_size=self.train_set_size,
             proj_dim=self.proj_dim,

@@ -1,0 +1,229 @@
+"""The hooks gradient path: same features as torch.func for the dense kinds, and the
+kronecker kind's features as the explicit per-layer formula."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastjl
+import trak_core
+from trak_core.gradients import FunctionalGradientComputer
+from trak_core.hooked_gradients import LinearHooksGradientComputer
+from trak_core.model_output import ClassificationMargin
+
+from .helpers import relative_error
+
+CLASSES = 5
+# vmap over PyTorch's CPU attention kernel warns that it falls back to a loop.
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
+
+
+class TinyGPTBlock(torch.nn.Module):
+    """A pre-norm transformer block with GPT-2's layer structure (fused qkv Linear, causal
+    attention, 4x MLP) on T tokens, plus an embedding and a classification head."""
+
+    def __init__(self, d=16, heads=2, vocab_in=3):
+        super().__init__()
+        self.heads = heads
+        self.embed = torch.nn.Linear(vocab_in, d)
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc, self.fc_out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+        self.head = torch.nn.Linear(d, CLASSES, bias=False)
+
+    def forward(self, x):
+        h = self.embed(x)
+        batch, tokens, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).split(d, dim=2)
+        q, k, v = (t.reshape(batch, tokens, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, tokens, d)
+        h = h + self.proj(attended)
+        h = h + self.fc_out(F.gelu(self.fc(self.ln2(h))))
+        return self.head(h[:, -1])
+
+
+class WeightUsedTwice(torch.nn.Module):
+    """fc's weight is also used outside fc's call: hooks alone would miss that term."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 6)
+        self.out = torch.nn.Linear(6, CLASSES)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(x)) + F.linear(x, self.fc.weight))
+
+
+class LayerCalledTwice(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 6)
+        self.out = torch.nn.Linear(6, CLASSES)
+
+    def forward(self, x):
+        return self.out(self.fc(torch.tanh(self.fc(x))))
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 9), torch.nn.Tanh(),
+                               torch.nn.Linear(9, CLASSES))  # fmt: skip
+
+
+def encoder_layer():
+    # nn.MultiheadAttention uses out_proj's weight without calling it: must not be hooked.
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(3, 8)
+            self.layer = torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+            self.head = torch.nn.Linear(8, CLASSES)
+
+        def forward(self, x):
+            return self.head(self.layer(self.embed(x)).mean(1))
+
+    return Model()
+
+
+def batch_for(model, batch=6, tokens=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    width = 3 if isinstance(model, TinyGPTBlock) or hasattr(model, "layer") else (6 if hasattr(model, "fc") else 8)
+    shape = (batch, tokens, width) if width == 3 else (batch, width)
+    return torch.randn(shape, generator=gen), torch.randint(0, CLASSES, (batch,), generator=gen)
+
+
+def features(computer_cls, model, batch, kind="rademacher", grad_wrt=None, proj_dim=96, model_id=2):
+    model.eval()
+    computer = computer_cls(model=model, task=ClassificationMargin(), grad_wrt=grad_wrt)
+    projector = fastjl.Projector(computer.num_params, proj_dim, seed=5, kind=kind)
+    return computer.projected_per_sample_grad(batch, projector, model_id), computer
+
+
+@pytest.mark.parametrize("kind", fastjl.KINDS)
+@pytest.mark.parametrize("make_model", [mlp, TinyGPTBlock, encoder_layer, LayerCalledTwice])
+def test_hooks_features_equal_torch_func_features(make_model, kind):
+    torch.manual_seed(0)
+    model = make_model()
+    batch = batch_for(model)
+    expected, _ = features(FunctionalGradientComputer, model, batch, kind)
+    got, computer = features(LinearHooksGradientComputer, model, batch, kind)
+    assert computer.layers, "no layer was hooked"
+    assert relative_error(got, expected.double()) < 2e-6
+    again, _ = features(LinearHooksGradientComputer, model, batch_for(model, seed=1), kind)
+    assert relative_error(again, features(FunctionalGradientComputer, model, batch_for(model, seed=1), kind)[0]) < 2e-6
+
+
+def test_which_layers_are_hooked():
+    _, computer = features(LinearHooksGradientComputer, encoder_layer(), batch_for(encoder_layer()))
+    hooked = [layer.module_name for layer in computer.layers]
+    assert hooked == ["embed", "layer.linear1", "layer.linear2", "head"]
+    assert "layer.self_attn.out_proj.weight" in computer.fallback_names
+
+
+@pytest.mark.parametrize(
+    "grad_wrt",
+    [["0.weight", "4.weight"], ["2.bias", "4.weight", "0.bias"], ["0.weight", "2.bias", "4.bias"]],
+)
+def test_subsets_of_parameters(grad_wrt):
+    # Weight without its bias, bias without its weight (torch.func), non-adjacent offsets.
+    torch.manual_seed(1)
+    model = mlp()
+    batch = batch_for(model)
+    expected, _ = features(FunctionalGradientComputer, model, batch, grad_wrt=grad_wrt)
+    got, _ = features(LinearHooksGradientComputer, model, batch, grad_wrt=grad_wrt)
+    assert relative_error(got, expected.double()) < 2e-6
+
+
+def test_a_weight_used_outside_its_layer_is_moved_to_torch_func(caplog):
+    torch.manual_seed(2)
+    model = WeightUsedTwice()
+    batch = batch_for(model)
+    expected, _ = features(FunctionalGradientComputer, model, batch)
+    with caplog.at_level(logging.WARNING, logger="trak_core"):
+        got, computer = features(LinearHooksGradientComputer, model, batch)
+    assert [layer.module_name for layer in computer.layers] == ["out"]
+    assert "fc.weight" in computer.fallback_names and "hooks miss part of its gradient" in caplog.text
+    assert relative_error(got, expected.double()) < 2e-6
+
+
+def test_tied_weights_are_not_hooked():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.twin = mlp(), torch.nn.Linear(8, CLASSES), torch.nn.Linear(8, CLASSES)
+            self.twin.weight = self.head.weight  # one parameter owned by two modules
+
+        def forward(self, x):
+            return self.body(x) + self.head(x) * self.twin(x)
+
+    torch.manual_seed(4)
+    model = Tied()
+    batch = batch_for(mlp())
+    expected, _ = features(FunctionalGradientComputer, model, batch)
+    got, computer = features(LinearHooksGradientComputer, model, batch)
+    assert [layer.module_name for layer in computer.layers] == ["body.0", "body.2", "body.4"]
+    assert relative_error(got, expected.double()) < 2e-6
+
+
+@pytest.mark.parametrize("make_model", [mlp, TinyGPTBlock])
+def test_kronecker_features_follow_the_per_layer_formula(make_model):
+    # y = Σ_layers (F_out ⊗ F_in)ᵀ vec([G_w | g_bias]) + dense gaussian projection of the rest.
+    torch.manual_seed(3)
+    model = make_model().eval()
+    batch = batch_for(model)
+    computer = LinearHooksGradientComputer(model=model, task=ClassificationMargin(), linear_kind="kronecker")
+    projector = fastjl.Projector(computer.num_params, 24, seed=5, kind="gaussian")
+    got = computer.projected_per_sample_grad(batch, projector, model_id=1)
+    grads = FunctionalGradientComputer(model=model, task=ClassificationMargin()).compute_per_sample_grad(batch)
+    seed = projector.seed_for(1)
+    expected = torch.zeros(len(batch[0]), 24, dtype=torch.float64)
+    hooked = {layer.weight: layer for layer in computer.layers}
+    for name, grad in grads.items():
+        if name in hooked:
+            layer = hooked[name]
+            grad = grad.double()
+            if layer.bias is not None:
+                grad = torch.cat([grad, grads[layer.bias].double()[:, :, None]], dim=2)
+            k_out, k_in = fastjl.kronecker.split_proj_dim(24, layer.d_out, layer.d_in)
+            f_out, f_in = fastjl.kronecker_factors(seed, computer.offsets[name], layer.d_out, layer.d_in, k_out,
+                                                   k_in, layer.bias is not None, torch.float64)  # fmt: skip
+            expected += grad.reshape(len(grad), -1) @ torch.kron(f_out, f_in)
+        elif name in computer.fallback_names:
+            flat = grad.reshape(len(grad), -1).double()
+            offset = computer.offsets[name]
+            expected += fastjl.project(flat, 24, seed=seed, kind="gaussian", offset=offset, backend="torch")
+    assert relative_error(got, expected) < 1e-5
+
+
+def test_traker_picks_the_hooks_path_when_it_can(tmp_path):
+    traker = trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "a", proj_dim=16, quiet=True)
+    assert isinstance(traker.gradient_computer, LinearHooksGradientComputer)
+
+    class NoBatchedOutput(ClassificationMargin):
+        get_outputs = trak_core.ModelOutput.get_outputs
+
+    traker = trak_core.TRAKer(mlp(), NoBatchedOutput(), 10, save_dir=tmp_path / "b", proj_dim=16, quiet=True)
+    assert type(traker.gradient_computer) is FunctionalGradientComputer
+    with pytest.raises(ValueError, match="kronecker.*needs the hooks gradient path"):
+        trak_core.TRAKer(mlp(), NoBatchedOutput(), 10, save_dir=tmp_path / "c", proj_dim=16, proj_kind="kronecker")
+    with pytest.raises(ValueError, match="proj_kind must be one of"):
+        trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "d", proj_dim=16, proj_kind="sjlt")
+    traker = trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "e", proj_dim=16, proj_kind="kronecker")
+    assert traker.store.settings.kind == "kronecker"
+
+
+def test_inputs_without_a_leading_batch_dimension_are_refused():
+    class Flattening(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, CLASSES)
+
+        def forward(self, x):  # (B, T, 3) -> tokens folded into the batch
+            return self.fc(x.reshape(-1, 3)).reshape(x.shape[0], -1, CLASSES).mean(1)
+
+    model = Flattening().eval()
+    computer = LinearHooksGradientComputer(model=model, task=ClassificationMargin())
+    projector = fastjl.Projector(computer.num_params, 8)
+    with pytest.raises(ValueError, match="not the batch"):
+        computer.projected_per_sample_grad(batch_for(TinyGPTBlock()), projector, 0)
