@@ -11,8 +11,13 @@ SMALL = dict(n_train=300, n_targets=60, checkpoints=3, subsets=30, retrains=1, h
 def test_demo_lds_is_clearly_positive_for_small_and_large_k(tmp_path):
     config = DemoConfig(**SMALL, proj_dims=(64, 512), out_dir=str(tmp_path), quiet=True)
     result = run_demo(config)
-    runs = {(r.proj_dim, r.lambda_rule.startswith("default")): r for r in result.runs}
+    runs = {(r.proj_dim, r.lambda_rule.startswith("default")): r for r in result.runs if r.kind == "rademacher"}
     assert sorted(runs) == [(64, False), (64, True), (512, False), (512, True)]
+    # Kronecker features (hooks path, default λ) carry the signal too.
+    kronecker = {r.proj_dim: r for r in result.runs if r.kind == "kronecker"}
+    assert sorted(kronecker) == [64, 512]
+    for proj_dim in (64, 512):
+        assert kronecker[proj_dim].lds_low > 0.3, kronecker[proj_dim]
     # The default λ: LDS clearly positive (lower end of the 95% interval) below and above K = n.
     for proj_dim in (64, 512):
         assert runs[proj_dim, True].lds_low > 0.3, runs[proj_dim, True]
@@ -29,6 +34,7 @@ def test_demo_lds_is_clearly_positive_for_small_and_large_k(tmp_path):
 
 
 def test_command_line_options_reach_the_config():
-    config = parse_args(["--proj-dims", "32,4096", "--no-trak-comparison", "--device", "cpu", "--quiet"])
-    assert config.proj_dims == (32, 4096) and not config.compare_trak and config.quiet
+    argv = ["--proj-dims", "32,4096", "--no-trak-comparison", "--no-kronecker", "--device", "cpu", "--quiet"]
+    config = parse_args(argv)
+    assert config.proj_dims == (32, 4096) and not config.compare_trak and not config.kronecker and config.quiet
     assert parse_args([]) == DemoConfig()

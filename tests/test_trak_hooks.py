@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 import fastjl
 import trak_core
+from trak_core.bench.models import GPT
 from trak_core.gradients import FunctionalGradientComputer
 from trak_core.hooked_gradients import LinearHooksGradientComputer
+from trak_core.layer_hooks import LinearLayer
 from trak_core.model_output import ClassificationMargin
 
 from .helpers import relative_error
@@ -20,28 +22,19 @@ CLASSES = 5
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
 
 
-class TinyGPTBlock(torch.nn.Module):
-    """A pre-norm transformer block with GPT-2's layer structure (fused qkv Linear, causal
-    attention, 4x MLP) on T tokens, plus an embedding and a classification head."""
+def tiny_gpt():
+    return GPT(vocab=11, width=16, heads=2, layers=2, max_tokens=4, classes=CLASSES)
 
-    def __init__(self, d=16, heads=2, vocab_in=3):
+
+class PatchNorm(torch.nn.Module):
+    """A LayerNorm over two dimensions (normalized_shape (2, 4)) between Linear layers."""
+
+    def __init__(self):
         super().__init__()
-        self.heads = heads
-        self.embed = torch.nn.Linear(vocab_in, d)
-        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
-        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
-        self.fc, self.fc_out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
-        self.head = torch.nn.Linear(d, CLASSES, bias=False)
+        self.up, self.norm, self.out = torch.nn.Linear(8, 8), torch.nn.LayerNorm((2, 4)), torch.nn.Linear(8, CLASSES)
 
     def forward(self, x):
-        h = self.embed(x)
-        batch, tokens, d = h.shape
-        q, k, v = self.qkv(self.ln1(h)).split(d, dim=2)
-        q, k, v = (t.reshape(batch, tokens, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, tokens, d)
-        h = h + self.proj(attended)
-        h = h + self.fc_out(F.gelu(self.fc(self.ln2(h))))
-        return self.head(h[:, -1])
+        return self.out(torch.relu(self.norm(self.up(x).reshape(-1, 2, 4)).reshape(-1, 8)))
 
 
 class WeightUsedTwice(torch.nn.Module):
@@ -88,9 +81,12 @@ def encoder_layer():
 
 def batch_for(model, batch=6, tokens=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    width = 3 if isinstance(model, TinyGPTBlock) or hasattr(model, "layer") else (6 if hasattr(model, "fc") else 8)
-    shape = (batch, tokens, width) if width == 3 else (batch, width)
-    return torch.randn(shape, generator=gen), torch.randint(0, CLASSES, (batch,), generator=gen)
+    labels = torch.randint(0, CLASSES, (batch,), generator=gen)
+    if isinstance(model, GPT):
+        return torch.randint(0, 11, (batch, tokens), generator=gen), labels
+    if hasattr(model, "layer"):
+        return torch.randn(batch, tokens, 3, generator=gen), labels
+    return torch.randn(batch, 6 if hasattr(model, "fc") else 8, generator=gen), labels
 
 
 def features(computer_cls, model, batch, kind="rademacher", grad_wrt=None, proj_dim=96, model_id=2):
@@ -101,7 +97,7 @@ def features(computer_cls, model, batch, kind="rademacher", grad_wrt=None, proj_
 
 
 @pytest.mark.parametrize("kind", fastjl.KINDS)
-@pytest.mark.parametrize("make_model", [mlp, TinyGPTBlock, encoder_layer, LayerCalledTwice])
+@pytest.mark.parametrize("make_model", [mlp, tiny_gpt, encoder_layer, LayerCalledTwice, PatchNorm])
 def test_hooks_features_equal_torch_func_features(make_model, kind):
     torch.manual_seed(0)
     model = make_model()
@@ -117,8 +113,15 @@ def test_hooks_features_equal_torch_func_features(make_model, kind):
 def test_which_layers_are_hooked():
     _, computer = features(LinearHooksGradientComputer, encoder_layer(), batch_for(encoder_layer()))
     hooked = [layer.module_name for layer in computer.layers]
-    assert hooked == ["embed", "layer.linear1", "layer.linear2", "head"]
-    assert "layer.self_attn.out_proj.weight" in computer.fallback_names
+    assert hooked == ["embed", "layer.linear1", "layer.linear2", "layer.norm1", "layer.norm2", "head"]
+    assert computer.fallback_names == [
+        "layer.self_attn.in_proj_weight",
+        "layer.self_attn.in_proj_bias",
+        "layer.self_attn.out_proj.weight",
+        "layer.self_attn.out_proj.bias",
+    ]
+    _, computer = features(LinearHooksGradientComputer, tiny_gpt(), batch_for(tiny_gpt()))
+    assert computer.fallback_names == ["wte.weight", "wpe.weight"]  # embeddings: torch.func
 
 
 @pytest.mark.parametrize(
@@ -166,7 +169,7 @@ def test_tied_weights_are_not_hooked():
     assert relative_error(got, expected.double()) < 2e-6
 
 
-@pytest.mark.parametrize("make_model", [mlp, TinyGPTBlock])
+@pytest.mark.parametrize("make_model", [mlp, tiny_gpt])
 def test_kronecker_features_follow_the_per_layer_formula(make_model):
     # y = Σ_layers (F_out ⊗ F_in)ᵀ vec([G_w | g_bias]) + dense gaussian projection of the rest.
     torch.manual_seed(3)
@@ -178,7 +181,9 @@ def test_kronecker_features_follow_the_per_layer_formula(make_model):
     grads = FunctionalGradientComputer(model=model, task=ClassificationMargin()).compute_per_sample_grad(batch)
     seed = projector.seed_for(1)
     expected = torch.zeros(len(batch[0]), 24, dtype=torch.float64)
-    hooked = {layer.weight: layer for layer in computer.layers}
+    linear = [layer for layer in computer.layers if isinstance(layer, LinearLayer)]
+    hooked = {layer.weight: layer for layer in linear}
+    linear_biases = {layer.bias for layer in linear}
     for name, grad in grads.items():
         if name in hooked:
             layer = hooked[name]
@@ -189,7 +194,7 @@ def test_kronecker_features_follow_the_per_layer_formula(make_model):
             f_out, f_in = fastjl.kronecker_factors(seed, computer.offsets[name], layer.d_out, layer.d_in, k_out,
                                                    k_in, layer.bias is not None, torch.float64)  # fmt: skip
             expected += grad.reshape(len(grad), -1) @ torch.kron(f_out, f_in)
-        elif name in computer.fallback_names:
+        elif name not in linear_biases:  # LayerNorm (hooked) and embeddings (torch.func): dense gaussian
             flat = grad.reshape(len(grad), -1).double()
             offset = computer.offsets[name]
             expected += fastjl.project(flat, 24, seed=seed, kind="gaussian", offset=offset, backend="torch")
@@ -226,4 +231,4 @@ def test_inputs_without_a_leading_batch_dimension_are_refused():
     computer = LinearHooksGradientComputer(model=model, task=ClassificationMargin())
     projector = fastjl.Projector(computer.num_params, 8)
     with pytest.raises(ValueError, match="not the batch"):
-        computer.projected_per_sample_grad(batch_for(TinyGPTBlock()), projector, 0)
+        computer.projected_per_sample_grad(batch_for(encoder_layer()), projector, 0)

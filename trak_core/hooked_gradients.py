@@ -1,10 +1,13 @@
 """The hooks gradient path: projected per-example gradients without forming them.
 
-For every hookable ``nn.Linear`` (see :func:`~trak_core.linear_hooks.find_linear_layers`) one
-batched forward and one backward give the layer's inputs ``a`` and output gradients ``g``, and
-:func:`fastjl.project_linear` projects ``Σ_t g aᵀ`` per example at the layer's offset in the
-model's parameter order.  The other differentiated parameters (convolutions, norms,
-embeddings, tied weights, ...) go through ``torch.func`` as before, at their own offsets.  For
+For every hookable ``nn.Linear`` and ``nn.LayerNorm`` (see
+:func:`~trak_core.layer_hooks.find_hooked_layers`) one batched forward and one backward give
+the layer's inputs ``a`` and output gradients ``g``; :func:`fastjl.project_linear` projects a
+Linear layer's ``Σ_t g aᵀ`` per example at the layer's offset in the model's parameter order
+(LayerNorm gradients are only ``B × d``: formed, then projected).  The other differentiated
+parameters (convolutions, embeddings, tied weights, ...) go through ``torch.func`` as before,
+at their own offsets; that costs a ``torch.func`` pass over the whole model, so the hooks path
+pays off most when they are few or excluded with ``grad_wrt``.  For
 the dense kinds the features therefore equal :class:`FunctionalGradientComputer`'s to float32
 rounding; per-example gradients of the hooked layers are never materialized, so batches need
 no ``proj_max_batch_size`` limit for them.
@@ -20,7 +23,7 @@ import fastjl
 
 from .featurize import batch_size
 from .gradients import FunctionalGradientComputer
-from .linear_hooks import LinearCapture, find_linear_layers
+from .layer_hooks import LayerCapture, LinearLayer, find_hooked_layers
 from .model_output import has_batched_outputs
 
 logger = logging.getLogger("trak_core")
@@ -34,13 +37,14 @@ def hooks_unavailable(model: torch.nn.Module, task, param_names: list[str]) -> s
     """Why the hooks path cannot featurize ``model`` for ``task``, or None."""
     if not has_batched_outputs(task):
         return f"the task {type(task).__name__} does not define get_outputs (f of a whole batch)"
-    if not find_linear_layers(model, param_names):
+    if not any(isinstance(layer, LinearLayer) for layer in find_hooked_layers(model, param_names)):
         return "no hookable nn.Linear layer among the differentiated parameters"
     return None
 
 
 class LinearHooksGradientComputer(FunctionalGradientComputer):
-    """Gradient path through hooks on ``nn.Linear`` layers and :func:`fastjl.project_linear`.
+    """Gradient path through hooks on ``nn.Linear`` (and ``nn.LayerNorm``) layers and
+    :func:`fastjl.project_linear`.
 
     Args:
         model, task, grad_wrt: as for :class:`FunctionalGradientComputer`.
@@ -60,12 +64,12 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         starts = torch.tensor([0] + [sizes[n] for n in self.param_names]).cumsum(0).tolist()
         self.offsets = dict(zip(self.param_names, starts))
-        self.layers = find_linear_layers(model, self.param_names)
+        self.layers = find_hooked_layers(model, self.param_names)
         self._checked = False
         self._set_fallback()
 
     def _set_fallback(self) -> None:
-        hooked = {name for layer in self.layers for name in (layer.weight, layer.bias) if name}
+        hooked = {name for layer in self.layers for name in layer.param_names}
         self.fallback_names = [n for n in self.param_names if n not in hooked]
         self._fallback = None
         if self.fallback_names:
@@ -79,30 +83,48 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
     def projected_per_sample_grad(self, batch, projector, model_id: int) -> torch.Tensor:
         if not isinstance(projector, fastjl.Projector):  # a custom projector needs the gradients
             return super().projected_per_sample_grad(batch, projector, model_id)
-        captured = self._capture(batch)
-        opts = dict(seed=projector.seed_for(model_id), backend=projector.backend, scale=projector.scale)
-        dense, proj_dim = projector.kind, projector.proj_dim
+        seed = projector.seed_for(model_id)
+        captured = self._capture(batch)  # first: on the first batch it may drop layers
         result = None
         for layer, tensors in zip(self.layers, captured):
             if tensors is None:  # not called in this forward: its weight had no effect on f
                 continue
-            a, g = tensors
-            offset = self.offsets[layer.weight]
-            if self.linear_kind == "kronecker":
-                part = fastjl.project_linear(
-                    a, g, proj_dim, kind="kronecker", offset=offset, bias=layer.bias is not None, **opts
-                )
+            if isinstance(layer, LinearLayer):
+                part = self._project_linear_layer(layer, *tensors, projector, seed)
             else:
-                bias_follows = layer.bias is not None and self.offsets[layer.bias] == offset + layer.d_out * layer.d_in
-                part = fastjl.project_linear(a, g, proj_dim, kind=dense, offset=offset, bias=bias_follows, **opts)
-                if layer.bias is not None and not bias_follows:
-                    part += fastjl.project(g.sum(1), proj_dim, kind=dense, offset=self.offsets[layer.bias], **opts)
+                part = self._project_gradients(layer.per_example_grads(*tensors), projector, seed)
             result = part if result is None else result.add_(part)
         if self._fallback is not None:
-            for name, grad in self._fallback.compute_per_sample_grad(batch).items():
-                chunk = grad.reshape(grad.shape[0], -1)
-                part = fastjl.project(chunk, proj_dim, kind=dense, offset=self.offsets[name], **opts)
-                result = part if result is None else result.add_(part)
+            part = self._project_gradients(self._fallback.compute_per_sample_grad(batch), projector, seed)
+            result = part if result is None else result.add_(part)
+        return result
+
+    def _project_linear_layer(self, layer: LinearLayer, a, g, projector, seed: int) -> torch.Tensor:
+        """``(B, K)``: the layer's per-example weight (and bias) gradients, projected unformed."""
+        opts = dict(seed=seed, backend=projector.backend, scale=projector.scale)
+        offset = self.offsets[layer.weight]
+        if self.linear_kind == "kronecker":  # the bias is the factor's extra input column
+            return fastjl.project_linear(a, g, projector.proj_dim, kind="kronecker", offset=offset,
+                                         bias=layer.bias is not None, **opts)  # fmt: skip
+        # With the full parameter list the bias rows follow the weight's; with a grad_wrt
+        # subset they may not, and the bias is projected on its own.
+        weight_size = layer.d_out * layer.d_in
+        bias_follows = layer.bias is not None and self.offsets[layer.bias] == offset + weight_size
+        part = fastjl.project_linear(a, g, projector.proj_dim, kind=projector.kind, offset=offset, bias=bias_follows,
+                                     **opts)  # fmt: skip
+        if layer.bias is not None and not bias_follows:
+            part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
+        return part
+
+    def _project_gradients(self, grads: dict, projector, seed: int) -> torch.Tensor:
+        """``(B, K)``: materialized per-example gradients ``{name: (B, ...)}``, each projected
+        with the projector's dense kind at the parameter's offset."""
+        result = None
+        for name, grad in grads.items():
+            flat = grad.reshape(grad.shape[0], -1)
+            part = fastjl.project(flat, projector.proj_dim, seed=seed, kind=projector.kind, offset=self.offsets[name],
+                                  backend=projector.backend, scale=projector.scale)  # fmt: skip
+            result = part if result is None else result.add_(part)
         return result
 
     def _capture(self, batch) -> list:
@@ -112,11 +134,11 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         and moves every layer whose captured tensors do not reproduce them to the
         ``torch.func`` path, then captures again.
         """
-        hooked = [name for layer in self.layers for name in (layer.weight, layer.bias) if name]
+        hooked = [name for layer in self.layers for name in layer.param_names]
         weights = {**self._weights, **self._frozen}
         for name in hooked:
             weights[name] = weights[name].detach().requires_grad_(True)
-        with LinearCapture(self.layers) as capture:
+        with LayerCapture(self.layers) as capture:
             total = self.task.get_outputs(self.model, weights, self._buffers, batch).sum()
         if self._checked:
             return capture.activations_and_gradients(total, batch_size(batch))
@@ -136,15 +158,12 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
 
     @staticmethod
     def _reproduces(layer, tensors, param_grads: dict) -> bool:
-        """Whether ``Σ_b Σ_t g aᵀ`` (and ``Σ g``) equal autograd's gradients of the layer."""
+        """Whether the batch-summed gradients from ``(a, g)`` equal autograd's for the layer."""
         if tensors is None:
             return False  # never called: its weight may still be used some other way
-        a, g = tensors
-        pairs = [(torch.einsum("bto,bti->oi", g, a), param_grads[layer.weight])]
-        if layer.bias is not None:
-            pairs.append((g.sum((0, 1)), param_grads[layer.bias]))
-        for mine, theirs in pairs:
-            theirs = torch.zeros_like(mine) if theirs is None else theirs
+        for name, mine in layer.summed_grads(*tensors).items():
+            theirs = param_grads[name]
+            theirs = torch.zeros_like(mine) if theirs is None else theirs.reshape(mine.shape)
             scale = max(mine.norm().item(), theirs.norm().item())
             if (mine - theirs).norm().item() > _CHECK_TOLERANCE * scale:
                 return False

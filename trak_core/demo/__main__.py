@@ -28,6 +28,7 @@ def parse_args(argv=None) -> DemoConfig:
         help="comma-separated projection dimensions K",
     )
     p.add_argument("--no-trak-comparison", dest="compare_trak", action="store_false", help="skip the λ = 0 runs")
+    p.add_argument("--no-kronecker", dest="kronecker", action="store_false", help="skip the kronecker-kind runs")
     p.add_argument("--lambda-scale", type=float, default=DEFAULT_LAMBDA_SCALE, help="scale of the default λ rule")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--device", default=defaults.device, help="cpu or cuda")

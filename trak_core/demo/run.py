@@ -35,6 +35,7 @@ class DemoConfig:
     steps: int = 300
     proj_dims: tuple[int, ...] = (256, 2048)
     compare_trak: bool = True
+    kronecker: bool = True  # also score with proj_kind="kronecker" (default λ) at every K
     lambda_scale: float = DEFAULT_LAMBDA_SCALE
     batch_size: int = 250
     device: str = "cpu"
@@ -50,6 +51,7 @@ class ScoreRun:
     """One TRAK configuration and its LDS."""
 
     proj_dim: int
+    kind: str
     lambda_rule: str
     lambda_mean: float
     lds: float
@@ -105,10 +107,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result = DemoResult(config, sum(p.numel() for p in model.parameters()), checkpoint_accuracy)
     figure_scores = None
     for proj_dim in config.proj_dims:
-        for lambda_reg in [None, 0.0] if config.compare_trak else [None]:
+        variants = [("rademacher", None)] + [("rademacher", 0.0)] * config.compare_trak
+        variants += [("kronecker", None)] * config.kronecker
+        for kind, lambda_reg in variants:
             rule = f"default ({config.lambda_scale:g}·mean‖φ‖²)" if lambda_reg is None else "0 (TRAK)"
-            name = f"TRAK K={proj_dim} λ={'default' if lambda_reg is None else '0'}"
-            store_dir = out_dir / "stores" / f"K{proj_dim}_{'default' if lambda_reg is None else 'lambda0'}"
+            tag = "default" if lambda_reg is None else "lambda0"
+            name = f"TRAK K={proj_dim} {kind} λ={'default' if lambda_reg is None else '0'}"
+            store_dir = out_dir / "stores" / f"K{proj_dim}_{kind}_{tag}"
             with log_time(name, timings):
                 scores = attribute(
                     model,
@@ -116,6 +121,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     train_loader,
                     target_loader,
                     proj_dim=proj_dim,
+                    proj_kind=kind,
                     lambda_reg=lambda_reg,
                     lambda_scale=config.lambda_scale,
                     save_dir=store_dir,
@@ -127,8 +133,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
             lds = linear_datamodeling_score(scores, subsets, outputs, seed=config.seed)
             store = Store.open(store_dir)
             lambda_mean = float(np.mean([store.model(m)["lambda"] for m in store.model_ids()]))
-            result.runs.append(ScoreRun(proj_dim, rule, lambda_mean, lds.mean, lds.low, lds.high, timings[name]))
-            if lambda_reg is None:
+            result.runs.append(
+                ScoreRun(proj_dim, kind, rule, lambda_mean, lds.mean, lds.low, lds.high, timings[name])
+            )
+            if lambda_reg is None and kind == "rademacher":
                 figure_scores = scores  # the last (largest) K with the default λ
 
     with log_time("figure", timings):
@@ -172,14 +180,15 @@ def format_report(result: DemoResult) -> str:
         f"LDS: Spearman over {c.subsets} random 50% subsets (margins averaged over {c.retrains} model(s) per "
         "subset), mean over targets, 95% bootstrap CI over targets",
         "",
-        f"{'K':>6}  {'regime':<7}  {'λ rule':<28}  {'mean λ':>9}  {'LDS [95% CI]':<22}  {'time':>7}",
+        f"{'K':>6}  {'regime':<7}  {'kind':<10}  {'λ rule':<28}  {'mean λ':>9}  {'LDS [95% CI]':<22}  "
+        f"{'time':>7}",
     ]
     for run in result.runs:
         regime = "K < n" if run.proj_dim < c.n_train else "K >= n"
         lds = f"{run.lds:.3f} [{run.lds_low:.3f}, {run.lds_high:.3f}]"
         lines.append(
-            f"{run.proj_dim:>6}  {regime:<7}  {run.lambda_rule:<28}  {run.lambda_mean:>9.3g}  {lds:<22}  "
-            f"{run.seconds:>6.1f}s"
+            f"{run.proj_dim:>6}  {regime:<7}  {run.kind:<10}  {run.lambda_rule:<28}  {run.lambda_mean:>9.3g}  "
+            f"{lds:<22}  {run.seconds:>6.1f}s"
         )
     lines += ["", "stage timings:"]
     lines += [f"  {name:<58} {seconds:>7.1f} s" for name, seconds in result.timings.items()]

@@ -1,13 +1,19 @@
-"""Capturing the inputs ``a`` and output gradients ``g`` of a model's ``nn.Linear`` layers.
+"""Capturing the inputs ``a`` and output gradients ``g`` of a model's hookable layers.
 
 One ordinary forward pass with forward hooks records every hooked layer's input and output;
 one ``torch.autograd.grad`` of the summed model outputs with respect to those outputs gives
-``g``.  Since examples do not interact (eval mode), example b's weight gradient is
-``Σ_t g[b, t] a[b, t]ᵀ``: :func:`fastjl.project_linear` projects it without forming it.
+``g``.  Since examples do not interact (eval mode), per-example parameter gradients follow
+from ``(a, g)``:
+
+* ``nn.Linear``: weight ``Σ_t g[b, t] a[b, t]ᵀ`` (projected by :func:`fastjl.project_linear`
+  without being formed), bias ``Σ_t g[b, t]``;
+* ``nn.LayerNorm``: weight ``Σ_t g[b, t] ⊙ â[b, t]`` (``â`` the normalized input), bias
+  ``Σ_t g[b, t]``: only ``B × d`` numbers, formed and projected with :func:`fastjl.project`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -15,13 +21,26 @@ import torch
 
 
 @dataclass(frozen=True)
-class LinearLayer:
-    """A hooked ``nn.Linear``: its module and the names of its differentiated parameters."""
+class HookedLayer:
+    """A hooked module and the names of its differentiated parameters."""
 
     module_name: str
-    module: torch.nn.Linear
-    weight: str  # parameter name of the weight (always differentiated)
-    bias: str | None  # parameter name of the bias if it exists and is differentiated
+    module: torch.nn.Module
+    weight: str | None  # parameter name of the weight if it exists and is differentiated
+    bias: str | None  # the same for the bias
+
+    @property
+    def param_names(self) -> list[str]:
+        return [name for name in (self.weight, self.bias) if name]
+
+    def per_example_bias_grad(self, g: torch.Tensor) -> torch.Tensor:
+        """``(B, d)``: ``Σ_t g[b, t]``, the bias gradient of both layer types."""
+        return g.sum(1)
+
+
+@dataclass(frozen=True)
+class LinearLayer(HookedLayer):
+    """``a``: ``(B, T, d_in)`` inputs; ``g``: ``(B, T, d_out)`` output gradients."""
 
     @property
     def d_out(self) -> int:
@@ -31,15 +50,47 @@ class LinearLayer:
     def d_in(self) -> int:
         return self.module.in_features
 
+    def summed_grads(self, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gradients summed over the batch (to check against autograd's)."""
+        grads = {self.weight: torch.einsum("bto,bti->oi", g, a)}
+        if self.bias:
+            grads[self.bias] = g.sum((0, 1))
+        return grads
 
-def find_linear_layers(model: torch.nn.Module, param_names: list[str]) -> list[LinearLayer]:
-    """The ``nn.Linear`` layers whose weight is among ``param_names`` and can be hooked.
+
+@dataclass(frozen=True)
+class LayerNormLayer(HookedLayer):
+    """``a``, ``g``: ``(B, T, d)`` with d the normalized size (``prod(normalized_shape)``)."""
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.module.normalized_shape)
+
+    d_out = d_in
+
+    def per_example_grads(self, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (B, d)}`` per-example gradients of the differentiated parameters."""
+        grads = {}
+        if self.weight:
+            normalized = torch.nn.functional.layer_norm(a, (a.shape[-1],), eps=self.module.eps)
+            grads[self.weight] = (g * normalized).sum(1)
+        if self.bias:
+            grads[self.bias] = self.per_example_bias_grad(g)
+        return grads
+
+    def summed_grads(self, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: grad.sum(0) for name, grad in self.per_example_grads(a, g).items()}
+
+
+def find_hooked_layers(model: torch.nn.Module, param_names: list[str]) -> list[HookedLayer]:
+    """The ``nn.Linear`` and ``nn.LayerNorm`` layers with a parameter among ``param_names``
+    that can be hooked (a Linear needs its weight differentiated, its bias may or may not be).
 
     Left out (their parameters go through ``torch.func``): layers whose parameters are shared
     with another module (tied weights: hooks would see only one of the uses), and Linear
     modules inside ``nn.MultiheadAttention``, which uses their weights functionally without
     calling them.  :class:`~trak_core.hooked_gradients.LinearHooksGradientComputer` also checks on
-    the first batch that the captured tensors reproduce the layer's gradient.
+    the first batch that the captured tensors reproduce each layer's gradient.
     """
     selected = set(param_names)
     name_of = {id(p): n for n, p in model.named_parameters()}
@@ -51,25 +102,30 @@ def find_linear_layers(model: torch.nn.Module, param_names: list[str]) -> list[L
         for child, _ in m.named_modules()
         if child
     }
-    layers = []
+    def selected_name(param) -> str | None | bool:
+        """The parameter's name if differentiated, None if not (or absent), False if shared."""
+        if param is None or name_of.get(id(param)) not in selected:
+            return None
+        return name_of[id(param)] if owners[id(param)] == 1 else False
+
+    layers: list[HookedLayer] = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module_name in inside_attention:
+        if module_name in inside_attention:
             continue
-        weight = name_of.get(id(module.weight))
-        if weight not in selected or owners[id(module.weight)] != 1:
+        if isinstance(module, torch.nn.Linear):
+            layer_type = LinearLayer
+        elif isinstance(module, torch.nn.LayerNorm):
+            layer_type = LayerNormLayer
+        else:
             continue
-        bias = None
-        if module.bias is not None:
-            bias_name = name_of.get(id(module.bias))
-            if bias_name in selected:
-                if owners[id(module.bias)] != 1:
-                    continue
-                bias = bias_name
-        layers.append(LinearLayer(module_name, module, weight, bias))
+        weight, bias = selected_name(module.weight), selected_name(module.bias)
+        if weight is False or bias is False or (layer_type is LinearLayer and not weight) or not (weight or bias):
+            continue
+        layers.append(layer_type(module_name, module, weight, bias))
     return layers
 
 
-class LinearCapture:
+class LayerCapture:
     """Forward hooks recording the input and output of every call of the given layers.
 
     Use as a context manager around one forward pass; a layer called several times (shared
@@ -77,13 +133,13 @@ class LinearCapture:
     their gradients add up.
     """
 
-    def __init__(self, layers: list[LinearLayer]):
+    def __init__(self, layers: list[HookedLayer]):
         self.layers = layers
         self.inputs: list[list[torch.Tensor]] = [[] for _ in layers]
         self.outputs: list[list[torch.Tensor]] = [[] for _ in layers]
         self._handles = []
 
-    def __enter__(self) -> LinearCapture:
+    def __enter__(self) -> LayerCapture:
         for index, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(self._recorder(index)))
         return self

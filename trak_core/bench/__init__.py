@@ -1,0 +1,1 @@
+"""``python -m trak_core.bench``: featurizing throughput and peak memory of the gradient paths."""

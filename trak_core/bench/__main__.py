@@ -1,0 +1,165 @@
+"""``python -m trak_core.bench``: featurizing throughput and peak memory of the gradient paths.
+
+Same process, same model, same batches for every path: ``torch.func`` per-example gradients +
+``fastjl.project`` (the materializing path), hooks + ``fastjl.project_linear`` (dense: the same
+features), and hooks + the kronecker kind (structured: other features, same K).  Times the
+projected gradients of each batch (the part of featurizing that differs between the paths;
+the store and Q are the same for all) and checks the dense paths' features agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import fastjl
+
+from ..gradients import FunctionalGradientComputer
+from ..hooked_gradients import LinearHooksGradientComputer
+from ..model_output import ClassificationMargin
+from .memory import PeakMemory
+from .models import GPT, mlp
+
+# name -> (model factory, input factory(batch, generator), batch size, K, grad_wrt filter)
+PRESETS = {
+    "mlp": dict(model=lambda: mlp([1024, 1024, 1024, 10]), inputs=("dense", 1024, 10), batch=128, proj_dim=1024),
+    "quick": dict(model=lambda: mlp([12, 16, 5]), inputs=("dense", 12, 5), batch=6, proj_dim=64),
+    # GPT-style models: the embeddings are left out of grad_wrt (they would need torch.func:
+    # a vocab x width gradient per example).  GPT-2 small's blocks hold 85M parameters.
+    "gpt-cpu": dict(
+        model=lambda: GPT(512, 128, 4, 2, 64, 512),
+        inputs=("tokens", 512, 64),
+        batch=16,
+        proj_dim=1024,
+        skip=("wte.", "wpe."),
+    ),
+    "gpt2-small": dict(
+        model=lambda: GPT(50257, 768, 12, 12, 256, 50257),
+        inputs=("tokens", 50257, 256),
+        batch=8,
+        proj_dim=2048,
+        skip=("wte.", "wpe."),
+    ),
+}
+PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trak_core.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default: mlp on CPU, gpt2-small on GPU")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--batch", type=int, help="examples per batch (overrides the preset)")
+    p.add_argument("--proj-dim", type=int, help="K (overrides the preset)")
+    p.add_argument("--batches", type=int, default=2, help="timed batches per path (after one warm-up batch)")
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
+    p.add_argument("--save", nargs="?", const="bench/results", help="write JSON into this folder")
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.preset = args.preset or ("gpt2-small" if args.device == "cuda" else "mlp")
+    unknown = set(args.paths.split(",")) - set(PATHS)
+    if unknown:
+        p.error(f"unknown paths {sorted(unknown)}; choose from {PATHS}")
+    return args
+
+
+def make_batch(inputs, batch: int, seed: int, device):
+    form, width, classes = inputs
+    gen = torch.Generator().manual_seed(seed)
+    if form == "dense":
+        x = torch.randn(batch, width, generator=gen)
+    else:
+        x = torch.randint(0, width, (batch, classes if form == "tokens" else 1), generator=gen)
+        classes = width
+    return x.to(device), torch.randint(0, classes, (batch,), generator=gen).to(device)
+
+
+def build(path: str, model, grad_wrt, proj_dim: int):
+    task = ClassificationMargin()
+    if path == "torch.func+project":
+        computer = FunctionalGradientComputer(model=model, task=task, grad_wrt=grad_wrt)
+    else:
+        kind = "kronecker" if path == "hooks+kronecker" else None
+        computer = LinearHooksGradientComputer(model=model, task=task, grad_wrt=grad_wrt, linear_kind=kind)
+    dense = "gaussian" if path == "hooks+kronecker" else "rademacher"
+    return computer, fastjl.Projector(computer.num_params, proj_dim, seed=0, kind=dense)
+
+
+def run(args) -> dict:
+    preset = PRESETS[args.preset]
+    device = torch.device(args.device)
+    batch, proj_dim = args.batch or preset["batch"], args.proj_dim or preset["proj_dim"]
+    torch.manual_seed(0)
+    model = preset["model"]().to(device).eval()
+    skip = preset.get("skip", ())
+    grad_wrt = [n for n, _ in model.named_parameters() if not n.startswith(skip)] if skip else None
+    batches = [make_batch(preset["inputs"], batch, seed, device) for seed in range(args.batches + 1)]
+    rows, reference = [], None
+    for path in args.paths.split(","):
+        computer, projector = build(path, model, grad_wrt, proj_dim)
+        first = computer.projected_per_sample_grad(batches[0], projector, 0)  # warm-up; features for the check
+        if path == "torch.func+project":
+            reference = first
+        agree = None
+        if reference is not None and path != "hooks+kronecker":
+            agree = ((first.double() - reference.double()).norm() / reference.double().norm()).item()
+        with PeakMemory(device) as peak:
+            start = time.perf_counter()
+            for timed in batches[1:]:
+                computer.projected_per_sample_grad(timed, projector, 0)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        rows.append(
+            dict(
+                path=path,
+                ms_per_batch=1e3 * seconds / args.batches,
+                examples_per_s=batch * args.batches / seconds,
+                peak_mib=peak.mib,
+                rel_diff_vs_torch_func=agree,
+            )
+        )
+        print(format_row(rows[-1]), flush=True)
+    return dict(
+        preset=args.preset,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        threads=torch.get_num_threads(),
+        batch=batch,
+        proj_dim=proj_dim,
+        num_params=computer.num_params,
+        timed_batches=args.batches,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(torch=torch.__version__, fastjl=fastjl.__version__, python=platform.python_version()),
+        rows=rows,
+    )
+
+
+def format_row(row: dict) -> str:
+    peak = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+    diff = "-" if row["rel_diff_vs_torch_func"] is None else f"{row['rel_diff_vs_torch_func']:.1e}"
+    return f"{row['path']:22s} {row['ms_per_batch']:10.1f} {row['examples_per_s']:12.1f} {peak:>9s} {diff:>10s}"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    print(f"preset {args.preset} on {args.device}; columns: path, ms/batch, examples/s, peak MiB, rel. diff")
+    result = run(args)
+    print(f"D = {result['num_params']}, B = {result['batch']}, K = {result['proj_dim']}, {result['threads']} threads")
+    if args.save:
+        folder = Path(args.save)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = folder / f"featurize-{args.preset}-{args.device}-{stamp}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"saved {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
