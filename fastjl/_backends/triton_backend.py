@@ -9,6 +9,10 @@ there; gaussian entries are split into two 16-bit halves, two dots).  fp32 input
 bits: expected relative error of the projected vector ~3e-4, under the 1e-3 target; still to
 be measured on a GPU), "tf32x3" or "ieee" via ``FASTJL_TRITON_FP32_PRECISION``.
 Accumulation is always float32.
+
+``project_linear`` (kernel in ``triton_linear_kernels``) projects a Linear layer's per-example
+weight (and bias) gradients, forming their tiles in float32 registers from the layer's inputs
+and output gradients; those tiles always take the float32 path of ``tl.dot``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ def _kernels():
     return triton_kernels
 
 
+@functools.cache
+def _linear_kernels():
+    from . import triton_linear_kernels
+
+    return triton_linear_kernels
+
+
 def _config(batch: int, proj_dim: int, device: torch.device) -> dict:
     """Tile sizes.  The interpreter gets the smallest legal tiles (it runs them in numpy);
     GPUs get batch tiles as large as the batch allows, so one generated tile of P feeds
@@ -77,14 +88,10 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     k = _kernels()
     batch, dim = x.shape
     proj_dim = out.shape[1]
-    cfg = _config(batch, proj_dim, x.device)
+    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, x.device)
     launch = {n: cfg.pop(n) for n in ("num_warps", "num_stages") if n in cfg}
     grid_b = -(-batch // cfg["BLOCK_B"])
     grid_k = -(-proj_dim // cfg["BLOCK_K"])
-    splits = _num_splits(grid_b * grid_k, dim, cfg["BLOCK_D"], x.device)
-    d_per_split = -(-dim // splits)
-    d_per_split = -(-d_per_split // cfg["BLOCK_D"]) * cfg["BLOCK_D"]
-    splits = -(-dim // d_per_split)
     compute = {torch.float32: k.tl.float32, torch.float16: k.tl.float16, torch.bfloat16: k.tl.bfloat16}[x.dtype]
     if splits == 1:
         dest, dest_strides = out, (0, out.stride(0), out.stride(1))
@@ -112,8 +119,74 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         **launch,
     )
     if splits > 1:
-        n = batch * proj_dim
-        block = 1024
-        k._sum_splits_kernel[(-(-n // block),)](
-            dest, out, n, proj_dim, splits, out.stride(0), out.stride(1), BLOCK=block
-        )
+        _sum_splits(dest, out)
+
+
+def _plan(batch: int, dim: int, proj_dim: int, device: torch.device) -> tuple[dict, int, int]:
+    """Tiles, D splits and rows per split (a multiple of BLOCK_D) for ``dim`` rows of P; the
+    same for ``project`` and ``project_linear``, which differ only in how they form x tiles."""
+    cfg = _config(batch, proj_dim, device)
+    programs = -(-batch // cfg["BLOCK_B"]) * -(-proj_dim // cfg["BLOCK_K"])
+    splits = _num_splits(programs, dim, cfg["BLOCK_D"], device)
+    d_per_split = -(-dim // splits)
+    d_per_split = -(-d_per_split // cfg["BLOCK_D"]) * cfg["BLOCK_D"]  # splits start on a tile
+    return cfg, -(-dim // d_per_split), d_per_split
+
+
+def project_linear(
+    a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, bias: bool
+) -> None:
+    """Writes ``x @ P[offset : offset + D, :K]`` into ``out`` (``(B, K)`` float32, any strides),
+    where ``x = [G.flatten(1), g.sum(1)]`` (bias) or ``G.flatten(1)``, ``G_b = sum_t g_bt a_bt^T``,
+    ``D = d_out * d_in (+ d_out)``, without writing G or anything of its size to memory.
+
+    ``a`` (B, T, d_in) and ``g`` (B, T, d_out): same dtype (float32/float16/bfloat16) and
+    device, any strides; arguments arrive validated.
+    """
+    k = _linear_kernels()
+    batch, steps, d_in = a.shape
+    d_out = g.shape[2]
+    proj_dim = out.shape[1]
+    weight_rows = d_out * d_in
+    dim = weight_rows + (d_out if bias else 0)
+    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, a.device)
+    launch = {n: cfg.pop(n) for n in ("num_warps", "num_stages") if n in cfg}
+    if splits == 1:
+        dest, dest_strides = out, (0, out.stride(0), out.stride(1))
+    else:
+        dest = torch.empty((splits, batch, proj_dim), dtype=torch.float32, device=a.device)
+        dest_strides = dest.stride()
+    grid = (-(-batch // cfg["BLOCK_B"]), -(-proj_dim // cfg["BLOCK_K"]), splits)
+    k._project_linear_kernel[grid](
+        a,
+        g,
+        dest,
+        batch,
+        steps,
+        d_in,
+        weight_rows,
+        dim,
+        proj_dim,
+        *a.stride(),
+        *g.stride(),
+        *dest_strides,
+        seed,
+        offset,
+        d_per_split,
+        KIND=KIND_CODES[kind],
+        PRECISION=FP32_PRECISION,
+        **cfg,
+        **launch,
+    )
+    if splits > 1:
+        _sum_splits(dest, out)
+
+
+def _sum_splits(partials: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = partials.sum(0)`` in a fixed order (bitwise reproducible, no atomics)."""
+    splits, batch, proj_dim = partials.shape
+    n = batch * proj_dim
+    block = 1024
+    _kernels()._sum_splits_kernel[(-(-n // block),)](
+        partials, out, n, proj_dim, splits, out.stride(0), out.stride(1), BLOCK=block
+    )

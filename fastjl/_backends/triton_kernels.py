@@ -72,6 +72,16 @@ def _gaussian_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexp
 
 
 @triton.jit
+def _p_tile(seed, row0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in float32 for KIND (0 rademacher,
+    1 gaussian); row0 int64.  The one place kernels get tiles of P from (``_project_kernel``
+    and ``triton_linear_kernels._project_linear_kernel``), so they cannot drift apart."""
+    if KIND == 0:
+        return _rademacher_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
+    return _gaussian_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
+
+
+@triton.jit
 def _dot16(x, p, acc, EMULATE: tl.constexpr):
     """acc += x @ p for 16-bit x and p.  EMULATE: the same products in float32 (exact for
     16-bit operands), for Triton's interpreter, whose bf16 tl.dot multiplies raw bits."""
@@ -136,10 +146,7 @@ def _project_kernel(
         offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         # Rows past D load zeros, so the (valid but unused) entries of P there add nothing.
         x = tl.load(x_rows + offs_d[None, :] * stride_xd, mask=b_mask[:, None] & (offs_d[None, :] < d_stop), other=0.0)
-        if KIND == 0:
-            p = _rademacher_tile(seed, offset + d0, col0, BLOCK_D, BLOCK_K)
-        else:
-            p = _gaussian_tile(seed, offset + d0, col0, BLOCK_D, BLOCK_K)
+        p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
         acc = _dot_tile(x.to(COMPUTE), p, acc, COMPUTE, SPLIT_P, PRECISION, EMULATE_DOT16)
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
     tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & (offs_k[None, :] < K))
