@@ -14,6 +14,7 @@
 
 #include "block_args.h"
 #include "build_config.h"
+#include "linear_args.h"
 #include "philox.cuh"
 #include "project_args.h"
 #include "project_plan.cuh"
@@ -47,6 +48,18 @@ fastjl::proj::Plan project_plan(int64_t batch, int64_t dim, int64_t proj_dim, in
                                 const char* op) {
   fastjl::validate_project_sizes(batch, dim, proj_dim, op);
   return fastjl::proj::make_plan(batch, dim, proj_dim, num_sms, op);
+}
+
+fastjl::LinearArgs linear_args(uintptr_t a_ptr, uintptr_t g_ptr, int dtype, int64_t batch,
+                               int64_t tokens, int64_t d_in, int64_t d_out, int64_t stride_ab,
+                               int64_t stride_at, int64_t stride_ai, int64_t stride_gb,
+                               int64_t stride_gt, int64_t stride_go, uintptr_t out_ptr,
+                               int64_t proj_dim, int64_t stride_ob, int64_t stride_ok,
+                               uint64_t seed, int kind, int64_t offset, bool bias) {
+  return fastjl::LinearArgs{a_ptr,     g_ptr,     dtype,     batch,     tokens,    d_in,
+                            d_out,     stride_ab, stride_at, stride_ai, stride_gb, stride_gt,
+                            stride_go, out_ptr,   proj_dim,  stride_ob, stride_ok, seed,
+                            kind,      offset,    bias};
 }
 
 py::dict build_info() {
@@ -170,6 +183,76 @@ PYBIND11_MODULE(_C, m) {
       "index maps, tile fetch and P generation, with ldmatrix/mma modelled from the PTX\n"
       "ISA.  Slow; for tests on small shapes.  Returns whether the vector (cp.async) path\n"
       "was taken.");
+
+  // ---- projection of Linear-layer gradients (linear_kernel.cu) ------------------------
+  // Argument order: a, g (pointers, one dtype code, B, T, d_in, d_out, element strides of
+  // a then g), out (pointer, K, element strides; float32), seed, kind, offset, bias, then
+  // the launch resources as for project.
+  m.def(
+      "project_linear",
+      [](uintptr_t a_ptr, uintptr_t g_ptr, int dtype, int64_t batch, int64_t tokens,
+         int64_t d_in, int64_t d_out, int64_t stride_ab, int64_t stride_at, int64_t stride_ai,
+         int64_t stride_gb, int64_t stride_gt, int64_t stride_go, uintptr_t out_ptr,
+         int64_t proj_dim, int64_t stride_ob, int64_t stride_ok, uint64_t seed, int kind,
+         int64_t offset, bool bias, uintptr_t workspace_ptr, int64_t workspace_bytes,
+         int64_t num_sms, uintptr_t stream) {
+        fastjl::project_linear_device(
+            linear_args(a_ptr, g_ptr, dtype, batch, tokens, d_in, d_out, stride_ab, stride_at,
+                        stride_ai, stride_gb, stride_gt, stride_go, out_ptr, proj_dim, stride_ob,
+                        stride_ok, seed, kind, offset, bias),
+            workspace_ptr, workspace_bytes, num_sms, stream);
+      },
+      py::arg("a_ptr"), py::arg("g_ptr"), py::arg("dtype"), py::arg("B"), py::arg("T"),
+      py::arg("d_in"), py::arg("d_out"), py::arg("stride_ab"), py::arg("stride_at"),
+      py::arg("stride_ai"), py::arg("stride_gb"), py::arg("stride_gt"), py::arg("stride_go"),
+      py::arg("out_ptr"), py::arg("K"), py::arg("stride_ob"), py::arg("stride_ok"),
+      py::arg("seed"), py::arg("kind"), py::arg("offset"), py::arg("bias"),
+      py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("num_sms"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+      "out = x @ P[offset : offset + D, :K] for x = [G.flatten(1)] (+ [g.sum(1)] if bias),\n"
+      "G[b] = sum_t g[b, t, :] a[b, t, :]^T (d_out x d_in), D = d_out*d_in (+ d_out), on the\n"
+      "GPU without forming G in global memory.  a (B, T, d_in) and g (B, T, d_out) share the\n"
+      "dtype code (0 float32, 1 float16, 2 bfloat16); device pointers, element strides; out\n"
+      "is float32 and fully overwritten.  workspace: project_linear_workspace_bytes(...)\n"
+      "bytes of device memory (0/0 when that is 0).  Asynchronous on `stream`.\n"
+      "Raises ValueError for bad arguments, RuntimeError('fastjl._C.project_linear: ...').");
+
+  m.def(
+      "project_linear_workspace_bytes",
+      [](int64_t batch, int64_t d_in, int64_t d_out, bool bias, int64_t proj_dim,
+         int64_t num_sms) {
+        constexpr const char* op = "fastjl._C.project_linear_workspace_bytes";
+        return project_plan(batch, fastjl::linear_dim(d_in, d_out, bias, op), proj_dim, num_sms,
+                            op)
+            .workspace_bytes;
+      },
+      py::arg("B"), py::arg("d_in"), py::arg("d_out"), py::arg("bias"), py::arg("K"),
+      py::arg("num_sms"),
+      "Bytes of device workspace project_linear() needs (that of project() for\n"
+      "D = d_out*d_in (+ d_out): the same launch plan).");
+
+  m.def(
+      "host_emulate_project_linear",
+      [](uintptr_t a_ptr, uintptr_t g_ptr, int dtype, int64_t batch, int64_t tokens,
+         int64_t d_in, int64_t d_out, int64_t stride_ab, int64_t stride_at, int64_t stride_ai,
+         int64_t stride_gb, int64_t stride_gt, int64_t stride_go, uintptr_t out_ptr,
+         int64_t proj_dim, int64_t stride_ob, int64_t stride_ok, uint64_t seed, int kind,
+         int64_t offset, bool bias, int64_t num_sms) {
+        fastjl::host_emulate_project_linear(
+            linear_args(a_ptr, g_ptr, dtype, batch, tokens, d_in, d_out, stride_ab, stride_at,
+                        stride_ai, stride_gb, stride_gt, stride_go, out_ptr, proj_dim, stride_ob,
+                        stride_ok, seed, kind, offset, bias),
+            num_sms);
+      },
+      py::arg("a_ptr"), py::arg("g_ptr"), py::arg("dtype"), py::arg("B"), py::arg("T"),
+      py::arg("d_in"), py::arg("d_out"), py::arg("stride_ab"), py::arg("stride_at"),
+      py::arg("stride_ai"), py::arg("stride_gb"), py::arg("stride_gt"), py::arg("stride_go"),
+      py::arg("out_ptr"), py::arg("K"), py::arg("stride_ob"), py::arg("stride_ok"),
+      py::arg("seed"), py::arg("kind"), py::arg("offset"), py::arg("bias"), py::arg("num_sms"),
+      py::call_guard<py::gil_scoped_release>(),
+      "project_linear() emulated on the CPU, lane by lane, on HOST pointers: the kernel's\n"
+      "plan, gradient-tile producer, P generation and fragment maps, with ldmatrix/mma\n"
+      "modelled from the PTX ISA.  Slow; for tests on small shapes.");
 
   m.def("build_info", &build_info, "Facts about this build (versions, CUDA archs).");
 }

@@ -1,9 +1,11 @@
-// CPU emulation of the projection kernel (project_kernel.cu), lane by lane.
+// CPU emulation of the projection pipeline (project_kernel.cuh), lane by lane, for both of
+// its x-tile producers: project's x tiles and project_linear's gradient tiles.
 //
 // Runs the kernel's decomposition with the kernel's own code: the launch plan and D-splits
-// (project_plan.cuh), the thread/lane index maps (project_index.cuh), the x-tile fetch and
-// P-tile generation (project_tiles.cuh, called for tid = 0..255 on a byte array standing
-// in for shared memory, with the same pitches and double-buffer offsets) and the 16-bit
+// (project_plan.cuh), the thread/lane index maps (project_index.cuh), the x-tile producers
+// (load_x_tile of project_tiles.cuh, load_g_tile of linear_tiles.cuh) and the P-tile
+// generation (project_tiles.cuh), all called for tid = 0..255 on a byte array standing in
+// for shared memory, with the same pitches and double-buffer offsets, and the 16-bit
 // conversions (half_bits.cuh, software round-to-nearest-even).  The three instructions the
 // host cannot run are modelled from the PTX ISA's description, written out here
 // independently of project_index.cuh:
@@ -12,11 +14,13 @@
 //   * mma.sync m16n8k16 .row.col: the A/B/C fragment layouts (products exact in float64,
 //     added to the float32 accumulator; the hardware's internal summation order differs,
 //     so results agree with the GPU to float32 rounding, not bit for bit).
-// tests/test_c_fragments.py compares the result with fastjl's torch backend.
+// tests/test_c_fragments.py and tests/test_c_linear.py compare the results with fastjl's
+// torch backend.
 //
-// What this does NOT verify (needs a GPU run, tests/test_cuda_backend.py): the PTX
-// strings themselves (operand order of cvt/mma, .trans), cp.async completion and the
-// barrier placement (races), shared-memory alignment and bank conflicts, launch config.
+// What this does NOT verify (needs a GPU run, tests/test_cuda_backend.py and
+// tests/test_cuda_linear.py): the PTX strings themselves (operand order of cvt/mma, .trans),
+// cp.async completion and the barrier placement (races), shared-memory alignment and bank
+// conflicts, launch config.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -24,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "linear_args.h"
+#include "linear_tiles.cuh"
 #include "project_args.h"
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
@@ -34,6 +40,7 @@ namespace {
 using namespace proj;
 
 constexpr const char* kOp = "fastjl._C.host_emulate_project";
+constexpr const char* kLinearOp = "fastjl._C.host_emulate_project_linear";
 
 // A warp's registers: 32 lanes x up to 4 32-bit registers.
 struct WarpRegs {
@@ -117,10 +124,11 @@ struct Dest {
 };
 
 // One CTA (tile_b, tile_n, split): the kernel's steps in order, each phase run for all
-// threads / warps before the next (the kernel separates them by barriers).
-template <class Cfg, int XDtype, int Kind>
-void emulate_cta(const ProjectArgs& a, const Plan& plan, int64_t cta, int64_t split,
-                 const Dest& dest, std::vector<Packed4>& smem_store) {
+// threads / warps before the next (the kernel separates them by barriers).  XDtype is the
+// x tile's element type; fetch(tid, block_b, b0, d0, d_end, tile) is the producer's fetch.
+template <class Cfg, int XDtype, int Kind, class Fetch>
+void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
+                 const Dest& dest, std::vector<Packed4>& smem_store, const Fetch& fetch) {
   constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
@@ -129,9 +137,6 @@ void emulate_cta(const ProjectArgs& a, const Plan& plan, int64_t cta, int64_t sp
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
   std::memset(smem, 0xFF, Layout::kTotal);  // poison: anything not written reads as NaN
 
-  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
-                   a.stride_xb, a.stride_xd};
-  const bool vector_loads = use_vector_loads(a);
   const PhiloxKey key = key_from_seed(a.seed);
   // Same index arithmetic as the kernel's prologue (blockIdx.x = cta, blockIdx.y = split).
   const int64_t b0 = (cta / plan.tiles_n) * Cfg::kBlockB;
@@ -153,16 +158,7 @@ void emulate_cta(const ProjectArgs& a, const Plan& plan, int64_t cta, int64_t sp
     const int64_t d0 = range.begin + s * kBlockD;
     const uint64_t step_row = row0 + static_cast<uint64_t>(s) * kBlockD;
 
-    for (int tid = 0; tid < kThreads; ++tid) {
-      if (vector_loads)
-        load_x_tile_vector(tid, xs, Cfg::kBlockB, b0, d0, range.end, x_tile, HostCopy16{});
-      else if (kFp32)
-        load_x_tile_elements(tid, xs, Cfg::kBlockB, b0, d0, range.end,
-                             reinterpret_cast<float*>(x_tile));
-      else
-        load_x_tile_elements(tid, xs, Cfg::kBlockB, b0, d0, range.end,
-                             reinterpret_cast<uint16_t*>(x_tile));
-    }
+    for (int tid = 0; tid < kThreads; ++tid) fetch(tid, Cfg::kBlockB, b0, d0, range.end, x_tile);
     if (kGauss) {
       for (int tid = 0; tid < kThreads; ++tid)
         gaussian_generate<T>(tid, key, step_row, col0, a.proj_dim, p_hi, p_lo);
@@ -244,34 +240,28 @@ void emulate_cta(const ProjectArgs& a, const Plan& plan, int64_t cta, int64_t sp
   }
 }
 
-template <class Cfg, int XDtype, int Kind>
-void emulate_grid(const ProjectArgs& a, const Plan& plan, const Dest& dest) {
+template <class Cfg, int XDtype, int Kind, class Fetch>
+void emulate_grid(const Problem& a, const Plan& plan, const Dest& dest, const Fetch& fetch) {
   using Layout = SmemLayout<Cfg, XDtype == kFloat32 ? 4 : 2, Kind>;
   std::vector<Packed4> smem(Layout::kTotal / sizeof(Packed4));
   for (int64_t split = 0; split < plan.splits; ++split)
     for (int64_t cta = 0; cta < plan.tiles_b * plan.tiles_n; ++cta)
-      emulate_cta<Cfg, XDtype, Kind>(a, plan, cta, split, dest, smem);
+      emulate_cta<Cfg, XDtype, Kind>(a, plan, cta, split, dest, smem, fetch);
 }
 
-template <class Cfg>
-void emulate_config(const ProjectArgs& a, const Plan& plan, const Dest& dest) {
-  const bool gauss = a.kind == kGaussian;
-  if (a.x_dtype == kFloat32)
-    gauss ? emulate_grid<Cfg, kFloat32, kGaussian>(a, plan, dest)
-          : emulate_grid<Cfg, kFloat32, kRademacher>(a, plan, dest);
-  else if (a.x_dtype == kFloat16)
-    gauss ? emulate_grid<Cfg, kFloat16, kGaussian>(a, plan, dest)
-          : emulate_grid<Cfg, kFloat16, kRademacher>(a, plan, dest);
+template <class Cfg, int XDtype, class Fetch>
+void emulate_config(const Problem& a, const Plan& plan, const Dest& dest, const Fetch& fetch) {
+  if (a.kind == kGaussian)
+    emulate_grid<Cfg, XDtype, kGaussian>(a, plan, dest, fetch);
   else
-    gauss ? emulate_grid<Cfg, kBFloat16, kGaussian>(a, plan, dest)
-          : emulate_grid<Cfg, kBFloat16, kRademacher>(a, plan, dest);
+    emulate_grid<Cfg, XDtype, kRademacher>(a, plan, dest, fetch);
 }
 
-}  // namespace
-
-void host_emulate_project(const ProjectArgs& a, int64_t num_sms) {
-  validate_project_args(a, kOp);
-  const Plan plan = make_plan(a.batch, a.dim, a.proj_dim, num_sms, kOp);
+// The whole launch (run_pipeline of project_kernel.cuh): plan, tile kernel into out or the
+// workspace, ordered reduction of the D-splits.
+template <int XDtype, class Fetch>
+void emulate(const Problem& a, int64_t num_sms, const char* op, const Fetch& fetch) {
+  const Plan plan = make_plan(a.batch, a.dim, a.proj_dim, num_sms, op);
   if (a.batch == 0) return;
   std::vector<float> workspace;
   Dest dest{reinterpret_cast<float*>(a.out), 0, a.stride_ob, a.stride_ok};
@@ -280,11 +270,11 @@ void host_emulate_project(const ProjectArgs& a, int64_t num_sms) {
     dest = Dest{workspace.data(), a.batch * a.proj_dim, a.proj_dim, 1};
   }
   if (plan.config == 0)
-    emulate_config<ConfigB32>(a, plan, dest);
+    emulate_config<ConfigB32, XDtype>(a, plan, dest, fetch);
   else if (plan.config == 1)
-    emulate_config<ConfigB64>(a, plan, dest);
+    emulate_config<ConfigB64, XDtype>(a, plan, dest, fetch);
   else
-    emulate_config<ConfigB128>(a, plan, dest);
+    emulate_config<ConfigB128, XDtype>(a, plan, dest, fetch);
 
   if (plan.splits > 1) {  // sum_splits_kernel: fixed split order
     const int64_t n = a.batch * a.proj_dim;
@@ -296,6 +286,43 @@ void host_emulate_project(const ProjectArgs& a, int64_t num_sms) {
       out[b * a.stride_ob + (idx - b * a.proj_dim) * a.stride_ok] = total;
     }
   }
+}
+
+// project's producer: x's own tiles, vector (cp.async, modelled by HostCopy16) or element path.
+template <int XDtype>
+void emulate_project(const ProjectArgs& a, int64_t num_sms) {
+  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
+                   a.stride_xb, a.stride_xd};
+  const bool vector = use_vector_loads(a);
+  emulate<XDtype>(problem_of(a), num_sms, kOp,
+                  [&](int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
+                      unsigned char* tile) {
+                    load_x_tile<XDtype>(tid, xs, vector, block_b, b0, d0, d_end, tile,
+                                        HostCopy16{});
+                  });
+}
+
+}  // namespace
+
+void host_emulate_project(const ProjectArgs& a, int64_t num_sms) {
+  validate_project_args(a, kOp);
+  if (a.x_dtype == kFloat32)
+    emulate_project<kFloat32>(a, num_sms);
+  else if (a.x_dtype == kFloat16)
+    emulate_project<kFloat16>(a, num_sms);
+  else
+    emulate_project<kBFloat16>(a, num_sms);
+}
+
+void host_emulate_project_linear(const LinearArgs& a, int64_t num_sms) {
+  validate_linear_args(a, kLinearOp);
+  const LinearSource src = linear_source(a);
+  emulate<kFloat32>(linear_problem(a, kLinearOp), num_sms, kLinearOp,
+                    [&](int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
+                        unsigned char* tile) {
+                      load_g_tile(tid, src, block_b, b0, d0, d_end,
+                                  reinterpret_cast<float*>(tile));
+                    });
 }
 
 }  // namespace fastjl

@@ -31,6 +31,23 @@ struct ProjectArgs {
 
 inline int64_t dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
 
+// What the projection pipeline computes, whatever produces the rows of x (x itself for
+// project, tiles of per-example Linear gradients for project_linear):
+// out[B, K] (float32, element strides) = x[B, D] @ P[offset : offset + D, :K].
+struct Problem {
+  int64_t batch, dim, proj_dim;
+  uintptr_t out;
+  int64_t stride_ob, stride_ok;
+  uint64_t seed;
+  int kind;
+  int64_t offset;
+};
+
+inline Problem problem_of(const ProjectArgs& a) {
+  return Problem{a.batch, a.dim, a.proj_dim, a.out, a.stride_ob, a.stride_ok,
+                 a.seed,  a.kind, a.offset};
+}
+
 // Throws std::invalid_argument naming `op` if the sizes are out of range (also used by
 // project_workspace_bytes / project_plan).
 inline void validate_project_sizes(int64_t batch, int64_t dim, int64_t proj_dim,

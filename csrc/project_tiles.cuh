@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "block_args.h"  // DtypeCode
 #include "half_bits.cuh"
 #include "matrix_entries.cuh"
 #include "project_index.cuh"
@@ -76,6 +77,20 @@ FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int6
     tile[rc.row * kXStride + rc.col] =
         (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
   }
+}
+
+// Thread tid's share of the x tile of element type XDtype (a DtypeCode): the vector path
+// when `vector` (use_vector_loads), else element loads.  The kernel's producer and the CPU
+// emulation both call this, with their own copy functor.
+template <int XDtype, class Copy16>
+FASTJL_HD void load_x_tile(int tid, const XSource& s, bool vector, int block_b, int64_t b0,
+                           int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
+  if (vector)
+    load_x_tile_vector(tid, s, block_b, b0, d0, d_end, tile, copy);
+  else if (XDtype == kFloat32)
+    load_x_tile_elements(tid, s, block_b, b0, d0, d_end, reinterpret_cast<float*>(tile));
+  else
+    load_x_tile_elements(tid, s, block_b, b0, d0, d_end, reinterpret_cast<uint16_t*>(tile));
 }
 
 // ---- rademacher ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""CUDA backend: the tensor-core kernel compiled into ``fastjl._C`` (csrc/project_kernel.cu).
+"""CUDA backend: the tensor-core kernels compiled into ``fastjl._C`` (csrc/project_kernel.cuh:
+``project`` feeds it tiles of x, ``project_linear`` tiles of per-example Linear gradients).
 
 ``fastjl._C`` takes raw pointers, sizes, dtype codes and the stream handle (it includes no
 torch headers, so one build serves every torch version); this wrapper is where torch tensors
@@ -65,6 +66,42 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         )
 
 
+def op_availability(op: str) -> str | None:
+    """Why this build of ``fastjl._C`` cannot run ``op`` (None when it can)."""
+    if op == "project_linear" and not hasattr(_C, "project_linear"):
+        return "fastjl._C has no project_linear kernel in this build (rebuild fastjl)"
+    return None
+
+
+def project_linear(
+    a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, bias: bool
+) -> None:
+    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)`` float32, any strides) for
+    ``x = [G.flatten(1)]`` (``+ [g.sum(1)]`` if ``bias``), ``G_b = Σ_t g[b, t] a[b, t]ᵀ``,
+    ``D = d_out·d_in (+ d_out)``, without writing ``G`` to memory: the kernel forms float32 tiles
+    of ``G`` in shared memory and feeds them to the same pipeline as :func:`project` (tiles split
+    into bfloat16 hi + lo, ~16 significant bits, as for float32 ``x``).
+
+    ``a`` ``(B, T, d_in)``, ``g`` ``(B, T, d_out)``: CUDA tensors of one dtype (float32, float16 or
+    bfloat16), any strides.  Runs on the current stream of ``a``'s device; does not synchronize.
+    """
+    batch, _, d_in = a.shape
+    d_out = g.shape[2]
+    proj_dim = out.shape[1]
+    with torch.cuda.device(a.device):
+        num_sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+        workspace_bytes = _C.project_linear_workspace_bytes(batch, d_in, d_out, bias, proj_dim, num_sms)
+        # Same stream as the kernel: see project().
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device) if workspace_bytes else None
+        _C.project_linear(
+            *linear_tensor_args(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias),
+            workspace.data_ptr() if workspace is not None else 0,
+            workspace_bytes,
+            num_sms,
+            torch.cuda.current_stream(a.device).cuda_stream,
+        )
+
+
 def tensor_args(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> tuple:
     """The leading arguments of ``_C.project`` and ``_C.host_emulate_project``: pointers,
     dtype code, sizes and strides (in elements) of ``x`` and ``out``, seed, kind code, offset."""
@@ -73,4 +110,19 @@ def tensor_args(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, off
         x.data_ptr(), DTYPE_CODES[x.dtype], batch, dim, x.stride(0), x.stride(1),
         out.data_ptr(), out.shape[1], out.stride(0), out.stride(1),
         seed, KIND_CODES[kind], offset,
+    )  # fmt: skip
+
+
+def linear_tensor_args(
+    a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, bias: bool
+) -> tuple:
+    """The leading arguments of ``_C.project_linear`` and ``_C.host_emulate_project_linear``:
+    pointers of ``a`` and ``g``, their dtype code, B, T, d_in, d_out, element strides of ``a`` and
+    ``g``, then ``out``'s pointer, K and strides, seed, kind code, offset, bias."""
+    batch, tokens, d_in = a.shape
+    return (
+        a.data_ptr(), g.data_ptr(), DTYPE_CODES[a.dtype], batch, tokens, d_in, g.shape[2],
+        *a.stride(), *g.stride(),
+        out.data_ptr(), out.shape[1], out.stride(0), out.stride(1),
+        seed, KIND_CODES[kind], offset, bias,
     )  # fmt: skip
