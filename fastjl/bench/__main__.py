@@ -4,6 +4,9 @@ Default on CPU: B=32, D=10^6, K=1024, fastjl's torch backend against a dense mat
 materialized torch-RNG matrix, timed without ("dense-stored") and with ("dense-generated",
 TRAK's BasicProjector approach) generating that matrix.  On a GPU: DESIGN §8's TRAK
 shapes.  Prints a table; ``--save`` also writes JSON under bench/results/.
+
+``--op linear``: ``fastjl.project_linear`` fused, against materializing the per-example
+gradients and projecting them, and against the kronecker kind (see :mod:`.linear_op`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import sys
 from pathlib import Path
 
@@ -22,6 +24,9 @@ import fastjl
 
 from .ceilings import measure_ceilings
 from .contenders import CONTENDERS, Shape, Unavailable
+from .linear_contenders import LINEAR_CONTENDERS, Disagreement, default_rtol
+from .linear_op import LINEAR_PLOT, LINEAR_PRESETS, format_linear_table, linear_shapes, run_linear_shape
+from .memory import peak_extra_mib
 from .plot import save_plot
 from .timing import median_ms
 
@@ -39,16 +44,27 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastjl.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", default="project", choices=("project", "linear"), help="fastjl.project or project_linear")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="shape set (default: cpu on CPU, trak on GPU)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(set(PRESETS) | set(LINEAR_PRESETS)),
+        help=f"shape set (project: {', '.join(PRESETS)}, default cpu on CPU, trak on GPU; "
+        f"linear: {', '.join(LINEAR_PRESETS)}, default cpu on CPU, gpt2 on GPU)",
+    )
     p.add_argument("--batch", type=_ints, help="comma-separated batch sizes B (overrides the preset)")
     p.add_argument("--dim", type=_ints, help="comma-separated input dims D, e.g. 1e6")
     p.add_argument("--proj-dim", type=_ints, help="comma-separated output dims K")
+    p.add_argument("--tokens", type=_ints, help="linear: comma-separated tokens per example T")
+    p.add_argument("--d-in", type=_ints, help="linear: comma-separated layer input widths")
+    p.add_argument("--d-out", type=_ints, help="linear: comma-separated layer output widths")
     p.add_argument("--kind", default="rademacher", choices=fastjl.KINDS)
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float32 on CPU, bfloat16 on GPU")
     p.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help="comma-separated subset of: " + ", ".join(CONTENDERS)
+        "--contenders",
+        help=f"comma-separated subset of (project) {', '.join(CONTENDERS)}; (linear) {', '.join(LINEAR_CONTENDERS)}",
     )
+    p.add_argument("--rtol", type=float, help="linear: fused vs materialize+project agreement (default: by dtype)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--input-sets", type=int, default=2, help="distinct random inputs cycled through")
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring the matmul/bandwidth ceilings")
@@ -57,11 +73,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def resolve(args):
+def resolve_device(args) -> tuple[str, torch.dtype]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    return device, DTYPES[args.dtype or ("bfloat16" if device == "cuda" else "float32")]
+
+
+def resolve(args):
+    device, dtype = resolve_device(args)
     preset = PRESETS[args.preset or ("trak" if device == "cuda" else "cpu")]
     batches, dims, proj_dims = args.batch or preset[0], args.dim or preset[1], args.proj_dim or preset[2]
-    dtype = DTYPES[args.dtype or ("bfloat16" if device == "cuda" else "float32")]
     shapes = [Shape(b, d, k, args.kind, dtype) for d in dims for k in proj_dims for b in batches]
     return device, shapes
 
@@ -97,17 +117,7 @@ def peak_memory_mib(shape: Shape, device: str) -> float:
     """Peak memory added by one fastjl-torch projection, beyond its input and output."""
     x = torch.randn(shape.batch, shape.dim, device=device).to(shape.dtype)
     out = torch.empty(shape.batch, shape.proj_dim, device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend="torch")
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # ru_maxrss is a high-water mark in KiB; x was allocated (and touched) above.
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend="torch")
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return peak_extra_mib(lambda: fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend="torch"), device)
 
 
 def device_name(device: str) -> str:
@@ -129,14 +139,18 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device, shapes = resolve(args)
-    names = [n.strip() for n in args.contenders.split(",")]
-    unknown = [n for n in names if n not in CONTENDERS]
+def contender_names(args, valid) -> list[str] | None:
+    """The requested contenders, or None (after saying why) if any is unknown."""
+    names = [n.strip() for n in args.contenders.split(",")] if args.contenders else list(valid)
+    unknown = [n for n in names if n not in valid]
     if unknown:
-        print(f"unknown contenders {unknown}; valid: {list(CONTENDERS)}", file=sys.stderr)
-        return 2
+        print(f"unknown contenders {unknown}; valid: {list(valid)}", file=sys.stderr)
+        return None
+    return names
+
+
+def run_info(device: str) -> dict:
+    """Device, date and versions recorded with every run (and printed as its first line)."""
     info = dict(
         device=device_name(device),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -146,6 +160,60 @@ def main(argv=None) -> int:
         backends={k: str(v) for k, v in fastjl.backends(device).items()},
     )
     print(f"fastjl.bench on {info['device']} (torch {info['torch']}, {info['date']})")
+    return info
+
+
+def save_json(folder: str, prefix: str, payload: dict) -> Path:
+    """Writes ``<folder>/<prefix>-<local date-time>.json`` and says so."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    path = path / f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def main_linear(args) -> int:
+    device, dtype = resolve_device(args)
+    names = contender_names(args, LINEAR_CONTENDERS)
+    if names is None:
+        return 2
+    if args.preset and args.preset not in LINEAR_PRESETS:
+        print(f"--op linear presets are {list(LINEAR_PRESETS)}, got {args.preset!r}", file=sys.stderr)
+        return 2
+    shapes = linear_shapes(args, device, dtype)
+    rtol = args.rtol if args.rtol is not None else default_rtol(dtype, device)
+    info = run_info(device)
+    rows = []
+    try:
+        for s in shapes:
+            rows += run_linear_shape(s, device, names, args.reps, args.input_sets, rtol)
+    except Disagreement as exc:
+        print(format_linear_table(rows))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_linear_table(rows))
+    if args.save:
+        path = save_json(args.save, f"bench-linear-{device}", dict(info, op="linear", rtol=rtol, results=rows))
+        title = f"fastjl.bench --op linear on {info['device']}, {info['date']}"
+        png = save_plot(rows, path.with_suffix(".png"), title, **LINEAR_PLOT)
+        if png:
+            print(f"wrote {png}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.op == "linear":
+        return main_linear(args)
+    if args.preset and args.preset not in PRESETS:
+        print(f"--op project presets are {list(PRESETS)}, got {args.preset!r}", file=sys.stderr)
+        return 2
+    device, shapes = resolve(args)
+    names = contender_names(args, CONTENDERS)
+    if names is None:
+        return 2
+    info = run_info(device)
     if args.peak_memory:
         for s in shapes:
             mib = peak_memory_mib(s, device)
@@ -165,12 +233,7 @@ def main(argv=None) -> int:
         rows += run_shape(s, device, names, args.reps, args.input_sets, ceilings)
     print(format_table(rows))
     if args.save:
-        folder = Path(args.save)
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = folder / f"bench-{device}-{stamp}.json"
-        path.write_text(json.dumps(dict(info, ceilings=ceilings, results=rows), indent=2))
-        print(f"wrote {path}")
+        path = save_json(args.save, f"bench-{device}", dict(info, ceilings=ceilings, results=rows))
         png = save_plot(rows, path.with_suffix(".png"), f"fastjl.bench on {info['device']}, {info['date']}")
         if png:
             print(f"wrote {png}")

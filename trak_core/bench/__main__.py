@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import fastjl
+from fastjl.bench.memory import peak_extra_mib
 
 from ..gradients import FunctionalGradientComputer
 from ..hooked_gradients import LinearHooksGradientComputer
 from ..model_output import ClassificationMargin
-from .memory import PeakMemory
 from .models import GPT, mlp
 
 # name -> (model factory, input factory(batch, generator), batch size, K, grad_wrt filter)
@@ -109,19 +109,20 @@ def run(args) -> dict:
         agree = None
         if reference is not None and path != "hooks+kronecker":
             agree = ((first.double() - reference.double()).norm() / reference.double().norm()).item()
-        with PeakMemory(device) as peak:
-            start = time.perf_counter()
+
+        def timed_batches(computer=computer, projector=projector):
             for timed in batches[1:]:
                 computer.projected_per_sample_grad(timed, projector, 0)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        peak_mib = peak_extra_mib(timed_batches, device.type)  # synchronizes on CUDA
+        seconds = time.perf_counter() - start
         rows.append(
             dict(
                 path=path,
                 ms_per_batch=1e3 * seconds / args.batches,
                 examples_per_s=batch * args.batches / seconds,
-                peak_mib=peak.mib,
+                peak_mib=peak_mib,
                 rel_diff_vs_torch_func=agree,
             )
         )

@@ -1,0 +1,19 @@
+"""``python -m trak_core.bench`` runs, and its dense paths agree (a benchmark of wrong features is useless)."""
+
+import json
+
+from trak_core.bench.__main__ import PATHS, main
+
+
+def test_quick_featurize_benchmark(tmp_path, capsys):
+    result = main(["--preset", "quick", "--device", "cpu", "--batches", "1", "--save", str(tmp_path)])
+    rows = {row["path"]: row for row in result["rows"]}
+    assert list(rows) == list(PATHS)
+    for row in rows.values():
+        assert row["ms_per_batch"] > 0 and row["examples_per_s"] > 0
+    assert rows["torch.func+project"]["rel_diff_vs_torch_func"] == 0.0
+    assert rows["hooks+project_linear"]["rel_diff_vs_torch_func"] < 1e-5
+    assert rows["hooks+kronecker"]["rel_diff_vs_torch_func"] is None
+    saved = json.loads(next(tmp_path.glob("featurize-quick-cpu-*.json")).read_text())
+    assert saved["rows"] == result["rows"] and saved["num_params"] == 12 * 16 + 16 + 16 * 5 + 5
+    assert "hooks+project_linear" in capsys.readouterr().out
