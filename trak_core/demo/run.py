@@ -128,7 +128,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     load_from_save_dir=False,  # the checkpoints were just retrained: start over
                     device=device,
                     quiet=config.quiet,
-                    logging_level=config.log_level,
+                    # λ = 0 at K >= n warns that XᵀX is singular: the demo shows that on purpose.
+                    logging_level=config.log_level if lambda_reg is None else max(config.log_level, logging.ERROR),
                 )
             lds = linear_datamodeling_score(scores, subsets, outputs, seed=config.seed)
             store = Store.open(store_dir)
