@@ -1,7 +1,12 @@
-"""Shared test utilities: float64 references and poisoned outputs."""
+"""Shared test utilities: float64 references, poisoned outputs, skips for the compiled module."""
 
+import importlib
+import importlib.util
+
+import pytest
 import torch
 
+import fastjl
 from fastjl.spec import matrix_block
 
 
@@ -34,3 +39,26 @@ def materialized_linear_gradient(a, g, bias=False):
         a, g = a[:, None], g[:, None]
     grads = torch.einsum("bto,bti->boi", g.double(), a.double()).reshape(a.shape[0], -1)
     return torch.cat([grads, g.double().sum(1)], dim=1) if bias else grads
+
+
+def linear_reference(a, g, proj_dim, *, seed=0, kind="rademacher", offset=0, bias=False):
+    """``project_linear``'s float64 reference: the per-example gradients formed explicitly,
+    projected by the torch backend in float64 (fast enough for D of 10^6)."""
+    x = materialized_linear_gradient(a, g, bias)
+    return fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset, backend="torch")
+
+
+HAS_EXTENSION = importlib.util.find_spec("fastjl._C") is not None
+ON_CUDA_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+needs_cuda_kernels = pytest.mark.skipif(
+    not (ON_CUDA_GPU and HAS_EXTENSION), reason="needs a CUDA GPU of compute capability >= 8.0 and fastjl._C"
+)
+
+
+def extension_or_skip_module():
+    """``fastjl._C``, or a module-level skip saying why it is missing (host-side tests)."""
+    if not HAS_EXTENSION:
+        pytest.skip(
+            "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)", allow_module_level=True
+        )
+    return importlib.import_module("fastjl._C")

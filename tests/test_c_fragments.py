@@ -10,22 +10,14 @@ is in tests/test_cuda_backend.py.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import pytest
 import torch
 
 import fastjl
 
-from .helpers import poisoned, relative_error
+from .helpers import extension_or_skip_module, poisoned, relative_error
 
-if importlib.util.find_spec("fastjl._C") is None:
-    pytest.skip(
-        "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)",
-        allow_module_level=True,
-    )
-_C = importlib.import_module("fastjl._C")
+_C = extension_or_skip_module()
 
 from fastjl._backends.cuda_backend import tensor_args  # noqa: E402
 

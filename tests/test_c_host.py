@@ -7,21 +7,15 @@ The host tests need no GPU; tests marked ``gpu`` run only where torch sees a CUD
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import pytest
 import torch
 
 import fastjl
 import fastjl.spec as spec
 
-if importlib.util.find_spec("fastjl._C") is None:
-    pytest.skip(
-        "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)",
-        allow_module_level=True,
-    )
-_C = importlib.import_module("fastjl._C")
+from .helpers import extension_or_skip_module
+
+_C = extension_or_skip_module()
 
 KIND_CODE = {"rademacher": 0, "gaussian": 1}
 DTYPE_CODE = {torch.float32: 0, torch.float64: 3}

@@ -10,22 +10,14 @@ projects them with the torch backend.  What only a GPU can check is in tests/tes
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import pytest
 import torch
 
 import fastjl
 
-from .helpers import poisoned, relative_error
+from .helpers import extension_or_skip_module, linear_reference, poisoned, relative_error
 
-if importlib.util.find_spec("fastjl._C") is None:
-    pytest.skip(
-        "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)",
-        allow_module_level=True,
-    )
-_C = importlib.import_module("fastjl._C")
+_C = extension_or_skip_module()
 
 from fastjl._backends import cuda_backend  # noqa: E402
 from fastjl._backends.cuda_backend import linear_tensor_args  # noqa: E402
@@ -50,11 +42,7 @@ def emulate(a, g, proj_dim, *, seed=SEED, kind="rademacher", offset=OFFSET, bias
 
 
 def reference(a, g, proj_dim, *, seed=SEED, kind="rademacher", offset=OFFSET, bias=False):
-    """float64: the per-example gradients formed explicitly, projected by the torch backend."""
-    x = torch.einsum("bto,bti->boi", g.double(), a.double()).reshape(a.shape[0], -1)
-    if bias:
-        x = torch.cat([x, g.double().sum(1)], dim=1)
-    return fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset, backend="torch")
+    return linear_reference(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias)
 
 
 def random_inputs(batch, tokens, d_in, d_out, dtype, seed=0):

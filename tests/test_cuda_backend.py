@@ -5,7 +5,6 @@ without one only the availability report is checked here, and the kernel's decom
 checked on the CPU by tests/test_c_fragments.py.
 """
 
-import importlib.util
 
 import pytest
 import torch
@@ -13,13 +12,9 @@ import torch
 import fastjl
 from fastjl.spec import matrix_block
 
-from .helpers import poisoned, reference_projection, relative_error
+from .helpers import needs_cuda_kernels, poisoned, reference_projection, relative_error
 
-HAS_EXTENSION = importlib.util.find_spec("fastjl._C") is not None
-ON_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
-needs_gpu = pytest.mark.skipif(
-    not (ON_GPU and HAS_EXTENSION), reason="needs a CUDA GPU of compute capability >= 8.0 and fastjl._C"
-)
+needs_gpu = needs_cuda_kernels
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEED = 2**64 - 3
 # Relative (Frobenius) error bounds vs float64 of the same (rounded) input.  Predicted:

@@ -7,7 +7,6 @@ loads into shared memory between the pipeline's barriers), the launch, and the r
 the real MMAs.
 """
 
-import importlib.util
 
 import pytest
 import torch
@@ -16,13 +15,9 @@ import fastjl
 from fastjl._backends import cuda_backend
 from fastjl.spec import matrix_block
 
-from .helpers import poisoned, relative_error
+from .helpers import linear_reference, materialized_linear_gradient, needs_cuda_kernels, poisoned, relative_error
 
-HAS_EXTENSION = importlib.util.find_spec("fastjl._C") is not None
-ON_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
-needs_gpu = pytest.mark.skipif(
-    not (ON_GPU and HAS_EXTENSION), reason="needs a CUDA GPU of compute capability >= 8.0 and fastjl._C"
-)
+needs_gpu = needs_cuda_kernels
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEED = 2**64 - 3
@@ -51,11 +46,7 @@ def run(a, g, proj_dim, *, out=None, seed=SEED, kind="rademacher", offset=OFFSET
 
 
 def reference(a, g, proj_dim, *, seed=SEED, kind="rademacher", offset=OFFSET, bias=False):
-    """float64: the per-example gradients formed explicitly, projected by the torch backend."""
-    x = torch.einsum("bto,bti->boi", g.double(), a.double()).reshape(a.shape[0], -1)
-    if bias:
-        x = torch.cat([x, g.double().sum(1)], dim=1)
-    return fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset, backend="torch")
+    return linear_reference(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias)
 
 
 def random_inputs(batch, tokens, d_in, d_out, dtype):
@@ -175,14 +166,7 @@ def test_offsets_are_additive_over_layers():
     a1, g1 = random_inputs(4, 3, 30, 20, torch.float32)
     a2, g2 = random_inputs(4, 3, 17, 11, torch.float32)
     d1 = 20 * 30 + 20
-    x = torch.cat(
-        [
-            torch.einsum("bto,bti->boi", g1.double(), a1.double()).reshape(4, -1),
-            g1.double().sum(1),
-            torch.einsum("bto,bti->boi", g2.double(), a2.double()).reshape(4, -1),
-        ],
-        dim=1,
-    )
+    x = torch.cat([materialized_linear_gradient(a1, g1, bias=True), materialized_linear_gradient(a2, g2)], dim=1)
     both = fastjl.project(x, 64, seed=SEED, offset=5, backend="torch")
     parts = run(a1, g1, 64, offset=5, bias=True) + run(a2, g2, 64, offset=5 + d1)
     assert relative_error(parts, both) < TOLERANCE

@@ -10,7 +10,7 @@ import torch
 import fastjl
 from fastjl.spec import matrix_block
 
-from .helpers import poisoned
+from .helpers import linear_reference, poisoned
 
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -56,12 +56,6 @@ def _entry_error(kind, p_abs):
     return 2.0**-16 * (1 + p_abs) if ON_GPU else 100 * U + 4 * U * p_abs
 
 
-def _reference(a, g, proj_dim, *, seed, kind, offset, bias):
-    """x @ P with the per-example gradients materialized in float64 (exact for these sizes)."""
-    x = torch.einsum("bto,bti->boi", g.double(), a.double()).reshape(a.shape[0], -1)
-    if bias:
-        x = torch.cat([x, g.double().sum(1)], dim=1)
-    return fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset, backend="torch")
 
 
 def _bound(a, g, proj_dim, *, seed, kind, offset, bias):
@@ -89,7 +83,7 @@ def _check(a, g, proj_dim, *, seed=SEED, kind="rademacher", offset=0, bias=True,
     y = _run(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias, out=out).cpu()
     assert not torch.isnan(y).any(), "some elements of out were not written"
     a, g = a.cpu(), g.cpu()
-    ref = _reference(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias)
+    ref = linear_reference(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias)
     bound = _bound(a, g, proj_dim, seed=seed, kind=kind, offset=offset, bias=bias)
     if kind == "rademacher" and not ON_GPU:  # tight enough to catch a 16-bit G tile (2^-11)
         assert bound.norm() < 2.0**-11 * ref.norm() / 4
@@ -110,7 +104,7 @@ def _inputs(batch, steps, d_in, d_out, dtype, seed=0):
 @pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", fastjl.KINDS)
-def test_matches_reference(kind, dtype, steps, bias):
+def test_matcheslinear_reference(kind, dtype, steps, bias):
     a, g = _inputs(3, steps, 7, 5, dtype, seed=steps)
     _check(a, g, 130, kind=kind, offset=2**40 + 3, bias=bias)
 
