@@ -50,19 +50,25 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     of ``x``'s device; does not synchronize.
     """
     batch, dim = x.shape
-    proj_dim = out.shape[1]
-    with torch.cuda.device(x.device):
-        num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        workspace_bytes = _C.project_workspace_bytes(batch, dim, proj_dim, num_sms)
+    args = tensor_args(x, out, seed=seed, kind=kind, offset=offset)
+    _launch(_C.project, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
+
+
+def _launch(kernel, args: tuple, workspace_bytes_of, sizes: tuple, device: torch.device) -> None:
+    """``kernel(*args, workspace, workspace_bytes, num_sms, stream)`` on ``device``'s current
+    stream, with the split-D workspace that ``workspace_bytes_of(*sizes, num_sms)`` asks for."""
+    with torch.cuda.device(device):
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        workspace_bytes = workspace_bytes_of(*sizes, num_sms)
         # Allocated on the current stream, which is also the kernel's: the caching allocator
         # can only hand this memory out again to work ordered after the kernel.
-        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=x.device) if workspace_bytes else None
-        _C.project(
-            *tensor_args(x, out, seed=seed, kind=kind, offset=offset),
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device) if workspace_bytes else None
+        kernel(
+            *args,
             workspace.data_ptr() if workspace is not None else 0,
             workspace_bytes,
             num_sms,
-            torch.cuda.current_stream(x.device).cuda_stream,
+            torch.cuda.current_stream(device).cuda_stream,
         )
 
 
@@ -86,20 +92,9 @@ def project_linear(
     bfloat16), any strides.  Runs on the current stream of ``a``'s device; does not synchronize.
     """
     batch, _, d_in = a.shape
-    d_out = g.shape[2]
-    proj_dim = out.shape[1]
-    with torch.cuda.device(a.device):
-        num_sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        workspace_bytes = _C.project_linear_workspace_bytes(batch, d_in, d_out, bias, proj_dim, num_sms)
-        # Same stream as the kernel: see project().
-        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device) if workspace_bytes else None
-        _C.project_linear(
-            *linear_tensor_args(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias),
-            workspace.data_ptr() if workspace is not None else 0,
-            workspace_bytes,
-            num_sms,
-            torch.cuda.current_stream(a.device).cuda_stream,
-        )
+    args = linear_tensor_args(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
+    sizes = (batch, d_in, g.shape[2], bias, out.shape[1])
+    _launch(_C.project_linear, args, _C.project_linear_workspace_bytes, sizes, a.device)
 
 
 def tensor_args(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> tuple:
