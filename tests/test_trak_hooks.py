@@ -59,6 +59,21 @@ class LayerCalledTwice(torch.nn.Module):
         return self.out(self.fc(torch.tanh(self.fc(x))))
 
 
+class SmallCNN(torch.nn.Module):
+    """Conv2d layers with stride, padding, dilation and no bias, then a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 3, (3, 2), stride=2, dilation=(1, 2), bias=False)
+        self.grouped = torch.nn.Conv2d(3, 3, 1, groups=3)  # torch.func
+        self.head = torch.nn.Linear(3 * 2 * 3, CLASSES)
+
+    def forward(self, x):  # x: (B, 2, 6, 7)
+        h = self.grouped(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(h.flatten(1))
+
+
 def mlp():
     return torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 9), torch.nn.Tanh(),
                                torch.nn.Linear(9, CLASSES))  # fmt: skip
@@ -86,6 +101,8 @@ def batch_for(model, batch=6, tokens=4, seed=0):
         return torch.randint(0, 11, (batch, tokens), generator=gen), labels
     if hasattr(model, "layer"):
         return torch.randn(batch, tokens, 3, generator=gen), labels
+    if isinstance(model, SmallCNN):
+        return torch.randn(batch, 2, 6, 7, generator=gen), labels
     return torch.randn(batch, 6 if hasattr(model, "fc") else 8, generator=gen), labels
 
 
@@ -97,7 +114,7 @@ def features(computer_cls, model, batch, kind="rademacher", grad_wrt=None, proj_
 
 
 @pytest.mark.parametrize("kind", fastjl.KINDS)
-@pytest.mark.parametrize("make_model", [mlp, tiny_gpt, encoder_layer, LayerCalledTwice, PatchNorm])
+@pytest.mark.parametrize("make_model", [mlp, tiny_gpt, encoder_layer, LayerCalledTwice, PatchNorm, SmallCNN])
 def test_hooks_features_equal_torch_func_features(make_model, kind):
     torch.manual_seed(0)
     model = make_model()
@@ -122,6 +139,12 @@ def test_which_layers_are_hooked():
     ]
     _, computer = features(LinearHooksGradientComputer, tiny_gpt(), batch_for(tiny_gpt()))
     assert computer.fallback_names == ["wte.weight", "wpe.weight"]  # embeddings: torch.func
+
+
+def test_convolutions_are_hooked_through_their_unfolded_inputs():
+    _, computer = features(LinearHooksGradientComputer, SmallCNN(), batch_for(SmallCNN()))
+    assert [layer.module_name for layer in computer.layers] == ["conv1", "conv2", "head"]
+    assert computer.fallback_names == ["grouped.weight", "grouped.bias"]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +192,7 @@ def test_tied_weights_are_not_hooked():
     assert relative_error(got, expected.double()) < 2e-6
 
 
-@pytest.mark.parametrize("make_model", [mlp, tiny_gpt])
+@pytest.mark.parametrize("make_model", [mlp, tiny_gpt, SmallCNN])
 def test_kronecker_features_follow_the_per_layer_formula(make_model):
     # y = Σ_layers (F_out ⊗ F_in)ᵀ vec([G_w | g_bias]) + dense gaussian projection of the rest.
     torch.manual_seed(3)
@@ -187,7 +210,7 @@ def test_kronecker_features_follow_the_per_layer_formula(make_model):
     for name, grad in grads.items():
         if name in hooked:
             layer = hooked[name]
-            grad = grad.double()
+            grad = grad.double().reshape(len(grad), layer.d_out, layer.d_in)
             if layer.bias is not None:
                 grad = torch.cat([grad, grads[layer.bias].double()[:, :, None]], dim=2)
             k_out, k_in = fastjl.kronecker.split_proj_dim(24, layer.d_out, layer.d_in)

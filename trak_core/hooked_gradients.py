@@ -1,11 +1,12 @@
 """The hooks gradient path: projected per-example gradients without forming them.
 
-For every hookable ``nn.Linear`` and ``nn.LayerNorm`` (see
+For every hookable ``nn.Linear``, ``nn.Conv2d`` and ``nn.LayerNorm`` (see
 :func:`~trak_core.layer_hooks.find_hooked_layers`) one batched forward and one backward give
 the layer's inputs ``a`` and output gradients ``g``; :func:`fastjl.project_linear` projects a
 Linear layer's ``Σ_t g aᵀ`` per example at the layer's offset in the model's parameter order
-(LayerNorm gradients are only ``B × d``: formed, then projected).  The other differentiated
-parameters (convolutions, embeddings, tied weights, ...) go through ``torch.func`` as before,
+(a convolution is a Linear layer over its unfolded input patches; LayerNorm gradients are only
+``B × d``: formed, then projected).  The other differentiated parameters (grouped
+convolutions, embeddings, tied weights, ...) go through ``torch.func`` as before,
 at their own offsets; that costs a ``torch.func`` pass over the whole model, so the hooks path
 pays off most when they are few or excluded with ``grad_wrt``.  For
 the dense kinds the features therefore equal :class:`FunctionalGradientComputer`'s to float32

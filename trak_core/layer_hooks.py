@@ -7,6 +7,7 @@ from ``(a, g)``:
 
 * ``nn.Linear``: weight ``Σ_t g[b, t] a[b, t]ᵀ`` (projected by :func:`fastjl.project_linear`
   without being formed), bias ``Σ_t g[b, t]``;
+* ``nn.Conv2d``: the same with ``a`` the unfolded input patches and ``t`` the output positions;
 * ``nn.LayerNorm``: weight ``Σ_t g[b, t] ⊙ â[b, t]`` (``â`` the normalized input), bias
   ``Σ_t g[b, t]``: only ``B × d`` numbers, formed and projected with :func:`fastjl.project`.
 """
@@ -34,8 +35,13 @@ class HookedLayer:
         return [name for name in (self.weight, self.bias) if name]
 
     def per_example_bias_grad(self, g: torch.Tensor) -> torch.Tensor:
-        """``(B, d)``: ``Σ_t g[b, t]``, the bias gradient of both layer types."""
+        """``(B, d)``: ``Σ_t g[b, t]``, the bias gradient of every layer type."""
         return g.sum(1)
+
+    def as_tokens(self, inp: torch.Tensor, grad_out: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a (B, T, d_in), g (B, T, d_out))`` from one call's input and output gradient:
+        every position other than the batch and the feature dimension is a token."""
+        return inp.reshape(batch, -1, self.d_in), grad_out.reshape(batch, -1, self.d_out)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,31 @@ class LinearLayer(HookedLayer):
         if self.bias:
             grads[self.bias] = g.sum((0, 1))
         return grads
+
+
+@dataclass(frozen=True)
+class Conv2dLayer(LinearLayer):
+    """An ``nn.Conv2d`` (one group, zero padding) as a Linear layer over its unfolded input:
+    every output position is a token, ``a`` holds the input patches (``d_in = C_in·kh·kw``,
+    in the weight's ``(C_in, kh, kw)`` order) and ``g`` the output gradients there."""
+
+    @property
+    def d_out(self) -> int:
+        return self.module.out_channels
+
+    @property
+    def d_in(self) -> int:
+        return self.module.in_channels * math.prod(self.module.kernel_size)
+
+    @staticmethod
+    def supports(module: torch.nn.Conv2d) -> bool:
+        return module.groups == 1 and module.padding_mode == "zeros" and module.padding != "same"
+
+    def as_tokens(self, inp, grad_out, batch):
+        m = self.module
+        padding = 0 if m.padding == "valid" else m.padding
+        patches = torch.nn.functional.unfold(inp, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
+        return patches.transpose(1, 2), grad_out.reshape(batch, self.d_out, -1).transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -83,8 +114,9 @@ class LayerNormLayer(HookedLayer):
 
 
 def find_hooked_layers(model: torch.nn.Module, param_names: list[str]) -> list[HookedLayer]:
-    """The ``nn.Linear`` and ``nn.LayerNorm`` layers with a parameter among ``param_names``
-    that can be hooked (a Linear needs its weight differentiated, its bias may or may not be).
+    """The ``nn.Linear``, ``nn.Conv2d`` (one group, zero padding) and ``nn.LayerNorm`` layers
+    with a parameter among ``param_names`` that can be hooked (a Linear or Conv2d needs its
+    weight differentiated, its bias may or may not be).
 
     Left out (their parameters go through ``torch.func``): layers whose parameters are shared
     with another module (tied weights: hooks would see only one of the uses), and Linear
@@ -114,12 +146,15 @@ def find_hooked_layers(model: torch.nn.Module, param_names: list[str]) -> list[H
             continue
         if isinstance(module, torch.nn.Linear):
             layer_type = LinearLayer
+        elif isinstance(module, torch.nn.Conv2d) and Conv2dLayer.supports(module):
+            layer_type = Conv2dLayer
         elif isinstance(module, torch.nn.LayerNorm):
             layer_type = LayerNormLayer
         else:
             continue
         weight, bias = selected_name(module.weight), selected_name(module.bias)
-        if weight is False or bias is False or (layer_type is LinearLayer and not weight) or not (weight or bias):
+        needs_weight = issubclass(layer_type, LinearLayer)
+        if weight is False or bias is False or (needs_weight and not weight) or not (weight or bias):
             continue
         layers.append(layer_type(module_name, module, weight, bias))
     return layers
@@ -182,8 +217,9 @@ class LayerCapture:
                         f"layer {layer.module_name!r} got an input of shape {tuple(a.shape)}, whose first "
                         f"dimension is not the batch ({batch}); featurize with FunctionalGradientComputer"
                     )
-                a_parts.append(a.detach().reshape(batch, -1, layer.d_in))
-                g_parts.append((torch.zeros_like(out) if g is None else g).reshape(batch, -1, layer.d_out))
+                a, g = layer.as_tokens(a.detach(), torch.zeros_like(out) if g is None else g, batch)
+                a_parts.append(a)
+                g_parts.append(g)
             cat = (lambda parts: parts[0]) if len(a_parts) == 1 else (lambda parts: torch.cat(parts, dim=1))
             result.append((cat(a_parts), cat(g_parts)))
         return result
