@@ -255,3 +255,13 @@ def test_inputs_without_a_leading_batch_dimension_are_refused():
     projector = fastjl.Projector(computer.num_params, 8)
     with pytest.raises(ValueError, match="not the batch"):
         computer.projected_per_sample_grad(batch_for(encoder_layer()), projector, 0)
+
+
+def test_featurizing_under_no_grad_works():
+    torch.manual_seed(5)
+    model = mlp()
+    batch = batch_for(model)
+    expected, _ = features(LinearHooksGradientComputer, model, batch)
+    with torch.no_grad():
+        got, _ = features(LinearHooksGradientComputer, model, batch)
+    torch.testing.assert_close(got, expected)

@@ -135,6 +135,11 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         and moves every layer whose captured tensors do not reproduce them to the
         ``torch.func`` path, then captures again.
         """
+        # Gradients are needed even if the caller featurizes under torch.no_grad().
+        with torch.enable_grad():
+            return self._capture_with_grad(batch)
+
+    def _capture_with_grad(self, batch) -> list:
         hooked = [name for layer in self.layers for name in layer.param_names]
         weights = {**self._weights, **self._frozen}
         for name in hooked:
@@ -155,7 +160,7 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
                 logger.warning("layer %r: hooks miss part of its gradient; using torch.func for it", layer.module_name)
         self.layers = [layer for layer, ok in zip(self.layers, faithful) if ok]
         self._set_fallback()
-        return self._capture(batch)
+        return self._capture_with_grad(batch)
 
     @staticmethod
     def _reproduces(layer, tensors, param_grads: dict) -> bool:
