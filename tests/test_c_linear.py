@@ -10,12 +10,21 @@ projects them with the torch backend.  What only a GPU can check is in tests/tes
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import fastjl
 
-from .helpers import extension_or_skip_module, linear_reference, poisoned, relative_error
+from .helpers import (
+    extension_or_skip_module,
+    linear_reference,
+    materialized_linear_gradient,
+    poisoned,
+    relative_error,
+)
 
 _C = extension_or_skip_module()
 
@@ -285,3 +294,39 @@ def test_project_linear_refuses_host_memory():
     buf = torch.zeros(64)
     with pytest.raises((RuntimeError, ValueError), match="fastjl._C.project_linear"):
         _C.project_linear(**good_args(buf))
+
+
+# ---- the Python launch glue (cuda_backend._launch), run on the CPU ---------------------------
+
+
+@pytest.mark.parametrize("op", ["project", "project_linear"])
+def test_launch_glue_passes_the_bindings_arguments(monkeypatch, op):
+    """cuda_backend.project / project_linear with the CUDA runtime calls stubbed out: the real
+    binding must accept the arguments (it then refuses host memory, which proves arity and
+    types), and the same arguments run through the host emulation give the right numbers."""
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=7))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: SimpleNamespace(cuda_stream=0))
+    requests = []
+
+    def kernel(*args):
+        *leading, workspace_ptr, workspace_bytes, num_sms, stream = args
+        with pytest.raises((RuntimeError, ValueError), match=f"fastjl._C.{op}"):
+            getattr(_C, op)(*args)
+        requests.append((workspace_bytes, num_sms, stream))
+        getattr(_C, f"host_emulate_{op}")(*leading, num_sms)
+
+    monkeypatch.setattr(cuda_backend, "_C", SimpleNamespace(**{**vars(_C), op: kernel}))
+    a, g = random_inputs(3, 2, 200, 150, torch.float32)  # D long enough for a split with 7 SMs
+    out = poisoned((3, 33))
+    if op == "project":
+        x = materialized_linear_gradient(a, g).float()
+        cuda_backend.project(x, out, seed=SEED, kind="gaussian", offset=OFFSET)
+        expected_bytes = _C.project_workspace_bytes(3, x.shape[1], 33, 7)
+        ref = fastjl.project(x.double(), 33, seed=SEED, kind="gaussian", offset=OFFSET, backend="torch")
+    else:
+        cuda_backend.project_linear(a, g, out, seed=SEED, kind="gaussian", offset=OFFSET, bias=True)
+        expected_bytes = _C.project_linear_workspace_bytes(3, 200, 150, True, 33, 7)
+        ref = reference(a, g, 33, kind="gaussian", bias=True)
+    assert requests == [(expected_bytes, 7, 0)] and expected_bytes > 0
+    assert relative_error(out, ref) < TOLERANCE["gaussian"]
