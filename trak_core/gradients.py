@@ -1,8 +1,9 @@
 """Per-example gradients of the model output, as a dict of per-parameter tensors.
 
-The featurizer talks to a *gradient computer* through :class:`GradientComputer`, so another
-gradient path (e.g. hooks on ``nn.Linear`` feeding ``fastjl.project_linear``) can replace
-:class:`FunctionalGradientComputer` without touching the rest of the pipeline.
+The featurizer talks to a *gradient computer* through :class:`GradientComputer`, so gradient
+paths are interchangeable: :class:`FunctionalGradientComputer` (``torch.func``, any model) here,
+and the hooks path (:mod:`trak_core.hooked_gradients`: hooks on ``nn.Linear`` layers feeding
+``fastjl.project_linear``) built on top of it.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ class GradientComputer(ABC):
 
         The featurizer only calls this.  The default materializes the per-parameter gradients
         and lets the projector take them chunk by chunk; a gradient path that can project
-        without materializing them (``fastjl.project_linear`` on the inputs and output
-        gradients that hooks capture on ``nn.Linear`` layers) overrides it.
+        without materializing them (:class:`~trak_core.LinearHooksGradientComputer`) overrides it.
         """
         return projector.project(self.compute_per_sample_grad(batch), model_id=model_id)
 
