@@ -26,7 +26,8 @@ from ..hooked_gradients import LinearHooksGradientComputer
 from ..model_output import ClassificationMargin
 from .models import GPT, mlp
 
-# name -> (model factory, input factory(batch, generator), batch size, K, grad_wrt filter)
+# name -> model factory, inputs (("dense", features, classes) or ("tokens", vocab, tokens);
+# token models classify over the vocabulary), batch size, K, parameter-name prefixes left out.
 PRESETS = {
     "mlp": dict(model=lambda: mlp([1024, 1024, 1024, 10]), inputs=("dense", 1024, 10), batch=128, proj_dim=1024),
     "quick": dict(model=lambda: mlp([12, 16, 5]), inputs=("dense", 12, 5), batch=6, proj_dim=64),
@@ -70,13 +71,14 @@ def parse_args(argv=None):
 
 
 def make_batch(inputs, batch: int, seed: int, device):
-    form, width, classes = inputs
+    """A fresh random ``(x, labels)`` batch for a preset's ``inputs``."""
     gen = torch.Generator().manual_seed(seed)
-    if form == "dense":
-        x = torch.randn(batch, width, generator=gen)
+    if inputs[0] == "dense":
+        _, features, classes = inputs
+        x = torch.randn(batch, features, generator=gen)
     else:
-        x = torch.randint(0, width, (batch, classes if form == "tokens" else 1), generator=gen)
-        classes = width
+        _, classes, tokens = inputs  # next-token style: labels range over the vocabulary
+        x = torch.randint(0, classes, (batch, tokens), generator=gen)
     return x.to(device), torch.randint(0, classes, (batch,), generator=gen).to(device)
 
 
