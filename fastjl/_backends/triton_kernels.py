@@ -12,7 +12,9 @@ adds up in a fixed order: no atomics, so results are bitwise reproducible.
 import triton
 import triton.language as tl
 
-_MASK32 = 0xFFFFFFFF
+# Inside @triton.jit code only constexpr globals may be read: the GPU compiler rejects a
+# plain int global (the interpreter does not check, so only an ahead-of-time compile shows it).
+_MASK32 = tl.constexpr(0xFFFFFFFF)
 
 
 @triton.jit
@@ -26,34 +28,43 @@ def _row_counters(row0, BLOCK_D: tl.constexpr):
 def _rademacher_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in float32; col0 % 128 == 0.
 
-    One Philox call per (row, 128 columns); its four words give the 128 signs.
+    One Philox call per (row, 128 columns); its four words give the 128 signs.  The calls run
+    on a (BLOCK_D * GROUPS,) vector, spread over the program's threads, and ``tl.gather``
+    hands each tile element its word.  Broadcasting the words instead (``words[:, :, None]``)
+    makes the compiler evaluate Philox in every thread for every row that thread holds
+    (~100 calls per thread per tile instead of ~1; tests/test_gpu_compile.py counts them).
     """
     GROUPS: tl.constexpr = BLOCK_K // 128
-    c0, c1 = _row_counters(row0, BLOCK_D)
-    group = (col0 // 128 + tl.arange(0, GROUPS)).to(tl.uint32)
-    zero = tl.zeros((BLOCK_D, GROUPS), dtype=tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, c0[:, None] + zero, c1[:, None] + zero, group[None, :] + zero, zero)
-    lane = tl.arange(0, 128)[None, None, :]
-    word = tl.where(
-        lane < 64,
-        tl.where(lane < 32, r0[:, :, None], r1[:, :, None]),
-        tl.where(lane < 96, r2[:, :, None], r3[:, :, None]),
-    )
-    bit = (word >> (lane & 31).to(tl.uint32)) & 1
-    return tl.reshape(1.0 - 2.0 * bit.to(tl.float32), (BLOCK_D, BLOCK_K))
+    WORDS: tl.constexpr = 4 * GROUPS
+    flat = tl.arange(0, BLOCK_D * GROUPS)
+    rows = row0 + (flat // GROUPS).to(tl.int64)
+    group = (col0 // 128 + flat % GROUPS).to(tl.uint32)
+    zero = tl.zeros((BLOCK_D * GROUPS,), dtype=tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, (rows & _MASK32).to(tl.uint32), (rows >> 32).to(tl.uint32), group, zero)
+    # join(join(a, c), join(b, d)) flattens to a, b, c, d: words[d, 4 g + w] = r_w of (d, g).
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_D, WORDS))
+    lane = tl.arange(0, BLOCK_K)
+    index = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.int32) + (lane // 32)[None, :]
+    word = tl.gather(words, index, 1)
+    bit = (word >> (lane % 32).to(tl.uint32)[None, :]) & 1
+    return 1.0 - 2.0 * bit.to(tl.float32)
 
 
 @triton.jit
 def _gaussian_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in float32; col0 % 4 == 0.
 
-    One Philox call per (row, 4 columns); Box-Muller on (u0, u1) and (u2, u3).
+    One Philox call per (row, 4 columns); Box-Muller on (u0, u1) and (u2, u3).  As in
+    ``_rademacher_tile`` the calls run on a flat vector, one per (row, group), and the
+    four lanes are joined and then gathered into a plain 2-D layout: the joined layout, fed
+    straight to a float32 ``tl.dot``, fails sm_90's wgmma lowering ("Illegal shared layout").
     """
     GROUPS: tl.constexpr = BLOCK_K // 4
-    c0, c1 = _row_counters(row0, BLOCK_D)
-    group = (col0 // 4 + tl.arange(0, GROUPS)).to(tl.uint32)
-    zero = tl.zeros((BLOCK_D, GROUPS), dtype=tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, c0[:, None] + zero, c1[:, None] + zero, group[None, :] + zero, zero + 1)
+    flat = tl.arange(0, BLOCK_D * GROUPS)
+    rows = row0 + (flat // GROUPS).to(tl.int64)
+    group = (col0 // 4 + flat % GROUPS).to(tl.uint32)
+    one = tl.full((BLOCK_D * GROUPS,), 1, dtype=tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, (rows & _MASK32).to(tl.uint32), (rows >> 32).to(tl.uint32), group, one)
     scale: tl.constexpr = 1.0 / 16777216.0
     u0 = ((r0 >> 9) * 2 + 1).to(tl.float32) * scale
     u1 = ((r1 >> 9) * 2 + 1).to(tl.float32) * scale
@@ -67,8 +78,9 @@ def _gaussian_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexp
     cos23 = radius23 * tl.cos(two_pi * u3)
     sin23 = radius23 * tl.sin(two_pi * u3)
     # join(join(a, c), join(b, d)) flattens to a, b, c, d along the last axis: lanes 0..3.
-    lanes = tl.join(tl.join(cos01, cos23), tl.join(sin01, sin23))
-    return tl.reshape(lanes, (BLOCK_D, BLOCK_K))
+    lanes = tl.reshape(tl.join(tl.join(cos01, cos23), tl.join(sin01, sin23)), (BLOCK_D, BLOCK_K))
+    index = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.int32) + tl.arange(0, BLOCK_K)[None, :]
+    return tl.gather(lanes, index, 1)
 
 
 @triton.jit

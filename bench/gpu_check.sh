@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One-command GPU check of fastjl (CUDA and Triton kernels) for a lent GPU, from a clean checkout.
+#
+#   bash bench/gpu_check.sh            # logs under $OUT (default /tmp/gpu-check-out)
+#
+# Stages run in order of value; each has its own time limit and log, and a failing stage never
+# stops the next.  The whole script stops starting stages after GPU_CHECK_BUDGET_S seconds
+# (default 420), so it ends inside a device call of timeout_s 480.  At most 8 files land in
+# $OUT (the device tool returns 8).  Without a GPU every GPU stage reports its absence and the
+# CPU stages (build, compile reports) still run: that is the dry run CI-class machines can do.
+#
+# Peers: if .peers/fast_jl holds TRAK's fast_jl source (see bench/README.md) it is built in the
+# background during our build and benchmarked beside fastjl.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUDA_MODULE_LOADING=LAZY
+SUM=$OUT/summary.txt; : > "$SUM"
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-420}))
+HAVE_GPU=$(nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+stage() {  # stage NAME LIMIT_S LOG CMD   (the limit shrinks to what is left before DEADLINE)
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0=$SECONDS left=$((DEADLINE - SECONDS))
+  (( left < limit )) && limit=$left
+  if (( limit < 10 )); then echo "$name SKIPPED (budget spent)" | tee -a "$SUM"; return; fi
+  echo "===== $name (limit ${limit}s) =====" >> "$log"
+  timeout -k 5 "$limit" bash -c "$*" >> "$log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$SUM"
+}
+gpu_stage() {  # like stage, but reports "no GPU" instead of running without one
+  if [ "$HAVE_GPU" = 1 ]; then stage "$@"; else echo "$1 SKIPPED (no GPU: nvidia-smi finds none)" | tee -a "$SUM"; fi
+}
+NPROC=$(nproc)
+PAR=$(python3 -c "import xdist" 2>/dev/null && echo "-n $(( NPROC < 8 ? NPROC : 8 ))")
+TMO=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
+
+# 0. environment; fast_jl (peer) builds in the background while fastjl._C builds
+L0=$OUT/0_env_build.log
+stage env 20 "$L0" 'nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv; nvcc --version | tail -2; nproc;
+  python3 -c "import torch, triton, numpy; print(\"torch\", torch.__version__, torch.version.cuda, \"triton\", triton.__version__, \"numpy\", numpy.__version__)";
+  python3 -c "import cupy; print(\"cupy\", cupy.__version__)"; command -v compute-sanitizer; git log -1 --oneline 2>/dev/null || true'
+if [ -d .peers/fast_jl ] && [ "$HAVE_GPU" = 1 ]; then
+  (MAX_JOBS=8 timeout 200 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/peers .peers/fast_jl \
+     > /tmp/fast_jl_build.log 2>&1; echo "fast_jl build rc=$?" >> /tmp/fast_jl_build.log) &
+  PEER_PID=$!
+fi
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+ARCHS=${FASTJL_CUDA_ARCHS:-90-real}
+stage build 150 "$L0" "rm -rf /tmp/fjl-build; cmake -S . -B /tmp/fjl-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_COMPILER=$NVCC -DCMAKE_CUDA_ARCHITECTURES=$ARCHS -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/fastjl \
+    -DFASTJL_VERSION=gpu-check -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) \
+    -DCMAKE_CUDA_FLAGS='-Xptxas=-v -lineinfo' && cmake --build /tmp/fjl-build -j $NPROC &&
+  python3 -c 'import fastjl, fastjl._C as C; print(C.build_info()); print(fastjl.backends())'"
+
+# 1. correctness: every CUDA kernel instantiation (no torch in the process), the Triton suites,
+#    the CUDA suites, the user-facing self-check
+L1=$OUT/1_correctness.log
+gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
+gpu_stage triton_tests 100 "$L1" "python3 -m pytest -q -rfE $PAR $TMO -p no:cacheprovider tests/test_triton.py tests/test_triton_linear.py"
+gpu_stage pytest_gpu 100 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider tests"
+if python3 -c "import fastjl.check" 2>/dev/null; then
+  stage check 60 "$L1" "python3 -m fastjl.check"
+fi
+
+# 2. timings: launch-plan probe, then fastjl.bench (cuda, triton, fast_jl) -> log + JSON
+L2=$OUT/2_bench.log
+[ -n "${PEER_PID:-}" ] && { wait "$PEER_PID"; cat /tmp/fast_jl_build.log >> "$L0"; }
+export PYTHONPATH=$PWD:/tmp/peers
+gpu_stage plan_bench 45 "$L2" "python3 bench/gpu_plan_bench.py --quick --json $OUT/2_plan.json"
+gpu_stage bench 120 "$L2" "python3 -m fastjl.bench --device cuda --dtype float16 --kind rademacher --batch 32,128,512 \
+  --dim 4000000 --proj-dim 2048,8192 --contenders fastjl-cuda,fastjl-triton,fast_jl --save $OUT/bench"
+
+# 3. compute-sanitizer on tiny shapes (fastjl kernels only)
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+L3=$OUT/3_sanitizer.log
+gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+echo "total $SECONDS s" | tee -a "$SUM"

@@ -1,0 +1,156 @@
+"""Ahead-of-time compiles of every Triton kernel configuration the backend can launch.
+
+Triton's interpreter (how CI runs the kernels) checks none of what the GPU compiler checks:
+globals read inside ``@triton.jit`` code, layouts that a target's MMA path rejects, register
+pressure.  ``triton.compile(..., target=GPUTarget("cuda", cc, 32))`` runs the real compiler
+for a GPU that need not be present, so these faults show on a CPU machine.
+
+``configs()`` enumerates the launch plan's choices (kind x input dtype x batch tile, for
+``project`` and ``project_linear``, plus the split reduction); ``compile_config`` compiles
+one for a compute capability and returns its resource use and the PTX instruction counts
+that tell whether the random-number generation is where it should be.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    op: str  # "project", "project_linear" or "sum_splits"
+    kind: str = "rademacher"
+    dtype: str = "float32"  # the input's dtype
+    block_b: int = 16
+
+    @property
+    def name(self) -> str:
+        if self.op == "sum_splits":
+            return "sum_splits"
+        return f"{self.op}-{self.kind}-{self.dtype}-B{self.block_b}"
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    config: KernelConfig
+    cc: int
+    registers: int
+    spills: int  # bytes spilled to local memory (Triton's n_spills)
+    shared_bytes: int
+    mul_hi: int  # mul.hi.u32 in the PTX: 10 per Philox call
+    ptx_lines: int
+
+    def __str__(self) -> str:
+        return (
+            f"sm_{self.cc} {self.config.name:40s} regs {self.registers:3d} spills {self.spills:5d} "
+            f"smem {self.shared_bytes:6d} mul.hi {self.mul_hi:5d}"
+        )
+
+
+def block_sizes() -> tuple[int, ...]:
+    """Every BLOCK_B the GPU launch plan (``triton_backend._config``) can pick."""
+    from .triton_backend import _config
+
+    return tuple(sorted({_config(b, 2048, _cuda())["BLOCK_B"] for b in (1, 16, 17, 32, 33, 64, 65, 4096)}))
+
+
+def configs() -> list[KernelConfig]:
+    out = []
+    for op in ("project", "project_linear"):
+        for kind in ("rademacher", "gaussian"):
+            for dtype in ("float32", "float16", "bfloat16"):
+                for block_b in block_sizes():
+                    out.append(KernelConfig(op, kind, dtype, block_b))
+    out.append(KernelConfig("sum_splits"))
+    return out
+
+
+def _cuda():
+    import torch
+
+    return torch.device("cuda")
+
+
+def _source(cfg: KernelConfig):
+    """(ASTSource, launch options) for ``cfg`` as ``triton_backend`` would launch it."""
+    import triton
+    import triton.language as tl
+
+    from . import triton_backend, triton_kernels, triton_linear_kernels
+    from ..spec import KIND_CODES
+
+    if cfg.op == "sum_splits":
+        fn = triton_kernels._sum_splits_kernel
+        sig = {"parts_ptr": "*fp32", "out_ptr": "*fp32", "N": "i32", "K": "i32", "SPLITS": "i32",
+               "stride_ob": "i32", "stride_ok": "i32", "BLOCK": "constexpr"}
+        return triton.compiler.ASTSource(fn, sig, {"BLOCK": 1024}), {"num_warps": 4}
+
+    launch = triton_backend._config(cfg.block_b, 2048, _cuda())
+    launch["BLOCK_B"] = cfg.block_b
+    opts = {n: launch.pop(n) for n in ("num_warps", "num_stages") if n in launch}
+    consts = dict(launch, KIND=KIND_CODES[cfg.kind], PRECISION=triton_backend.FP32_PRECISION)
+    common = {"seed": "i64", "offset": "i64", "d_per_split": "i64"}
+    dest = {"stride_ds": "i32", "stride_db": "i32", "stride_dk": "i32"}
+    if cfg.op == "project":
+        fn = triton_kernels._project_kernel
+        compute = {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16}[cfg.dtype]
+        consts.update(COMPUTE=compute, SPLIT_P=cfg.kind == "gaussian" and cfg.dtype != "float32", EMULATE_DOT16=False)
+        sig = {"x_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32", "B": "i32", "D": "i32", "K": "i32",
+               "stride_xb": "i32", "stride_xd": "i32", **dest, **common}
+    else:
+        fn = triton_linear_kernels._project_linear_kernel
+        sig = {"a_ptr": _PTR[cfg.dtype], "g_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32"}
+        sig.update({n: "i32" for n in ("B", "T", "D_IN", "W", "D", "K")})
+        sig.update({f"stride_{t}{a}": "i32" for t, axes in (("a", "bti"), ("g", "bto")) for a in axes})
+        sig.update(dest)
+        sig.update(common)
+    sig.update({n: "constexpr" for n in consts})
+    sig = {n: sig[n] for n in fn.arg_names}  # Triton wants the kernel's argument order
+    return triton.compiler.ASTSource(fn, sig, consts), opts
+
+
+def compile_config(cfg: KernelConfig, cc: int) -> CompileReport:
+    """Compile ``cfg`` for ``sm_<cc>`` (no GPU needed); raises on any compile error."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src, opts = _source(cfg)
+    kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
+    ptx = kernel.asm["ptx"]
+    meta = kernel.metadata
+    n_regs, n_spills = _resources(kernel, ptx)
+    return CompileReport(
+        config=cfg,
+        cc=cc,
+        registers=n_regs,
+        spills=n_spills,
+        shared_bytes=int(getattr(meta, "shared", 0)),
+        mul_hi=len(re.findall(r"\bmul\.hi\.u32\b", ptx)),
+        ptx_lines=ptx.count("\n"),
+    )
+
+
+def _resources(kernel, ptx: str) -> tuple[int, int]:
+    """(registers, spill bytes) from ptxas, which ``triton.compile`` ran to make the cubin."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
+    try:
+        ptxas = get_ptxas(int(re.sub(r"\D", "", arch)))  # newer Tritons pick ptxas by target
+    except TypeError:
+        ptxas = get_ptxas()
+    path = ptxas.path if hasattr(ptxas, "path") else ptxas[0]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        res = subprocess.run([path, "-v", f"--gpu-name={arch}", f.name, "-o", "/dev/null"],
+                             capture_output=True, text=True, check=True)
+    regs = re.search(r"Used (\d+) registers", res.stderr)
+    spills = [int(m) for m in re.findall(r"(\d+) bytes spill stores", res.stderr)]
+    return int(regs.group(1)) if regs else -1, max(spills, default=0)
