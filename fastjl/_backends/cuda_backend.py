@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import _C, IMPORT_ERROR
+from ..devices import device_problem
 from ..spec import KIND_CODES
 
 NAME = "cuda"
@@ -34,8 +35,9 @@ def availability(device: torch.device) -> str | None:
         return "fastjl._C has no projection kernel in this build (rebuild fastjl)"
     if device.type != "cuda":
         return f"needs a CUDA tensor, got a tensor on {device}"
-    if not torch.cuda.is_available():
-        return "torch reports no usable CUDA device"
+    problem = device_problem(device)
+    if problem is not None:
+        return problem
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
         return f"needs a GPU of compute capability 8.0 or newer, got {capability[0]}.{capability[1]}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import fastjl
+from fastjl.devices import device_option_error
 
 from .ceilings import measure_ceilings
 from .contenders import CONTENDERS, Shape, Unavailable
@@ -202,8 +203,17 @@ def main_linear(args) -> int:
     return 0
 
 
+def device_error(args) -> str | None:
+    """The one-line error for a ``--device`` torch cannot use (None for auto and usable ones)."""
+    return None if args.device == "auto" else device_option_error("fastjl.bench", args.device)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    error = device_error(args)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
     if args.op == "linear":
         return main_linear(args)
     if args.preset and args.preset not in PRESETS:

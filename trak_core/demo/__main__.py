@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+
+from fastjl.devices import device_option_error
 
 from ..regularization import DEFAULT_LAMBDA_SCALE
 from .run import DemoConfig, format_report, run_demo
@@ -42,11 +45,16 @@ def parse_args(argv=None) -> DemoConfig:
     return DemoConfig(**fields, log_level=level)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     config = parse_args(argv)
+    error = device_option_error("trak_core.demo", config.device)
+    if error:  # before any work: one line, not torch's traceback from deep inside training
+        print(error, file=sys.stderr)
+        return 2
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s: %(message)s")
     print(format_report(run_demo(config)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from fastjl.devices import device_problem
+
 from ..attribute import attribute
 from ..lds import linear_datamodeling_score
 from ..progress import log_time
@@ -71,7 +73,12 @@ class DemoResult:
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
-    """Runs the whole demo; returns the numbers it prints."""
+    """Runs the whole demo; returns the numbers it prints.
+
+    Raises ValueError, before any work, when torch cannot use ``config.device``."""
+    problem = device_problem(config.device)
+    if problem is not None:
+        raise ValueError(f"DemoConfig.device={config.device!r}: {problem}")
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
     device = torch.device(config.device)
