@@ -213,9 +213,18 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
             }
             for (int mt = 0; mt < kMT; ++mt) {
               float(*c)[4] = acc(warp, mt, 2 * np + h);
-              mma_16816(T, c, a_hi[mt], bh);
-              if (kFp32) mma_16816(T, c, a_lo[mt], bh);
-              if (kGauss) mma_16816(T, c, a_hi[mt], bl);
+              if (!kGauss) {
+                mma_16816(T, c, a_hi[mt], bh);
+                if (kFp32) mma_16816(T, c, a_lo[mt], bh);
+                continue;
+              }
+              // As the kernel: the slice's MMAs from zero, then one float32 add into acc.
+              float t[32][4] = {};
+              mma_16816(T, t, a_hi[mt], bh);
+              if (kFp32) mma_16816(T, t, a_lo[mt], bh);
+              mma_16816(T, t, a_hi[mt], bl);
+              for (int lane = 0; lane < 32; ++lane)
+                for (int r = 0; r < 4; ++r) c[lane][r] += t[lane][r];
             }
           }
         }

@@ -91,6 +91,10 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
+  // Gaussian tiles (products of up to 16 + 16 significant bits) promote each k16 slice's
+  // partial sum into acc with a float32 add (see multiply()); rademacher tiles (a 16-bit x,
+  // or x's bf16 halves, times ±1) chain their MMAs through acc.
+  constexpr bool kPromote = kGauss;
   constexpr int kMT = Cfg::kMT, kNT = Cfg::kNT;
   using Layout = SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -173,9 +177,21 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float(&c)[4] = acc[mt][2 * np + h];
-            sm80::mma_16816<T>(c, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-            if (kFp32) sm80::mma_16816<T>(c, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-            if (kGauss) sm80::mma_16816<T>(c, a_hi[mt], b_lo[2 * h], b_lo[2 * h + 1]);
+            if constexpr (!kPromote) {
+              sm80::mma_16816<T>(c, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+              if (kFp32) sm80::mma_16816<T>(c, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+            } else {
+              // Gaussian products: this k16 slice's sum starts from zero and is added to acc
+              // in float32 (round to nearest).  Chaining the MMAs through acc over the whole
+              // D range instead lets the tensor cores' truncating alignment bias the sum:
+              // measured on an H100, gaussian bf16 at D = 10^8 was off by 7e-4 (bench/NOTES.md).
+              float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+              sm80::mma_16816<T>(t, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+              if (kFp32) sm80::mma_16816<T>(t, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+              sm80::mma_16816<T>(t, a_hi[mt], b_lo[2 * h], b_lo[2 * h + 1]);
+#pragma unroll
+              for (int r = 0; r < 4; ++r) c[r] += t[r];
+            }
           }
       }
     }

@@ -149,7 +149,9 @@ def test_matches_host_emulation():
         *cuda_backend.linear_tensor_args(a_cpu, g_cpu, emulated, seed=SEED, kind="gaussian", offset=OFFSET, bias=True),
         sms,
     )
-    torch.testing.assert_close(y, emulated, rtol=1e-5, atol=1e-4)
+    # Relative to the whole output: single elements near cancellation differ by more than
+    # their own size (seen on an H100: 1.2e-4 on an element of 1.5e-3, outputs of norm ~80).
+    assert relative_error(y, emulated.double()) < 1e-6
 
 
 @pytest.mark.parametrize("kind", fastjl.KINDS)

@@ -50,11 +50,15 @@ class CompileReport:
         )
 
 
-def block_sizes() -> tuple[int, ...]:
-    """Every BLOCK_B the GPU launch plan (``triton_backend._config``) can pick."""
-    from .triton_backend import _config
+def block_sizes(op: str = "project") -> tuple[int, ...]:
+    """Every BLOCK_B the GPU launch plan (``triton_backend._config``) can pick for ``op``."""
+    import torch
 
-    return tuple(sorted({_config(b, 2048, _cuda())["BLOCK_B"] for b in (1, 16, 17, 32, 33, 64, 65, 4096)}))
+    from .triton_backend import LINEAR_MAX_BLOCK_B, _config
+
+    cap = LINEAR_MAX_BLOCK_B if op == "project_linear" else 128
+    batches = (1, 16, 17, 32, 33, 64, 65, 4096)
+    return tuple(sorted({_config(b, 2048, torch.device("cuda"), max_block_b=cap)["BLOCK_B"] for b in batches}))
 
 
 def configs() -> list[KernelConfig]:
@@ -62,16 +66,25 @@ def configs() -> list[KernelConfig]:
     for op in ("project", "project_linear"):
         for kind in ("rademacher", "gaussian"):
             for dtype in ("float32", "float16", "bfloat16"):
-                for block_b in block_sizes():
+                for block_b in block_sizes(op):
                     out.append(KernelConfig(op, kind, dtype, block_b))
     out.append(KernelConfig("sum_splits"))
     return out
 
 
-def _cuda():
+def launch_config(cfg: KernelConfig) -> dict:
+    """The tile sizes and launch options ``triton_backend`` uses for ``cfg``."""
     import torch
 
-    return torch.device("cuda")
+    from . import triton_backend as tb
+
+    if cfg.op == "project_linear":
+        tiles = tb.linear_tiles(cfg.kind)
+    else:
+        tiles = tb.project_tiles(cfg.kind, getattr(torch, cfg.dtype))
+    launch = tb._config(cfg.block_b, 2048, torch.device("cuda"), **tiles)
+    assert launch["BLOCK_B"] == cfg.block_b, (cfg, launch)
+    return launch
 
 
 def _source(cfg: KernelConfig):
@@ -79,8 +92,8 @@ def _source(cfg: KernelConfig):
     import triton
     import triton.language as tl
 
-    from . import triton_backend, triton_kernels, triton_linear_kernels
     from ..spec import KIND_CODES
+    from . import triton_backend, triton_kernels, triton_linear_kernels
 
     if cfg.op == "sum_splits":
         fn = triton_kernels._sum_splits_kernel
@@ -88,8 +101,7 @@ def _source(cfg: KernelConfig):
                "stride_ob": "i32", "stride_ok": "i32", "BLOCK": "constexpr"}
         return triton.compiler.ASTSource(fn, sig, {"BLOCK": 1024}), {"num_warps": 4}
 
-    launch = triton_backend._config(cfg.block_b, 2048, _cuda())
-    launch["BLOCK_B"] = cfg.block_b
+    launch = launch_config(cfg)
     opts = {n: launch.pop(n) for n in ("num_warps", "num_stages") if n in launch}
     consts = dict(launch, KIND=KIND_CODES[cfg.kind], PRECISION=triton_backend.FP32_PRECISION)
     common = {"seed": "i64", "offset": "i64", "d_per_split": "i64"}
@@ -97,11 +109,12 @@ def _source(cfg: KernelConfig):
     if cfg.op == "project":
         fn = triton_kernels._project_kernel
         compute = {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16}[cfg.dtype]
-        consts.update(COMPUTE=compute, SPLIT_P=cfg.kind == "gaussian" and cfg.dtype != "float32", EMULATE_DOT16=False)
+        consts.update(COMPUTE=compute, GAUSS=cfg.kind == "gaussian", EMULATE=False)
         sig = {"x_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32", "B": "i32", "D": "i32", "K": "i32",
                "stride_xb": "i32", "stride_xd": "i32", **dest, **common}
     else:
         fn = triton_linear_kernels._project_linear_kernel
+        consts["EMULATE"] = False
         sig = {"a_ptr": _PTR[cfg.dtype], "g_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32"}
         sig.update({n: "i32" for n in ("B", "T", "D_IN", "W", "D", "K")})
         sig.update({f"stride_{t}{a}": "i32" for t, axes in (("a", "bti"), ("g", "bto")) for a in axes})
@@ -154,3 +167,52 @@ def _resources(kernel, ptx: str) -> tuple[int, int]:
     regs = re.search(r"Used (\d+) registers", res.stderr)
     spills = [int(m) for m in re.findall(r"(\d+) bytes spill stores", res.stderr)]
     return int(regs.group(1)) if regs else -1, max(spills, default=0)
+
+
+def _compile_or_error(cfg: KernelConfig, cc: int):
+    try:
+        return compile_config(cfg, cc)
+    except Exception as exc:  # noqa: BLE001 - the caller reports every failure
+        lines = str(exc).strip().splitlines() or [""]
+        return f"{type(exc).__name__}: {lines[-1][:300]}"
+
+
+def _real_compiler() -> None:
+    import os
+
+    os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be defined as real jit functions
+
+
+def compile_all(ccs=(80, 90), workers: int | None = None) -> dict:
+    """``{(config name, cc): CompileReport, or the error text}`` for every launchable config.
+
+    Runs in fresh processes (spawned, with ``TRITON_INTERPRET`` removed before the kernels
+    are defined, so this works from an interpreter-mode test session), ``workers`` at a time.
+    """
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    jobs = [(cfg, cc) for cc in ccs for cfg in configs()]
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_real_compiler) as pool:
+        futures = {pool.submit(_compile_or_error, cfg, cc): (cfg.name, cc) for cfg, cc in jobs}
+        return {futures[f]: f.result() for f in concurrent.futures.as_completed(futures)}
+
+
+def main() -> int:
+    """``python -m fastjl._backends.triton_aot [cc ...]``: the compile report of every config."""
+    import sys
+
+    ccs = tuple(int(a) for a in sys.argv[1:]) or (80, 90)
+    results = compile_all(ccs)
+    failed = 0
+    for (name, cc), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(r if isinstance(r, CompileReport) else f"sm_{cc} {name:40s} FAILED {r}")
+        failed += not isinstance(r, CompileReport)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

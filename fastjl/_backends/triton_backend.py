@@ -42,6 +42,11 @@ def availability(device: torch.device) -> str | None:
     if FP32_PRECISION not in FP32_PRECISIONS:
         return f"FASTJL_TRITON_FP32_PRECISION must be one of {FP32_PRECISIONS}, got {FP32_PRECISION!r}"
     if device.type == "cuda":
+        from ..devices import device_problem  # imported here: only availability() uses it
+
+        problem = device_problem(device)
+        if problem is not None:
+            return problem
         major, _ = torch.cuda.get_device_capability(device)
         return None if major >= 8 else "needs a GPU of compute capability 8.0 or newer (bf16 tl.dot)"
     if device.type == "cpu":
@@ -63,14 +68,39 @@ def _linear_kernels():
     return triton_linear_kernels
 
 
-def _config(batch: int, proj_dim: int, device: torch.device) -> dict:
+# project_linear forms its x tile in float32 registers next to the accumulator: at
+# BLOCK_B = 128 that spilled ~1 KB per thread on sm_90, at 64 none.
+LINEAR_MAX_BLOCK_B = 64
+
+
+def _config(
+    batch: int, proj_dim: int, device: torch.device, *, wide_d: bool = True, max_block_b: int = 128
+) -> dict:
     """Tile sizes.  The interpreter gets the smallest legal tiles (it runs them in numpy);
-    GPUs get batch tiles as large as the batch allows, so one generated tile of P feeds
-    as many rows as possible."""
+    GPUs get batch tiles as large as the batch allows (up to ``max_block_b``), so one
+    generated tile of P feeds as many rows as possible.  ``wide_d`` (rademacher tiles of a
+    16-bit x): 64 rows of P per step; otherwise 32, which keeps the gaussian and float32
+    tiles, with their promoted partial sums, in registers (ahead-of-time compiles for sm_80
+    and sm_90: 0 spills at 32 where 64 spilled 240-420 bytes per thread)."""
     if device.type != "cuda":
         return dict(BLOCK_B=16, BLOCK_D=16, BLOCK_K=128, num_warps=4)
-    block_b = 16 if batch <= 16 else 32 if batch <= 32 else 64 if batch <= 64 else 128
-    return dict(BLOCK_B=block_b, BLOCK_D=64, BLOCK_K=128, num_warps=8 if block_b >= 64 else 4, num_stages=3)
+    block_b = min(max_block_b, 16 if batch <= 16 else 32 if batch <= 32 else 64 if batch <= 64 else 128)
+    return dict(
+        BLOCK_B=block_b, BLOCK_D=64 if wide_d else 32, BLOCK_K=128, num_warps=8 if block_b >= 64 else 4, num_stages=3
+    )
+
+
+def project_tiles(kind: str, dtype: torch.dtype) -> dict:
+    """``_config`` keywords for ``project``: 64-row steps only for rademacher tiles of a
+    16-bit x (float32 x at 64 rows spilled ~370 bytes per thread on sm_80 at BLOCK_B = 128)."""
+    return dict(wide_d=kind == "rademacher" and dtype != torch.float32)
+
+
+def linear_tiles(kind: str) -> dict:
+    """``_config`` keywords for ``project_linear`` (float32 x tiles formed in registers):
+    batch tiles up to 64; 64-row steps for rademacher, 32 for gaussian (which spilled up to
+    ~360 bytes per thread at 64 rows)."""
+    return dict(wide_d=kind == "rademacher", max_block_b=LINEAR_MAX_BLOCK_B)
 
 
 def _num_splits(programs: int, dim: int, block_d: int, device: torch.device) -> int:
@@ -88,7 +118,7 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     k = _kernels()
     batch, dim = x.shape
     proj_dim = out.shape[1]
-    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, x.device)
+    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, x.device, **project_tiles(kind, x.dtype))
     launch = {n: cfg.pop(n) for n in ("num_warps", "num_stages") if n in cfg}
     grid_b = -(-batch // cfg["BLOCK_B"])
     grid_k = -(-proj_dim // cfg["BLOCK_K"])
@@ -112,9 +142,9 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         d_per_split,
         KIND=KIND_CODES[kind],
         COMPUTE=compute,
-        SPLIT_P=kind == "gaussian" and x.dtype != torch.float32,
+        GAUSS=kind == "gaussian",
         PRECISION=FP32_PRECISION,
-        EMULATE_DOT16=x.device.type != "cuda",
+        EMULATE=x.device.type != "cuda",
         **cfg,
         **launch,
     )
@@ -122,10 +152,11 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         _sum_splits(dest, out)
 
 
-def _plan(batch: int, dim: int, proj_dim: int, device: torch.device) -> tuple[dict, int, int]:
+def _plan(batch: int, dim: int, proj_dim: int, device: torch.device, **config) -> tuple[dict, int, int]:
     """Tiles, D splits and rows per split (a multiple of BLOCK_D) for ``dim`` rows of P; the
-    same for ``project`` and ``project_linear``, which differ only in how they form x tiles."""
-    cfg = _config(batch, proj_dim, device)
+    same for ``project`` and ``project_linear``, which differ only in how they form x tiles.
+    ``config``: ``_config``'s keywords."""
+    cfg = _config(batch, proj_dim, device, **config)
     programs = -(-batch // cfg["BLOCK_B"]) * -(-proj_dim // cfg["BLOCK_K"])
     splits = _num_splits(programs, dim, cfg["BLOCK_D"], device)
     d_per_split = -(-dim // splits)
@@ -149,7 +180,7 @@ def project_linear(
     proj_dim = out.shape[1]
     weight_rows = d_out * d_in
     dim = weight_rows + (d_out if bias else 0)
-    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, a.device)
+    cfg, splits, d_per_split = _plan(batch, dim, proj_dim, a.device, **linear_tiles(kind))
     launch = {n: cfg.pop(n) for n in ("num_warps", "num_stages") if n in cfg}
     if splits == 1:
         dest, dest_strides = out, (0, out.stride(0), out.stride(1))
@@ -175,6 +206,7 @@ def project_linear(
         d_per_split,
         KIND=KIND_CODES[kind],
         PRECISION=FP32_PRECISION,
+        EMULATE=a.device.type != "cuda",
         **cfg,
         **launch,
     )

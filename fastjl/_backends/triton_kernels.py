@@ -103,20 +103,40 @@ def _dot16(x, p, acc, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _dot_tile(x, p, acc, COMPUTE: tl.constexpr, SPLIT_P: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+def _dot_tile(x, p, acc, COMPUTE: tl.constexpr, GAUSS: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     """acc += x @ p with x already in the MMA dtype; p float32.
 
-    SPLIT_P: p = hi + lo with both halves in the 16-bit MMA dtype, two dots, so gaussian
-    entries keep ~16 mantissa bits instead of 8 (bf16) or 11 (fp16).
+    Rademacher tiles (x times ±1: exact products) chain their dots through ``acc``.
+    Gaussian tiles start each dot from zero and add it to ``acc`` in float32: chained
+    through ``acc`` over the whole D range, the tensor cores' truncating alignment biased
+    gaussian projections by ~1e-4..1e-3 at D >= 10^6 on an H100 (bench/NOTES.md).  With a
+    16-bit x, gaussian p is split into hi + lo 16-bit halves (two dots), so its entries keep
+    ~16 mantissa bits instead of 8 (bf16) or 11 (fp16).
     """
     if COMPUTE == tl.float32:
-        acc = tl.dot(x, p, acc, input_precision=PRECISION)
+        if GAUSS:
+            acc += _promoted(tl.dot(x, p, input_precision=PRECISION), EMULATE)
+        else:
+            acc = tl.dot(x, p, acc, input_precision=PRECISION)
     else:
         hi = p.to(COMPUTE)
-        acc = _dot16(x, hi, acc, EMULATE)
-        if SPLIT_P:
-            acc = _dot16(x, (p - hi.to(tl.float32)).to(COMPUTE), acc, EMULATE)
+        if GAUSS:
+            part = _dot16(x, hi, tl.zeros(acc.shape, dtype=tl.float32), EMULATE)
+            part = _dot16(x, (p - hi.to(tl.float32)).to(COMPUTE), part, EMULATE)
+            acc += _promoted(part, EMULATE)
+        else:
+            acc = _dot16(x, hi, acc, EMULATE)
     return acc
+
+
+@triton.jit
+def _promoted(part, EMULATE: tl.constexpr):
+    """``part``, hidden from the compiler's rewrite of ``acc + dot(a, b)`` into
+    ``dot(a, b, acc)`` (which would chain the dots again) by an inline no-op move.
+    EMULATE (Triton's interpreter, which has no inline assembly): ``part`` itself."""
+    if EMULATE:
+        return part
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [part], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -139,9 +159,9 @@ def _project_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
     COMPUTE: tl.constexpr,
-    SPLIT_P: tl.constexpr,
+    GAUSS: tl.constexpr,  # KIND == 1, as a flag for _dot_tile
     PRECISION: tl.constexpr,
-    EMULATE_DOT16: tl.constexpr,
+    EMULATE: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -159,7 +179,7 @@ def _project_kernel(
         # Rows past D load zeros, so the (valid but unused) entries of P there add nothing.
         x = tl.load(x_rows + offs_d[None, :] * stride_xd, mask=b_mask[:, None] & (offs_d[None, :] < d_stop), other=0.0)
         p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
-        acc = _dot_tile(x.to(COMPUTE), p, acc, COMPUTE, SPLIT_P, PRECISION, EMULATE_DOT16)
+        acc = _dot_tile(x.to(COMPUTE), p, acc, COMPUTE, GAUSS, PRECISION, EMULATE)
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
     tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & (offs_k[None, :] < K))
 

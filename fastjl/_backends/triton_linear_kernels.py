@@ -25,7 +25,7 @@ kernels are defined).
 import triton
 import triton.language as tl
 
-from .triton_kernels import _p_tile
+from .triton_kernels import _p_tile, _promoted
 
 
 @triton.jit
@@ -56,6 +56,7 @@ def _project_linear_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
+    EMULATE: tl.constexpr,  # Triton's interpreter (no inline assembly)
 ):
     pid_b = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -92,6 +93,9 @@ def _project_linear_kernel(
             a_ptrs += stride_at
             g_ptrs += stride_gt
         p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
-        acc = tl.dot(x, p, acc, input_precision=PRECISION)
+        if KIND == 1:  # gaussian: each tile's dot from zero, added in float32 (see _dot_tile)
+            acc += _promoted(tl.dot(x, p, input_precision=PRECISION), EMULATE)
+        else:
+            acc = tl.dot(x, p, acc, input_precision=PRECISION)
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b64[:, None] * stride_db
     tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & (offs_k[None, :] < K))

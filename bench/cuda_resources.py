@@ -1,0 +1,73 @@
+"""Registers, stack, shared memory and local-memory instructions of every kernel in fastjl._C.
+
+Reads the cubins embedded in the built module with cuobjdump (no GPU needed) and prints one
+row per kernel instantiation and architecture:
+
+    function  arch  regs  stack  local  smem  STL  LDL
+
+regs: registers per thread; stack: stack frame bytes per thread (register spills and local
+arrays); smem: static shared memory (the kernels' dynamic shared memory is not counted);
+STL / LDL: local store / load instructions in the SASS (spill traffic, or a local array's).
+Run it before and after a kernel change and diff the two outputs.  The budget CI enforces
+(<= 128 registers per project_kernel, no spills beyond an allowance table) is in
+tests/test_cuda_compile.py.
+
+Usage: python bench/cuda_resources.py [path/to/_C*.so] [--arch sm_80 --arch sm_90]
+(default: fastjl/_C*.so of this checkout, every embedded architecture).  cuobjdump is looked
+up as $CUOBJDUMP, on PATH, in the CUDA toolkit, then in Triton's NVIDIA backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_cuda_resources():
+    """fastjl/_backends/cuda_resources.py by path: no fastjl (hence no torch) import."""
+    name = "fastjl_cuda_resources"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "fastjl" / "_backends" / "cuda_resources.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    cr = _load_cuda_resources()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("so", nargs="?", type=Path, help="the compiled module (default: fastjl/_C*.so)")
+    parser.add_argument("--arch", action="append", help="sm_XX to show (repeatable; default: all embedded)")
+    args = parser.parse_args(argv)
+
+    so = args.so
+    if so is None:
+        found = sorted((ROOT / "fastjl").glob("_C*.so"))
+        if not found:
+            parser.error("fastjl/_C*.so is not built here (pip install -e .); pass the module's path")
+        so = found[0]
+    if not so.is_file():
+        parser.error(f"{so}: no such file")
+    tool = cr.find_cuobjdump()
+    if tool is None:
+        parser.error("cuobjdump not found: set $CUOBJDUMP or put the CUDA toolkit's bin on PATH")
+
+    report = cr.collect(so, archs=args.arch, cuobjdump=tool)
+    cubins = ", ".join(f"{a}: {report.cubins[a]}" for a in report.archs())
+    print(f"{so}  (cubins per arch: {cubins}; {tool})")
+    missing = [a for a in args.arch or [] if a not in report.cubins]
+    if missing:
+        print(f"not embedded: {', '.join(missing)}")
+    if not report.kernels:
+        print("no kernels")
+        return 1
+    print(cr.format_table(report.kernels))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Resource use of the CUDA kernels compiled into ``fastjl._C``, read without a GPU.
+
+The built module embeds one cubin per CUDA architecture (CMakeLists.txt).  ``cuobjdump``
+reads them statically:
+
+* ``cuobjdump --dump-resource-usage SO`` gives, per cubin (``arch = sm_XX``) and function,
+  ``REG`` (registers per thread), ``STACK`` (stack frame bytes per thread: register spills
+  *and* local arrays / non-inlined calls), ``SHARED`` (static shared memory; the kernels'
+  dynamic shared memory is not in the cubin) and ``LOCAL``;
+* ``cuobjdump --dump-sass --gpu-architecture sm_XX SO`` gives the SASS, where every local
+  memory access is an ``STL`` (store) or ``LDL`` (load) instruction: spill traffic, plus the
+  accesses to any local array.
+
+Names are demangled with ``c++filt`` (binutils) or ``cu++filt`` (CUDA toolkit) and shortened
+to the template instantiation (``project_kernel<TileConfig<128, 4>, GradTileProducer, 1>``).
+
+Used by tests/test_cuda_compile.py (CI's register / spill budget) and bench/cuda_resources.py
+(the table, for before/after comparisons of a kernel change).  Only the standard library is
+needed; nothing here loads the module or touches a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CUOBJDUMP_ENV = "CUOBJDUMP"
+
+_ARCH_RE = re.compile(r"^arch = (sm_\d+[a-z]?)\s*$")
+_RES_FUNCTION_RE = re.compile(r"^\s*Function (\S+):\s*$")
+_RES_FIELD_RE = re.compile(r"([A-Z]+(?:\[\d+\])?):(\d+)")
+_SASS_FUNCTION_RE = re.compile(r"^\s*Function : (\S+)\s*$")
+# "/*0c90*/      @!P3 LDL.LU R6, [R1+0x18] ;" -> the opcode, after an optional predicate.
+_SASS_OPCODE_RE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """One function of one cubin."""
+
+    name: str  # short demangled name, e.g. project_kernel<TileConfig<128, 4>, GradTileProducer, 1>
+    arch: str  # "sm_90"
+    registers: int
+    stack: int  # stack frame bytes per thread (spills + local arrays)
+    local: int  # LOCAL bytes reported by cuobjdump
+    shared: int  # static shared memory bytes
+    stl: int  # STL (local store) instructions in the SASS
+    ldl: int  # LDL (local load) instructions in the SASS
+    mangled: str
+    demangled: str
+
+    @property
+    def local_traffic(self) -> int:
+        """STL + LDL instructions: the static count of local-memory accesses."""
+        return self.stl + self.ldl
+
+    @property
+    def uses_local_memory(self) -> bool:
+        return bool(self.stack or self.local or self.stl or self.ldl)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump: $CUOBJDUMP, PATH, the CUDA toolkit next to nvcc, or the copy Triton ships."""
+    candidates = [os.environ.get(CUOBJDUMP_ENV), shutil.which("cuobjdump")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent / "cuobjdump"))
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            candidates.append(str(Path(home) / "bin" / "cuobjdump"))
+    # Triton's NVIDIA backend bundles cuobjdump (and nvdisasm) in triton/backends/nvidia/bin;
+    # found without importing triton.
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            candidates.append(str(Path(loc) / "backends" / "nvidia" / "bin" / "cuobjdump"))
+    for cand in candidates:
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def find_demangler() -> str | None:
+    """c++filt (binutils, present wherever the module was linked) or the toolkit's cu++filt."""
+    candidates = [shutil.which("c++filt"), shutil.which("cu++filt")]
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            candidates.append(str(Path(home) / "bin" / "cu++filt"))
+    for cand in candidates:
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def extension_path() -> Path | None:
+    """The built ``fastjl/_C*.so`` (found without loading it), or None when it is not built."""
+    pkg = Path(__file__).resolve().parents[1]
+    found = sorted(p for p in pkg.glob("_C*") if p.suffix in (".so", ".pyd"))
+    if found:
+        return found[0]
+    try:
+        spec = importlib.util.find_spec("fastjl._C")
+    except ImportError:
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _arch_number(arch: str) -> int:
+    digits = re.sub(r"\D", "", arch)
+    return int(digits) if digits else 0
+
+
+def _run(cmd: list[str], stdin: str | None = None) -> str:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[:2000]}")
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_resource_usage(text: str) -> list[tuple[str, str, dict[str, int]]]:
+    """``cuobjdump --dump-resource-usage`` output -> [(arch, mangled name, {FIELD: value})].
+
+    Each "Fatbin elf code" block starts with ``arch = sm_XX``; its functions follow as
+    ``Function NAME:`` and one line of ``FIELD:value`` pairs (REG, STACK, SHARED, LOCAL, ...).
+    PTX blocks list no functions.
+    """
+    rows: list[tuple[str, str, dict[str, int]]] = []
+    arch = None
+    pending = None
+    for line in text.splitlines():
+        m = _ARCH_RE.match(line.strip())
+        if m:
+            arch, pending = m.group(1), None
+            continue
+        m = _RES_FUNCTION_RE.match(line)
+        if m:
+            pending = m.group(1)
+            continue
+        if pending is not None:
+            fields = {k: int(v) for k, v in _RES_FIELD_RE.findall(line)}
+            if "REG" in fields:
+                if arch is None:
+                    raise ValueError(f"function {pending} before any 'arch =' line")
+                rows.append((arch, pending, fields))
+            pending = None
+    return rows
+
+
+def count_elf_blocks(text: str) -> dict[str, int]:
+    """Number of cubins ("Fatbin elf code" blocks) per architecture in cuobjdump output."""
+    counts: dict[str, int] = {}
+    in_elf = False
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("Fatbin "):
+            in_elf = s.startswith("Fatbin elf code")
+            continue
+        m = _ARCH_RE.match(s)
+        if m and in_elf:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+            in_elf = False
+    return counts
+
+
+def count_local_accesses(sass: str) -> dict[str, tuple[int, int]]:
+    """SASS -> {mangled function: (STL count, LDL count)}, for every function listed."""
+    counts: dict[str, list[int]] = {}
+    current = None
+    for line in sass.splitlines():
+        m = _SASS_FUNCTION_RE.match(line)
+        if m:
+            current = m.group(1)
+            counts.setdefault(current, [0, 0])
+            continue
+        if current is None or "L" not in line:
+            continue
+        m = _SASS_OPCODE_RE.match(line)
+        if m:
+            op = m.group(1)
+            if op == "STL":
+                counts[current][0] += 1
+            elif op == "LDL":
+                counts[current][1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def demangle(names: list[str], demangler: str | None = None) -> dict[str, str]:
+    """Mangled -> demangled names (unchanged where no demangler is found or it fails)."""
+    names = sorted(set(names))
+    tool = demangler or find_demangler()
+    if not names or tool is None:
+        return {n: n for n in names}
+    out = _run([tool], stdin="\n".join(names) + "\n").splitlines()
+    if len(out) != len(names):
+        return {n: n for n in names}
+    return dict(zip(names, out))
+
+
+def short_name(demangled: str) -> str:
+    """``void fastjl::proj::project_kernel<fastjl::proj::TileConfig<128, 4>, ...>(args)`` ->
+    ``project_kernel<TileConfig<128, 4>, ...>``: no namespaces, return type or parameters."""
+    s = demangled.replace("(anonymous namespace)::", "")
+    s = re.sub(r"\b[A-Za-z_]\w*::", "", s)
+    depth = 0
+    for i, ch in enumerate(s):  # cut the parameter list: the first '(' outside <...>
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            s = s[:i]
+            break
+    if s.startswith("void "):
+        s = s[len("void ") :]
+    return s.strip()
+
+
+# --------------------------------------------------------------------------- collection
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the cubins of one module say: per-function rows and cubins per arch."""
+
+    path: Path
+    kernels: list[KernelResources]
+    cubins: dict[str, int]  # arch -> number of cubins (one per .cu file that has device code)
+
+    def archs(self) -> list[str]:
+        return sorted(self.cubins, key=_arch_number)
+
+
+def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | None = None) -> Report:
+    """Registers, stack, shared memory and STL/LDL counts of every function of every cubin
+    in ``path`` (``archs``: the architectures to read, default all that are embedded)."""
+    path = Path(path)
+    tool = cuobjdump or find_cuobjdump()
+    if tool is None:
+        raise FileNotFoundError("cuobjdump not found (set $CUOBJDUMP or put the CUDA toolkit's bin on PATH)")
+    res_text = _run([tool, "--dump-resource-usage", str(path)])
+    cubins = count_elf_blocks(res_text)
+    rows = parse_resource_usage(res_text)
+    wanted = archs if archs is not None else sorted(cubins)
+    wanted = [a for a in wanted if a in cubins]
+    # One SASS dump per architecture, concurrently (each is a few seconds of cuobjdump).
+    with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+        sass = dict(
+            zip(
+                wanted,
+                pool.map(lambda a: _run([tool, "--dump-sass", "--gpu-architecture", a, str(path)]), wanted),
+            )
+        )
+    local = {a: count_local_accesses(text) for a, text in sass.items()}
+    names = demangle([r[1] for r in rows if r[0] in local])
+    kernels = []
+    for arch, mangled, f in rows:
+        if arch not in local:
+            continue
+        stl, ldl = local[arch].get(mangled, (0, 0))
+        kernels.append(
+            KernelResources(
+                name=short_name(names[mangled]),
+                arch=arch,
+                registers=f.get("REG", 0),
+                stack=f.get("STACK", 0),
+                local=f.get("LOCAL", 0),
+                shared=f.get("SHARED", 0),
+                stl=stl,
+                ldl=ldl,
+                mangled=mangled,
+                demangled=names[mangled],
+            )
+        )
+    # Two functions that shorten to one name (same template in two namespaces) keep their
+    # full demangled names, so every (name, arch) is unique.
+    seen: dict[tuple[str, str], int] = {}
+    for k in kernels:
+        seen[(k.name, k.arch)] = seen.get((k.name, k.arch), 0) + 1
+    kernels = [k if seen[(k.name, k.arch)] == 1 else replace(k, name=k.demangled) for k in kernels]
+    return Report(path=path, kernels=kernels, cubins=cubins)
+
+
+def format_table(kernels: list[KernelResources], marks: dict[tuple[str, str], str] | None = None) -> str:
+    """A compact table: function, arch, regs, stack, local, shared, STL, LDL (+ a mark column)."""
+    marks = marks or {}
+    order: dict[str, int] = {}
+    for k in kernels:  # functions in the order the cubins list them, each one's archs together
+        order.setdefault(k.name, len(order))
+    header = ("function", "arch", "regs", "stack", "local", "smem", "STL", "LDL", "")
+    body = [
+        (
+            k.name,
+            k.arch,
+            str(k.registers),
+            str(k.stack),
+            str(k.local),
+            str(k.shared),
+            str(k.stl),
+            str(k.ldl),
+            marks.get((k.name, k.arch), ""),
+        )
+        for k in sorted(kernels, key=lambda k: (order[k.name], _arch_number(k.arch)))
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = []
+    for r in [header, *body]:
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(r[2:8], widths[2:8])]
+        cells.append(r[8])
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
