@@ -8,7 +8,11 @@ with one checkpoint its scores are ours times one positive number.
 import logging
 
 import numpy as np
-from trak import TRAKer as TraksTRAKer
+import pytest
+
+pytest.importorskip("trak", reason="traker is not installed (pip install traker==0.3.2)")
+
+from trak import TRAKer as TraksTRAKer  # noqa: E402
 
 import trak_core
 from fastjl.integrations.trak import FastJLProjector
