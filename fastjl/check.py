@@ -43,6 +43,7 @@ def _same(bound: float) -> dict:
 # (kind, input dtype).  "triton-interpret" is Triton's interpreter on CPU tensors (exact float32
 # products), "triton" its compiled kernels on a GPU (tf32 dots for float32 data by default).
 # The only table of bounds in this module: adjust here after GPU measurements.
+TF32_WORST = 2.0**-9  # two operands rounded to tf32's 10 mantissa bits
 BOUNDS = {
     # tests/helpers.py TOLERANCE (float32 accumulation of exact or float32 products)
     ("torch", "project"): _same(1e-5),
@@ -56,16 +57,18 @@ BOUNDS = {
     },
     # tests/test_cuda_linear.py TOLERANCE
     ("cuda", "project_linear"): _same(1e-4),
-    # tests/test_triton.py TOLERANCE with ON_GPU
+    # tests/test_triton.py TOLERANCE with ON_GPU, except float32: tl.dot's tf32 path keeps 10
+    # mantissa bits of both operands, so one product can be off by up to 2^-9 (an H100 measured
+    # 1.2e-3 on a single-element project_linear, 2026-11-27); wider outputs average to ~3e-4.
     ("triton", "project"): {
         **_same(1e-6),
-        ("rademacher", F32): 1e-3,
-        ("gaussian", F32): 1e-3,
+        ("rademacher", F32): TF32_WORST,
+        ("gaussian", F32): TF32_WORST,
         ("gaussian", BF16): 3e-5,
     },
     # tests/test_triton_linear.py bounds elementwise, not in Frobenius norm: its G tiles always
     # take tl.dot's float32 path (tf32 on a GPU), so the float32 bound of project on a GPU.
-    ("triton", "project_linear"): _same(1e-3),
+    ("triton", "project_linear"): _same(TF32_WORST),
     # tests/test_triton.py TOLERANCE without a GPU
     ("triton-interpret", "project"): {**_same(1e-6), ("gaussian", BF16): 3e-5},
     # tests/test_triton_linear.py's elementwise worst case in the interpreter is ~(T + D) 2^-24

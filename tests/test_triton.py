@@ -13,14 +13,15 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
-# Relative (Frobenius) error bounds vs float64.  fp32 inputs: tf32 dot on GPU (inputs
-# rounded to 10 mantissa bits; ~3e-4 expected), exact products in the interpreter.
+# Relative (Frobenius) error bounds vs float64.  fp32 inputs: tf32 dot on GPU (both operands
+# kept to 10 mantissa bits: ~3e-4 over many products, up to 2^-9 for a single-element output;
+# an H100 measured 4e-4..8e-4 at B = 33, D = 1000, K = 4097), exact products in the interpreter.
 # 16-bit inputs are exact; gaussian entries keep ~16 bits (bf16 hi+lo) or ~22 bits (fp16).
 TOLERANCE = {
-    ("rademacher", torch.float32): 1e-3 if ON_GPU else 1e-6,
+    ("rademacher", torch.float32): 2.0**-9 if ON_GPU else 1e-6,
     ("rademacher", torch.float16): 1e-6,
     ("rademacher", torch.bfloat16): 1e-6,
-    ("gaussian", torch.float32): 1e-3 if ON_GPU else 1e-6,
+    ("gaussian", torch.float32): 2.0**-9 if ON_GPU else 1e-6,
     ("gaussian", torch.float16): 1e-6,
     ("gaussian", torch.bfloat16): 3e-5,
 }

@@ -21,6 +21,8 @@ CCS = (80, 90)
 # same size, next to a generated tile: a few dozen bytes spill there, once per 32-64 rows of
 # D, small next to generating P.  Anything new that spills, or spills more, fails the test.
 SPILL_ALLOWANCE = {
+    # Triton 3.9 only (3.6: none): float32 x at 64 rows per step next to the accumulator.
+    ("project-rademacher-float32-B128", 80): 372,
     ("project-rademacher-bfloat16-B128", 80): 24,
     ("project-gaussian-float16-B128", 80): 56,
     ("project-gaussian-bfloat16-B128", 80): 56,

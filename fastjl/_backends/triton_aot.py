@@ -78,10 +78,7 @@ def launch_config(cfg: KernelConfig) -> dict:
 
     from . import triton_backend as tb
 
-    if cfg.op == "project_linear":
-        tiles = tb.linear_tiles(cfg.kind)
-    else:
-        tiles = tb.project_tiles(cfg.kind, getattr(torch, cfg.dtype))
+    tiles = tb.linear_tiles(cfg.kind) if cfg.op == "project_linear" else tb.project_tiles(cfg.kind)
     launch = tb._config(cfg.block_b, 2048, torch.device("cuda"), **tiles)
     assert launch["BLOCK_B"] == cfg.block_b, (cfg, launch)
     return launch
