@@ -57,7 +57,8 @@ def main() -> int:
                             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
                     rows.append(row)
                     shown = f"{row['rel_err']:9.2e}" if "rel_err" in row else row["error"]
-                    print(f"{name:7s} {kind:10s} {row['dtype']:9s} {batch:3d} {dim:10d} {proj_dim:5d} {shown}", flush=True)
+                    line = f"{name:7s} {kind:10s} {row['dtype']:9s} {batch:3d} {dim:10d} {proj_dim:5d} {shown}"
+                    print(line, flush=True)
         del base, x
         torch.cuda.empty_cache()
     if args.json:
