@@ -23,6 +23,7 @@ Depends only on fastjl's public API (``fastjl.Projector``).  Demo: ``python -m t
 """
 
 from .attribute import attribute
+from .featurize import NonFiniteGradientError
 from .gradients import FunctionalGradientComputer, GradientComputer
 from .hooked_gradients import LinearHooksGradientComputer
 from .lds import LDSResult, linear_datamodeling_score
@@ -39,6 +40,7 @@ __all__ = [
     "GradientComputer",
     "LinearHooksGradientComputer",
     "LDSResult",
+    "NonFiniteGradientError",
     "ModelOutput",
     "Store",
     "StoreMismatchError",

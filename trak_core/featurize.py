@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from .commit_counts import CommitCounts
 from .gradients import GradientComputer
 from .projection import scale_rows
+
+# What to do with an example whose projected gradient (or Q) is NaN or infinite: "error"
+# (the default: nothing of the batch is stored) or "zero" (store zeros for it, with a warning
+# naming it: the example then scores 0 against every target).
+NONFINITE_POLICIES = ("error", "zero")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A projected gradient or Q of some example is NaN or infinite (the message names them)."""
+
+
+def finite_rows(values: np.ndarray, rows: np.ndarray, model_id: int, what: str, policy: str) -> np.ndarray:
+    """``values`` (one row per example in ``rows``) checked for NaN/inf before anything is stored.
+
+    One non-finite input (an ``inf`` pixel) or weight (a NaN in one checkpoint) would otherwise
+    spread through XᵀX to every score.  ``policy``: see NONFINITE_POLICIES."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if not bad.any():
+        return values
+    named = rows[bad]
+    shown = ", ".join(str(r) for r in named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+    msg = (
+        f"{what} of {int(bad.sum())} of {len(rows)} examples of the batch are not finite (NaN or inf) "
+        f"at model_id {model_id}: store rows {shown}"
+    )
+    if policy == "error":
+        raise NonFiniteGradientError(
+            f"{msg}. Nothing of this batch was stored. Check those examples' inputs and the checkpoint's "
+            "weights, or pass nonfinite='zero' to store zeros for such examples (they then score 0)."
+        )
+    warnings.warn(f"{msg}; stored as zeros (nonfinite='zero')", RuntimeWarning, stacklevel=3)
+    values = values.copy()
+    values[bad] = 0
+    return values
 
 
 def batch_size(batch) -> int:
@@ -63,12 +99,17 @@ class RowWriter:
             None for the whole batch.
     """
 
-    def __init__(self, gradient_computer: GradientComputer, projector, micro_batch: int | None):
+    def __init__(
+        self, gradient_computer: GradientComputer, projector, micro_batch: int | None, nonfinite: str = "error"
+    ):
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"proj_max_batch_size must be >= 1, got {micro_batch}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.gradients = gradient_computer
         self.projector = projector
         self.micro_batch = micro_batch
+        self.nonfinite = nonfinite
 
     def projected_rows(self, batch, model_id: int) -> np.ndarray:
         """``(B, K)`` float32: ``P_mᵀ ∇θ f / sqrt(D)`` for every example of ``batch``."""
@@ -107,10 +148,17 @@ class RowWriter:
         if not todo.any():
             return 0
         batch, rows = take_rows(batch, todo), rows[todo]
-        grads_out[rows] = self.projected_rows(batch, model_id)
+        # Everything is computed and checked before anything is stored.
+        projected = finite_rows(
+            self.projected_rows(batch, model_id), rows, model_id, "projected gradients", self.nonfinite
+        )
+        if q_out is not None:
+            q = self.gradients.compute_loss_grad(batch).detach().float().cpu().numpy()
+            q = finite_rows(q, rows, model_id, "out-to-loss terms (Q)", self.nonfinite)
+        grads_out[rows] = projected
         grads_out.flush()
         if q_out is not None:
-            q_out[rows] = self.gradients.compute_loss_grad(batch).detach().float().cpu().numpy()
+            q_out[rows] = q
             q_out.flush()
         # Data first, then the commit: a kill in between only costs recomputing this batch.
         commits.commit(rows)

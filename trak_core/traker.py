@@ -80,6 +80,9 @@ class TRAKer:
         block_rows: rows streamed at a time through ``XᵀX`` and the solve.
         score_tile: (train rows, targets) per score tile; bounds score memory.
         quiet: no progress bars.
+        nonfinite: ``"error"`` (default): a NaN or infinite projected gradient or Q raises
+            ``NonFiniteGradientError`` naming the examples and the checkpoint, before anything
+            of the batch is stored; ``"zero"``: such examples are stored as zeros, with a warning.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class TRAKer:
         block_rows: int = 8192,
         score_tile: tuple[int, int] = (8192, 4096),
         quiet: bool = False,
+        nonfinite: str = "error",
     ):
         logger.setLevel(logging_level)
         if saver is not None or score_computer is not None:
@@ -137,7 +141,7 @@ class TRAKer:
         self.lambda_reg, self.lambda_scale = lambda_reg, lambda_scale
         self.xtx_dtype = DTYPES[xtx_dtype]
         self.block_rows, self.score_tile, self.quiet = block_rows, tuple(score_tile), quiet
-        self.writer = RowWriter(self.gradient_computer, self.projector, proj_max_batch_size)
+        self.writer = RowWriter(self.gradient_computer, self.projector, proj_max_batch_size, nonfinite)
 
         name, seed, kind = projector_description(self.projector)
         kind = "kronecker" if proj_kind == "kronecker" else kind
