@@ -2,7 +2,8 @@
 
 The reference never touches trak_core's code path: the margin gradients of a linear model
 ``z = W x + b`` are derived by hand, ``∂f/∂z_c = 1[c = y] − 1[c ≠ y]·softmax_{c'≠y}(z)_c``,
-``∂f/∂W = (∂f/∂z) xᵀ``, ``∂f/∂b = ∂f/∂z``, and the scores follow DESIGN §6 literally.
+``∂f/∂W = (∂f/∂z) xᵀ``, ``∂f/∂b = ∂f/∂z``, and the scores follow docs/design.md (trak_core and
+its store) literally.
 """
 
 import math
@@ -96,7 +97,8 @@ def margin_gradients(ckpt, x, y):
 
 
 def reference_scores(checkpoints, train, targets, lambda_reg):
-    """DESIGN §6 in float64: mean_m Φ_m (Φ_mᵀΦ_m + λI)⁻¹ Φ_t,mᵀ ⊙ mean_m Q_m, Φ = G / sqrt(D)."""
+    """The scores of docs/design.md (trak_core and its store) in float64:
+    mean_m Φ_m (Φ_mᵀΦ_m + λI)⁻¹ Φ_t,mᵀ ⊙ mean_m Q_m, Φ = G / sqrt(D)."""
     total, q_total = 0.0, 0.0
     for ckpt in checkpoints:
         g, q = margin_gradients(ckpt, *train)

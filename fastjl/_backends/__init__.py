@@ -1,4 +1,4 @@
-"""Backend registry and selection (DESIGN §4–5).
+"""Backend registry and selection (docs/design.md, API and Backends).
 
 Each backend module provides ``NAME``, ``availability(device) -> reason or None`` and the
 ops it implements, taking validated arguments and overwriting every element of ``out``:

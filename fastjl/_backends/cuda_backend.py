@@ -28,13 +28,35 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 m16n8k16, cp.async
 
 
-def availability(device: torch.device) -> str | None:
+def build_state() -> str:
+    """Whether ``fastjl._C`` is built, for the availability line of ``fastjl.backends()``:
+    "fastjl._C built (sm_80, ..., +PTX)", "fastjl._C not built (...)" or "... failed to load"."""
     if _C is None:
-        return IMPORT_ERROR
+        if "No module named 'fastjl._C'" in (IMPORT_ERROR or ""):
+            return "fastjl._C not built (no nvcc at install, or FASTJL_SKIP_CUDA_BUILD=1)"
+        return IMPORT_ERROR or "fastjl._C is not loaded"
+    return f"fastjl._C built ({_archs_text()})"
+
+
+def _archs_text() -> str:
+    """``_C.build_info()["archs"]`` (CMake's "80-real ... 90-virtual") as "sm_80, ..., +PTX"."""
+    try:
+        archs = str(_C.build_info().get("archs", "")).split()
+    except Exception:  # an old build without build_info: say built, archs unknown
+        return "architectures unknown"
+    real = [f"sm_{a.split('-')[0]}" for a in archs if not a.endswith("-virtual")]
+    ptx = [f"compute_{a.split('-')[0]}" for a in archs if a.endswith("-virtual")]
+    return ", ".join(real + [f"+PTX {p}" for p in ptx]) or "architectures unknown"
+
+
+def availability(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        # On a CPU the first thing a user wants to know is whether the extension was built at all.
+        return f"{build_state()}; needs a CUDA tensor, got a tensor on {device}"
+    if _C is None:
+        return build_state()
     if not hasattr(_C, "project"):
         return "fastjl._C has no projection kernel in this build (rebuild fastjl)"
-    if device.type != "cuda":
-        return f"needs a CUDA tensor, got a tensor on {device}"
     problem = device_problem(device)
     if problem is not None:
         return problem

@@ -2,8 +2,8 @@
 
 Default on CPU: B=32, D=10^6, K=1024, fastjl's torch backend against a dense matmul with a
 materialized torch-RNG matrix, timed without ("dense-stored") and with ("dense-generated",
-TRAK's BasicProjector approach) generating that matrix.  On a GPU: DESIGN §8's TRAK
-shapes.  Prints a table; ``--save`` also writes JSON under bench/results/.
+TRAK's BasicProjector approach) generating that matrix.  On a GPU: the TRAK shapes of docs/design.md,
+Benchmarks.  Prints a table; ``--save`` also writes JSON under bench/results/.
 
 ``--op linear``: ``fastjl.project_linear`` fused, against materializing the per-example
 gradients and projecting them, and against the kronecker kind (see :mod:`.linear_op`).
@@ -39,12 +39,17 @@ PRESETS = {  # (batches, dims, proj_dims)
 }
 
 
+def _plain(text: str) -> str:
+    """Docstring text as --help shows it: without reStructuredText's double backticks."""
+    return text.replace("``", "")
+
+
 def _ints(text: str) -> list[int]:
     return [int(float(v)) for v in text.split(",")]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastjl.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastjl.bench", description=_plain(__doc__.split("\n\n")[0]))
     p.add_argument("--op", default="project", choices=("project", "linear"), help="fastjl.project or project_linear")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
     p.add_argument(
@@ -124,7 +129,8 @@ def peak_memory_mib(shape: Shape, device: str) -> float:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def format_table(rows) -> str:

@@ -1,5 +1,9 @@
 """Peak memory one call adds beyond what is allocated before it: the CUDA caching allocator's
-peak on GPU, the process's resident-set high-water mark (``ru_maxrss``) on CPU."""
+peak on GPU, the process's resident-set high-water mark (``ru_maxrss``) on CPU.
+
+The CPU figure only moves when the allocator maps new pages, so a call that fits in memory the
+process already holds (freed by an earlier call, e.g. a warm-up of the same size) reads 0 MiB:
+callers show 0 on CPU as "below measurement resolution", not as a measured zero."""
 
 from __future__ import annotations
 

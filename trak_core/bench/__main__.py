@@ -52,7 +52,9 @@ PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m trak_core.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m trak_core.bench", description=__doc__.split("\n\n")[0].replace("``", "")
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), help="default: mlp on CPU, gpt2-small on GPU")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--batch", type=int, help="examples per batch (overrides the preset)")
@@ -128,7 +130,7 @@ def run(args) -> dict:
                 rel_diff_vs_torch_func=agree,
             )
         )
-        print(format_row(rows[-1]), flush=True)
+        print(format_row(rows[-1], device.type), flush=True)
     return dict(
         preset=args.preset,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -143,8 +145,25 @@ def run(args) -> dict:
     )
 
 
-def format_row(row: dict) -> str:
-    peak = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+# Footnote for a CPU peak of exactly 0 (see fastjl/bench/memory.py): no new page was touched.
+PEAK_NA_NOTE = (
+    "* peak n/a: below measurement resolution.\n  On CPU the peak is the growth of the process's "
+    "resident-set high-water mark, which only moves when the allocator maps new pages;\n  these batches "
+    "fit in memory it already held.  Larger presets or a larger --batch give a real value."
+)
+
+
+def format_peak(mib, device: str) -> str:
+    """The peak-MiB column: one decimal, or "n/a*" where the CPU measurement cannot resolve it."""
+    if mib is None:
+        return "n/a"
+    if device == "cpu" and mib == 0:
+        return "n/a*"
+    return f"{mib:.1f}"
+
+
+def format_row(row: dict, device: str = "cpu") -> str:
+    peak = format_peak(row["peak_mib"], device)
     diff = "-" if row["rel_diff_vs_torch_func"] is None else f"{row['rel_diff_vs_torch_func']:.1e}"
     return f"{row['path']:22s} {row['ms_per_batch']:10.1f} {row['examples_per_s']:12.1f} {peak:>9s} {diff:>10s}"
 
@@ -153,7 +172,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     print(f"preset {args.preset} on {args.device}; columns: path, ms/batch, examples/s, peak MiB, rel. diff")
     result = run(args)
-    print(f"D = {result['num_params']}, B = {result['batch']}, K = {result['proj_dim']}, {result['threads']} threads")
+    threads = result["threads"]
+    print(
+        f"D = {result['num_params']}, B = {result['batch']}, K = {result['proj_dim']}, "
+        f"{threads} thread{'' if threads == 1 else 's'}"
+    )
+    if any(format_peak(row["peak_mib"], args.device) == "n/a*" for row in result["rows"]):
+        print(PEAK_NA_NOTE)
     if args.save:
         folder = Path(args.save)
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,14 @@ from .run import DemoConfig, format_report, run_demo
 
 def parse_args(argv=None) -> DemoConfig:
     defaults = DemoConfig()
-    p = argparse.ArgumentParser(prog="python -m trak_core.demo", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m trak_core.demo",
+        description=__doc__.replace("``", ""),
+        epilog="Writes results.json, trak_digits.png and stores/ (one TRAK store per run, about 300 MiB "
+        "with the defaults) into --out-dir.  The stores are kept for inspection and never reused by the "
+        "demo: the last lines printed say where they are and how large; --remove-stores deletes them "
+        "at the end.",
+    )
     p.add_argument("--n-train", type=int, default=defaults.n_train, help="train examples n")
     p.add_argument("--n-targets", type=int, default=defaults.n_targets, help="targets t (held out)")
     p.add_argument(
@@ -36,6 +43,9 @@ def parse_args(argv=None) -> DemoConfig:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--device", default=defaults.device, help="cpu or cuda")
     p.add_argument("--out-dir", default=defaults.out_dir, help="stores, figure and results.json go here")
+    p.add_argument(
+        "--remove-stores", action="store_true", help="delete OUT_DIR/stores at the end (figure and results stay)"
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log every stage of trak_core (INFO)")

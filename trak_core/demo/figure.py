@@ -16,8 +16,14 @@ def save_attribution_figure(
     y_target: np.ndarray,
     targets: list[int],
     top: int = 3,
+    run: str = "",
 ) -> Path:
     """Writes a PNG grid: one row per target: the target, its ``top`` highest- and lowest-scored train digits.
+
+    Each train digit's title is "+ label (score)" or "− label (score)": its class and, in
+    parentheses, its TRAK score for that target (the estimated effect of having that train
+    example in the training set on the target's margin; positive: it raises the margin).  The
+    caption says so, and names the run the scores come from.
 
     Args:
         path: output ``.png``.
@@ -25,6 +31,7 @@ def save_attribution_figure(
         x_train: ``(n, 64)`` pixels; y_train: ``(n,)`` labels; x_target, y_target: the same for targets.
         targets: indices of the targets to show.
         top: examples per side.
+        run: which TRAK run the scores come from (K, kind, λ), shown in the caption.
     """
     import matplotlib
 
@@ -47,8 +54,16 @@ def save_attribution_figure(
             for spine in ax.spines.values():
                 spine.set_edgecolor(color)
                 spine.set_linewidth(2)
-    fig.suptitle(f"TRAK: targets | top {top} positive (green) | top {top} negative (red) train digits", fontsize=9)
-    fig.tight_layout()
+    caption = [
+        f"TRAK: targets | top {top} positive (green) | top {top} negative (red) train digits",
+        "above each train digit: its class (its TRAK score for the row's target: the estimated effect of "
+        "training on it on the target's margin)",
+    ]
+    if run:
+        caption.append(f"scores of the run {run}")
+    fig.suptitle("\n".join(caption), fontsize=8)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.15 * len(caption) + 0.05) / height))  # room for the caption
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

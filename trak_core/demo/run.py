@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ class DemoConfig:
     quiet: bool = False
     log_level: int = logging.WARNING
     figure_targets: int = 4
+    remove_stores: bool = False  # delete out_dir/stores at the end (they are only needed to inspect a run)
 
 
 @dataclass
@@ -70,6 +73,10 @@ class DemoResult:
     runs: list[ScoreRun] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     figure: str = ""
+    figure_run: str = ""  # the run whose scores the figure shows
+    stores: str = ""  # out_dir/stores: one TRAK store per run
+    stores_bytes: int = 0  # their size on disk (before removal, if removed)
+    stores_removed: bool = False
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -146,6 +153,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
             )
             if lambda_reg is None and kind == "rademacher":
                 figure_scores = scores  # the last (largest) K with the default λ
+                result.figure_run = (
+                    f"K={proj_dim}, kind={kind}, λ = {rule} = {lambda_mean:.3g} (mean over checkpoints), "
+                    f"{config.checkpoints} checkpoint{'' if config.checkpoints == 1 else 's'}"
+                )
 
     with log_time("figure", timings):
         shown = _targets_of_distinct_classes(data.y_target.cpu().numpy(), config.figure_targets)
@@ -158,12 +169,28 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 data.x_target.cpu().numpy(),
                 data.y_target.cpu().numpy(),
                 shown,
+                run=result.figure_run,
             )
         )
+    stores = out_dir / "stores"
+    result.stores, result.stores_bytes = str(stores), _disk_bytes(stores)
+    if config.remove_stores:
+        shutil.rmtree(stores, ignore_errors=True)
+        result.stores_removed = not stores.exists()
     timings["total"] = time.perf_counter() - start
     result.timings = timings
     _write_json(out_dir / "results.json", result)
     return result
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Bytes the files under ``folder`` occupy on disk (memmaps may be sparse: blocks, not sizes)."""
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            total += min(stat.st_size, getattr(stat, "st_blocks", stat.st_size // 512 + 1) * 512)
+    return total
 
 
 def _targets_of_distinct_classes(labels: np.ndarray, count: int) -> list[int]:
@@ -200,5 +227,14 @@ def format_report(result: DemoResult) -> str:
         )
     lines += ["", "stage timings:"]
     lines += [f"  {name:<58} {seconds:>7.1f} s" for name, seconds in result.timings.items()]
-    lines += ["", f"figure: {result.figure}"]
+    lines += ["", f"figure: {result.figure} (scores of the run {result.figure_run})"]
+    mib = result.stores_bytes / 2**20
+    size = f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.1f} MiB"
+    if result.stores_removed:
+        lines.append(f"stores: {result.stores} ({size}) removed (--remove-stores)")
+    elif result.stores:
+        lines.append(
+            f"stores: {result.stores} holds {size} (one TRAK store per run, kept to inspect them; the demo "
+            f"never reuses them): delete with  rm -rf {shlex.quote(result.stores)}  or run with --remove-stores"
+        )
     return "\n".join(lines)
