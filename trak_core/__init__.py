@@ -31,6 +31,13 @@ from .model_output import ClassificationMargin, ModelOutput
 from .regularization import DEFAULT_LAMBDA_SCALE, resolve_lambda
 from .settings import StoreMismatchError, StoreSettings
 from .store import Store
+from .store_errors import (
+    StoreDamagedError,
+    StoreDiskFullError,
+    StoreError,
+    StoreLockedError,
+    StoreMissingFileError,
+)
 from .traker import TRAKer
 
 __all__ = [
@@ -43,6 +50,11 @@ __all__ = [
     "NonFiniteGradientError",
     "ModelOutput",
     "Store",
+    "StoreDamagedError",
+    "StoreDiskFullError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMissingFileError",
     "StoreMismatchError",
     "StoreSettings",
     "TRAKer",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .store_errors import StoreError
+
 
 @dataclass(frozen=True)
 class StoreSettings:
@@ -52,5 +54,5 @@ class StoreSettings:
         ]
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(StoreError, ValueError):
     """Raised when a store was created with other settings than the ones requested."""

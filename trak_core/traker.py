@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 import torch
 
+from fastjl.validation import check_int
+
 from .featurize import RowWriter, indices_for
 from .finalize import finalize_model
 from .gradient_paths import make_gradient_computer
@@ -121,8 +123,7 @@ class TRAKer:
             logger.info("use_half_precision is ignored: trak_core stores float32 features")
         if xtx_dtype not in DTYPES:
             raise ValueError(f"xtx_dtype must be one of {sorted(DTYPES)}, got {xtx_dtype!r}")
-        if int(train_set_size) < 1:
-            raise ValueError(f"train_set_size must be >= 1, got {train_set_size}")
+        train_set_size = check_int(train_set_size, "train_set_size", low=1, high=2**62)  # no 1.5 -> 1
         if block_rows < 1 or min(score_tile) < 1:
             raise ValueError("block_rows and score_tile must be positive")
         check_lambda(lambda_reg, lambda_scale)
@@ -166,6 +167,16 @@ class TRAKer:
         self._target = None  # state of the (experiment, checkpoint) being scored
         self._last_ind = 0
         self._last_ind_target = 0
+
+    def close(self) -> None:
+        """Releases the store's writer lock (also released when the TRAKer is collected or its process ends).
+
+        While a TRAKer is open, another process opening the same ``save_dir`` gets
+        :class:`~trak_core.StoreLockedError`; ``trak_core.Store.open(save_dir)`` still reads it.
+        """
+        self._close_bar(self._train)
+        self._close_bar(self._target)
+        self.store.close()
 
     # ---- featurizing -------------------------------------------------------------------------
 
