@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _backends
-from .kronecker import project_kronecker, split_proj_dim
-from .spec import LINEAR_KINDS, check_seed
-from .validation import check_linear_inputs, check_offset, check_out, check_proj_dim, check_scale
+from .autograd import jl_factor, needs_grad, project_linear_function
+from .kronecker import kronecker_factors, project_kronecker, split_proj_dim
+from .spec import LINEAR_KINDS
+from .validation import check_linear_inputs, check_offset, check_out, check_proj_dim, check_scale, check_seed
 
 
 def project_linear(
@@ -58,6 +57,18 @@ def project_linear(
         out, backend, scale, check_finite: as in :func:`fastjl.project`.
     Returns:
         ``(B, K)`` float32 tensor on a's device (float64 for float64 inputs; ``out`` if given).
+
+    ``out`` must not overlap ``a`` or ``g`` nor be an expanded (stride-0) tensor (ValueError).
+
+    Autograd (every backend and kind alike): if ``a`` or ``g`` requires grad (and grad mode is
+    on) the result is differentiable with respect to both.  Dense kinds: the gradient of ``G``
+    is formed one block of rows of ``P`` at a time (``dG = dy @ P_blockᵀ``, torch backend's
+    generator, bounded by :func:`fastjl.block_budget`) and reduced at once to
+    ``da_bt = Σ_o g_bto dG_bo`` and ``dg_bt = dG_b a_bt`` (plus the bias rows' ``dy @ Pᵀ``),
+    computed in float32 (float64 for float64 inputs) and returned in the inputs' dtype; nothing
+    of size ``B · d_out · d_in`` is formed.  ``kronecker``: the product of the factors is
+    formed with differentiable torch operations.  With ``out`` given, ``out`` is filled by a
+    differentiable copy.  No double backward.
     """
     a, g = check_linear_inputs(a, g, allow_float64=backend == "torch", check_finite=check_finite)
     if kind not in LINEAR_KINDS:
@@ -76,13 +87,43 @@ def project_linear(
     else:
         proj_dim = check_proj_dim(proj_dim)
     offset = check_offset(offset, d_out * d_in + (d_out if bias else 0))
-    out = check_out(out, a, proj_dim)
-    if a.shape[0] == 0:
+    given_out = out is not None
+    out = check_out(out, a, proj_dim, inputs={"a": a, "g": g})
+    factor = jl_factor(scale, proj_dim)
+
+    def run(a: torch.Tensor, g: torch.Tensor, out: torch.Tensor = out) -> torch.Tensor:
+        if a.shape[0] == 0:
+            return out
+        if kind == "kronecker":
+            project_kronecker(a, g, out, seed=seed, offset=offset, k_out=k_out, k_in=k_in, bias=bias)
+        else:
+            module.project_linear(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
+        if factor != 1.0:
+            out.mul_(factor)
         return out
+
+    if not needs_grad(a, g):
+        return run(a, g)
     if kind == "kronecker":
-        project_kronecker(a, g, out, seed=seed, offset=offset, k_out=k_out, k_in=k_in, bias=bias)
+        y = _kronecker_differentiable(a, g, seed=seed, offset=offset, k_out=k_out, k_in=k_in, bias=bias, factor=factor)
     else:
-        module.project_linear(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
-    if scale == "jl":
-        out.mul_(1.0 / math.sqrt(proj_dim))
-    return out
+        target = torch.empty_like(out) if given_out else out  # the user's out gets a differentiable copy
+        fresh = lambda a, g: run(a, g, target)  # noqa: E731
+        y = project_linear_function(a, g, fresh, seed=seed, kind=kind, offset=offset, bias=bias, factor=factor)
+    if given_out:
+        return out.copy_(y)
+    return y
+
+
+def _kronecker_differentiable(a, g, *, seed, offset, k_out, k_in, bias, factor) -> torch.Tensor:
+    """``kronecker``'s projection as differentiable torch operations (what ``project_kronecker``
+    computes, without ``out=``): ``B·T·(k_in + k_out) + B·K`` numbers are formed."""
+    batch, _, d_in = a.shape
+    compute = torch.float64 if a.dtype == torch.float64 else torch.float32
+    f_out, f_in = kronecker_factors(seed, offset, g.shape[2], d_in, k_out, k_in, bias, compute, a.device)
+    pa = a.to(compute) @ f_in[:d_in]
+    if bias:
+        pa = pa + f_in[d_in]
+    pg = g.to(compute) @ f_out
+    y = torch.bmm(pg.transpose(1, 2), pa).reshape(batch, k_out * k_in)
+    return y * factor if factor != 1.0 else y

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _backends
+from .autograd import jl_factor, needs_grad, project_function
 from .validation import (
     check_input,
     check_kind,
@@ -48,6 +47,17 @@ def project(
         check_finite: raise ValueError if ``x`` contains NaN or inf.
     Returns:
         ``(B, K)`` float32 tensor on x's device (``out`` if given).
+
+    ``out`` must not overlap ``x`` nor be an expanded (stride-0) tensor (ValueError).  Meta and
+    sparse tensors are refused.
+
+    Autograd (every backend alike): if ``x.requires_grad`` (and grad mode is on) the result is
+    differentiable with respect to ``x``; the backward pass is the transposed projection
+    ``dx = dy @ Pᵀ`` (times ``1/sqrt(K)`` with ``scale="jl"``), computed block by block with
+    the torch backend's generator on x's device in bounded memory (:func:`fastjl.block_budget`),
+    in float32 (float64 for float64 ``x``) and returned in x's dtype.  It does not depend on the
+    forward pass's backend (whose float32 rounding, e.g. Triton's tf32, it does not reproduce).
+    With ``out`` given, ``out`` is filled by a differentiable copy.  No double backward.
     """
     x = check_input(x, allow_float64=backend == "torch", check_finite=check_finite)
     proj_dim = check_proj_dim(proj_dim)
@@ -55,13 +65,26 @@ def project(
     kind = check_kind(kind)
     offset = check_offset(offset, x.shape[1])
     scale = check_scale(scale)
+    given_out = out is not None
     out = check_out(out, x, proj_dim)
     module = _backends.select(backend, x.device)
     if x.dtype == torch.float64 and module.NAME != "torch":
         raise TypeError(f"x of dtype float64 is supported by backend='torch' only, not {module.NAME!r}")
-    if x.shape[0] == 0:
+    factor = jl_factor(scale, proj_dim)
+
+    def run(x: torch.Tensor, out: torch.Tensor = out) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return out
+        module.project(x, out, seed=seed, kind=kind, offset=offset)
+        if factor != 1.0:
+            out.mul_(factor)
         return out
-    module.project(x, out, seed=seed, kind=kind, offset=offset)
-    if scale == "jl":
-        out.mul_(1.0 / math.sqrt(proj_dim))
-    return out
+
+    if not needs_grad(x):
+        return run(x)
+    target = torch.empty_like(out) if given_out else out  # the user's out gets a differentiable copy
+    fresh = lambda x: run(x, target)  # noqa: E731
+    y = project_function(x, fresh, seed=seed, kind=kind, offset=offset, factor=factor)
+    if given_out:
+        return out.copy_(y)
+    return y

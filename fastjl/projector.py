@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -111,4 +112,4 @@ def _flatten_per_example(name: str, g) -> torch.Tensor:
         raise TypeError(f"grads[{name!r}] must be a torch.Tensor, got {type(g).__name__}")
     if g.dim() < 1:
         raise ValueError(f"grads[{name!r}] must have a batch dimension, got a scalar")
-    return g.reshape(g.shape[0], -1)
+    return g.reshape(g.shape[0], math.prod(g.shape[1:]))  # not -1: B = 0 must work too

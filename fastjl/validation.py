@@ -7,14 +7,92 @@ Errors name the argument and the limit.
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
-from .spec import MAX_PROJ_DIM, MAX_ROWS, check_int, check_kind, check_seed
+from .spec import MAX_PROJ_DIM, MAX_ROWS, MAX_SEED, check_kind
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # float64 is accepted by the torch backend only, as an exact reference (output float64).
 REFERENCE_DTYPE = torch.float64
 SCALES = (None, "jl")
+
+
+def check_int(value, name: str, *, low: int, high: int) -> int:
+    """``value`` as a Python int in ``[low, high]``.
+
+    Only true integers are accepted: Python ints, numpy integers and 0-d integer tensors.
+    Bools (Python, numpy or tensor), floats (even integral-valued ones) and float tensors
+    raise TypeError instead of being truncated (``torch.tensor(8.7)`` is not 8).
+    """
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype.is_floating_point or value.dtype.is_complex:
+            raise TypeError(
+                f"{name} must be an integer (a 0-d integer tensor at most), got a tensor of dtype "
+                f"{value.dtype} and shape {tuple(value.shape)}"
+            )
+        if value.device.type == "meta":
+            raise TypeError(f"{name} must be an integer, got a meta tensor (it has no value)")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return value
+
+
+def check_seed(seed) -> int:
+    return check_int(seed, "seed", low=0, high=MAX_SEED)
+
+
+def check_indices(inds, name: str = "inds") -> np.ndarray:
+    """``inds`` (a sequence, numpy array or tensor of integers) as a 1-D int64 numpy array.
+
+    Refuses floats (even integral-valued: ``[0.5, 1.5]`` is not rows 0, 1) and bools (a mask
+    is not a list of indices) with a TypeError, instead of letting numpy truncate them.
+    """
+    if isinstance(inds, torch.Tensor):
+        if inds.layout != torch.strided or inds.device.type == "meta":
+            raise TypeError(f"{name} must be a dense tensor with values, got layout {inds.layout} on {inds.device}")
+        array = inds.detach().cpu().numpy()
+    else:
+        array = np.asarray(inds)
+    if array.dtype == np.bool_:
+        raise TypeError(f"{name} must hold integer indices, got bools (a mask? use mask.nonzero())")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {array.dtype}")
+    return array.astype(np.int64).reshape(-1)
+
+
+def check_tensor_kind(t: torch.Tensor, name: str) -> None:
+    """Refuses tensors without ordinary memory: meta tensors (no data) and sparse/mkldnn layouts."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (device meta: shape only, no data); fastjl needs real data")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; call .to_dense() first")
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int, int]:
+    """``(storage pointer, first byte, one past the last byte)`` that ``t`` can touch."""
+    size = t.element_size()
+    start = t.storage_offset() * size
+    extent = (sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1) * size
+    return t.untyped_storage().data_ptr(), start, start + extent
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory ``a`` and ``b`` can touch intersects (conservative: the byte ranges
+    from each one's first to last element, within the same storage)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    pa, a0, a1 = _byte_range(a)
+    pb, b0, b1 = _byte_range(b)
+    return pa == pb and a0 < b1 and b0 < a1
 
 
 def check_proj_dim(proj_dim) -> int:
@@ -43,6 +121,7 @@ def check_input(x, *, allow_float64: bool, check_finite: bool = False) -> torch.
     """``x`` must be a 2-D floating tensor ``(B, D)`` with D >= 1."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, D), got {type(x).__name__}")
+    check_tensor_kind(x, "x")
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (B, D), got shape {tuple(x.shape)}")
     check_dtype(x, "x", allow_float64=allow_float64)
@@ -61,6 +140,7 @@ def check_linear_inputs(a, g, *, allow_float64: bool, check_finite: bool = False
         if not isinstance(t, torch.Tensor):
             kind = type(t).__name__
             raise TypeError(f"{name} must be a torch.Tensor of shape (B, {width}) or (B, T, {width}), got {kind}")
+        check_tensor_kind(t, name)
         if t.dim() not in (2, 3):
             raise ValueError(f"{name} must be 2-D (B, {width}) or 3-D (B, T, {width}), got shape {tuple(t.shape)}")
         check_dtype(t, name, allow_float64=allow_float64)
@@ -98,9 +178,13 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == REFERENCE_DTYPE else torch.float32
 
 
-def check_out(out, x: torch.Tensor, proj_dim: int) -> torch.Tensor:
+def check_out(out, x: torch.Tensor, proj_dim: int, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Checks a caller-provided output, or allocates one; ``(B, K)`` float32 on x's device
-    (``x`` is any tensor whose first dimension is B and whose dtype is the input's)."""
+    (``x`` is any tensor whose first dimension is B and whose dtype is the input's).
+
+    ``out`` must not share memory with any of ``inputs`` (``{name: tensor}``, default
+    ``{"x": x}``: backends read the input while writing ``out``), and no element of ``out``
+    may be written twice (a zero stride in a dimension of size > 1, e.g. ``expand``)."""
     shape = (x.shape[0], proj_dim)
     dtype = output_dtype(x)
     if out is None:
@@ -111,13 +195,28 @@ def check_out(out, x: torch.Tensor, proj_dim: int) -> torch.Tensor:
         raise ValueError(f"out must have shape (B, proj_dim) = {shape}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise TypeError(f"out must have dtype {dtype} for x of dtype {x.dtype}, got {out.dtype}")
+    check_tensor_kind(out, "out")
     if out.device != x.device:
         raise ValueError(f"out is on device {out.device} but x is on device {x.device}; they must match")
+    for n, s in zip(out.shape, out.stride()):
+        if n > 1 and s == 0:
+            raise ValueError(
+                f"out has stride 0 in a dimension of size {n} (strides {tuple(out.stride())}: an expanded "
+                "tensor), so several results would land in one element; pass a tensor with its own memory "
+                "(e.g. out.contiguous() or torch.empty)"
+            )
+    for name, t in (inputs if inputs is not None else {"x": x}).items():
+        if overlaps(out, t):
+            raise ValueError(
+                f"out shares memory with {name} (they overlap); the backends read {name} while writing out, "
+                "so the result would be garbage: pass a separate out tensor (or out=None)"
+            )
     return out
 
 
 __all__ = [
     "INPUT_DTYPES",
+    "check_indices",
     "check_input",
     "check_linear_inputs",
     "check_int",
@@ -126,6 +225,8 @@ __all__ = [
     "check_out",
     "check_proj_dim",
     "check_scale",
+    "check_tensor_kind",
     "check_seed",
     "output_dtype",
+    "overlaps",
 ]

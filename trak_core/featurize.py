@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import torch
 
+from fastjl.validation import check_indices, check_int
+
 from .commit_counts import CommitCounts
 from .gradients import GradientComputer
 from .projection import scale_rows
@@ -77,9 +79,10 @@ def indices_for(batch, inds, num_samples, next_index: int, limit: int, what: str
     if (inds is None) == (num_samples is None):
         raise ValueError("exactly one of inds and num_samples must be given")
     if num_samples is not None:
-        rows = np.arange(next_index, next_index + int(num_samples), dtype=np.int64)
+        count = check_int(num_samples, "num_samples", low=0, high=limit)
+        rows = np.arange(next_index, next_index + count, dtype=np.int64)
     else:
-        rows = np.asarray(inds.cpu() if isinstance(inds, torch.Tensor) else inds, dtype=np.int64).reshape(-1)
+        rows = check_indices(inds, "inds")  # floats and bools refused, not truncated
     if len(rows) != batch_size(batch):
         raise ValueError(f"the batch has {batch_size(batch)} examples but {len(rows)} {what} indices were given")
     if len(rows) and (rows.min() < 0 or rows.max() >= limit):

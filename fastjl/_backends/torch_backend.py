@@ -8,6 +8,7 @@ input) exist at once, so D = 10^9 runs in bounded memory.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -19,24 +20,61 @@ NAME = "torch"
 _DEFAULT_BUDGET_MB = 64
 # Column tiles are multiples of 128 so no rademacher Philox call is split across tiles.
 _COLUMN_QUANTUM = 128
-_budget_bytes = int(float(os.environ.get("FASTJL_TORCH_BLOCK_MB", _DEFAULT_BUDGET_MB)) * 2**20)
+BUDGET_ENV_VAR = "FASTJL_TORCH_BLOCK_MB"
+# Smallest and largest budget FASTJL_TORCH_BLOCK_MB may ask for, in MiB: below 1 MiB blocks
+# shrink to a few rows and generation becomes hundreds of times slower.
+MIN_BUDGET_MB = 1
+MAX_BUDGET_MB = 1 << 20
+_budget_bytes: int | None = None  # read from the environment when first used
+
+
+def parse_budget_env(value: str | None) -> int:
+    """Bytes for a ``FASTJL_TORCH_BLOCK_MB`` value (None: the default, 64 MiB); ValueError naming
+    the variable for anything but a finite number of MiB in [1, 2^20]."""
+    if value is None:
+        return _DEFAULT_BUDGET_MB * 2**20
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = math.nan
+    if not (math.isfinite(mb) and MIN_BUDGET_MB <= mb <= MAX_BUDGET_MB):
+        raise ValueError(
+            f"environment variable {BUDGET_ENV_VAR}={value!r} is invalid: it must be a number of MiB between "
+            f"{MIN_BUDGET_MB} and {MAX_BUDGET_MB} (default {_DEFAULT_BUDGET_MB}); unset it or fix it"
+        )
+    return int(mb * 2**20)
 
 
 def block_budget() -> int:
-    """Bytes of ``P`` (and of converted input) the torch backend materializes at once."""
+    """Bytes of ``P`` (and of converted input) the torch backend materializes at once.
+
+    Read from ``FASTJL_TORCH_BLOCK_MB`` (MiB, default 64) on first use unless
+    :func:`set_block_budget` was called; an invalid value raises ValueError naming it."""
+    global _budget_bytes
+    if _budget_bytes is None:
+        _budget_bytes = parse_budget_env(os.environ.get(BUDGET_ENV_VAR))
     return _budget_bytes
 
 
-def set_block_budget(num_bytes: int) -> int:
+def set_block_budget(num_bytes: int | None) -> int | None:
     """Sets the torch backend's memory budget in bytes (also ``FASTJL_TORCH_BLOCK_MB``).
 
-    Returns the previous value.  Smaller budgets trade speed for memory; at least one
-    128-column tile of one row must fit (512 bytes in float32).
+    Returns the previous value (None if ``FASTJL_TORCH_BLOCK_MB`` is invalid and was not yet
+    read); ``set_block_budget(None)`` goes back to the environment's value.  Smaller budgets
+    trade speed for memory; at least one 128-column tile of one row must fit (512 bytes in
+    float32).
     """
     global _budget_bytes
+    if num_bytes is None:  # back to FASTJL_TORCH_BLOCK_MB (what an invalid one returned as previous)
+        previous, _budget_bytes = _budget_bytes, None
+        return previous
     if isinstance(num_bytes, bool) or not isinstance(num_bytes, int) or num_bytes < 1024:
         raise ValueError(f"block budget must be an int of at least 1024 bytes, got {num_bytes!r}")
-    previous, _budget_bytes = _budget_bytes, num_bytes
+    try:
+        previous = block_budget()
+    except ValueError:  # an invalid environment value is being overridden
+        previous = None
+    _budget_bytes = num_bytes
     return previous
 
 
@@ -62,7 +100,7 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     proj_dim = out.shape[1]
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
-    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, _budget_bytes)
+    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, block_budget())
     buffer = torch.empty(min(rows, dim) * cols, dtype=compute, device=x.device)  # reused by every block
     for c0 in range(0, proj_dim, cols):
         c1 = min(proj_dim, c0 + cols)
@@ -92,7 +130,7 @@ def project_linear(
     proj_dim = out.shape[1]
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
-    rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, _budget_bytes)
+    rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, block_budget())
     # A block covers whole outputs o (contiguous rows of P) when d_in rows fit, else a piece
     # of one output's row.
     span_o, span_i = (rows // d_in, d_in) if rows >= d_in else (1, rows)

@@ -1,7 +1,8 @@
-"""A NaN or infinite gradient is caught where it is produced, named, and never stored.
+"""Bad inputs to featurizing are caught where they appear, named, and never stored.
 
-Before: one `inf` input or NaN weight made every score NaN, exit 0, with a misleading warning
-about λ at finalize time.
+A NaN or infinite gradient: before, one `inf` input or NaN weight made every score NaN, exit 0,
+with a misleading warning about λ at finalize time.  Indices that are not integers: before,
+`inds=[0.5, 1.5]` was truncated to rows 0, 1 and `[True, False]` read as rows 1, 0.
 """
 
 import numpy as np
@@ -96,3 +97,20 @@ def test_finite_batches_are_unaffected(tmp_path):
     ga = np.load(tmp_path / "a" / "models" / "0" / "grads.npy")
     gb = np.load(tmp_path / "b" / "models" / "0" / "grads.npy")
     assert np.array_equal(ga, gb) and np.isfinite(ga).all() and torch.is_tensor(train[0])
+
+
+@pytest.mark.parametrize("inds", [[0.5, 1.5], [True, False], np.array([0.0, 1.0])])
+def test_featurize_refuses_indices_that_are_not_integers(tmp_path, inds):
+    model, checkpoints, train, _ = make_problem()
+    traker = make_traker(tmp_path, model)
+    traker.load_checkpoint(checkpoints[0], 0)
+    with pytest.raises(TypeError, match="inds must hold integer indices"):
+        traker.featurize((train[0][:2], train[1][:2]), inds=inds)
+
+
+def test_featurize_refuses_a_fractional_num_samples(tmp_path):
+    model, checkpoints, train, _ = make_problem()
+    traker = make_traker(tmp_path, model)
+    traker.load_checkpoint(checkpoints[0], 0)
+    with pytest.raises(TypeError, match="num_samples must be an integer"):
+        traker.featurize((train[0][:2], train[1][:2]), num_samples=2.0)
