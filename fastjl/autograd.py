@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._backends.torch_backend import block_budget, plan_blocks
+from ._backends.torch_backend import block_budget, linear_block_rows, linear_blocks, plan_blocks
 from .blocks import generate_block
 
 
@@ -106,25 +106,20 @@ class _ProjectLinear(torch.autograd.Function):
         da = torch.zeros((batch, tokens, d_in), dtype=compute, device=a.device) if need_a else None
         dg = torch.zeros((batch, tokens, d_out), dtype=compute, device=a.device) if need_g else None
         rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, block_budget())
-        # As in the forward pass: a block covers whole outputs o, or a piece of one output's row.
-        span_o, span_i = (rows // d_in, d_in) if rows >= d_in else (1, rows)
-        buffer = torch.empty(span_o * span_i * cols, dtype=compute, device=a.device)
-        for o0 in range(0, d_out, span_o):
-            o1 = min(d_out, o0 + span_o)
-            for i0 in range(0, d_in, span_i):
-                i1 = min(d_in, i0 + span_i)
-                n = (o1 - o0) * (i1 - i0)
-                grad_g = torch.zeros((batch, n), dtype=compute, device=a.device)  # dL/dG for this block
-                for c0, c1 in _col_blocks(proj_dim, cols):
-                    block = buffer[: n * (c1 - c0)].view(n, c1 - c0)
-                    row0 = offset + o0 * d_in + i0
-                    generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
-                    grad_g.addmm_(dy[:, c0:c1], block.T)
-                grad_g = grad_g.view(batch, o1 - o0, i1 - i0)
-                if need_a:  # dL/da_bt = Σ_o g_bto dG_bo
-                    da[:, :, i0:i1] += torch.bmm(gc[:, :, o0:o1], grad_g)
-                if need_g:  # dL/dg_bt = dG_b a_bt
-                    dg[:, :, o0:o1] += torch.bmm(ac[:, :, i0:i1], grad_g.transpose(1, 2))
+        buffer = torch.empty(linear_block_rows(d_in, rows) * cols, dtype=compute, device=a.device)
+        for o0, o1, i0, i1 in linear_blocks(d_out, d_in, rows):  # the forward pass's blocks
+            n = (o1 - o0) * (i1 - i0)
+            grad_g = torch.zeros((batch, n), dtype=compute, device=a.device)  # dL/dG for this block
+            for c0, c1 in _col_blocks(proj_dim, cols):
+                block = buffer[: n * (c1 - c0)].view(n, c1 - c0)
+                row0 = offset + o0 * d_in + i0
+                generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
+                grad_g.addmm_(dy[:, c0:c1], block.T)
+            grad_g = grad_g.view(batch, o1 - o0, i1 - i0)
+            if need_a:  # dL/da_bt = Σ_o g_bto dG_bo
+                da[:, :, i0:i1] += torch.bmm(gc[:, :, o0:o1], grad_g)
+            if need_g:  # dL/dg_bt = dG_b a_bt
+                dg[:, :, o0:o1] += torch.bmm(ac[:, :, i0:i1], grad_g.transpose(1, 2))
         if bias and need_g:  # the bias gradient Σ_t g_bt sits at rows offset + d_out * d_in
             dbias = project_transpose(dy, d_out, seed=seed, kind=kind, offset=offset + d_out * d_in)
             dg += dbias[:, None, :]

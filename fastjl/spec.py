@@ -32,8 +32,10 @@ Changing anything here is a breaking change; ``tests/test_spec.py`` pins golden 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 SPEC_VERSION = 1
@@ -155,10 +157,26 @@ def _as_index(idx, name: str, limit: int) -> torch.Tensor:
 
 
 def check_int(value, name: str, *, low: int, high: int) -> int:
-    """``value`` as a Python int in ``[low, high]``; TypeError for non-integers (bools too)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
+    """``value`` as a Python int in ``[low, high]``.
+
+    Only true integers are accepted: Python ints, numpy integers and 0-d integer tensors.
+    Bools (Python, numpy or tensor), floats (even integral-valued ones) and float tensors
+    raise TypeError instead of being truncated (``torch.tensor(8.7)`` is not 8).
+    """
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype.is_floating_point or value.dtype.is_complex:
+            raise TypeError(
+                f"{name} must be an integer (a 0-d integer tensor at most), got a tensor of dtype "
+                f"{value.dtype} and shape {tuple(value.shape)}"
+            )
+        if value.device.type == "meta":
+            raise TypeError(f"{name} must be an integer, got a meta tensor (it has no value)")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})") from None
     if not low <= value <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
     return value

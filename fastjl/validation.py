@@ -7,47 +7,15 @@ Errors name the argument and the limit.
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
 
-from .spec import MAX_PROJ_DIM, MAX_ROWS, MAX_SEED, check_kind
+from .spec import MAX_PROJ_DIM, MAX_ROWS, check_int, check_kind, check_seed
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # float64 is accepted by the torch backend only, as an exact reference (output float64).
 REFERENCE_DTYPE = torch.float64
 SCALES = (None, "jl")
-
-
-def check_int(value, name: str, *, low: int, high: int) -> int:
-    """``value`` as a Python int in ``[low, high]``.
-
-    Only true integers are accepted: Python ints, numpy integers and 0-d integer tensors.
-    Bools (Python, numpy or tensor), floats (even integral-valued ones) and float tensors
-    raise TypeError instead of being truncated (``torch.tensor(8.7)`` is not 8).
-    """
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer, got a bool ({value!r})")
-    if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.dtype.is_floating_point or value.dtype.is_complex:
-            raise TypeError(
-                f"{name} must be an integer (a 0-d integer tensor at most), got a tensor of dtype "
-                f"{value.dtype} and shape {tuple(value.shape)}"
-            )
-        if value.device.type == "meta":
-            raise TypeError(f"{name} must be an integer, got a meta tensor (it has no value)")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
-    return value
-
-
-def check_seed(seed) -> int:
-    return check_int(seed, "seed", low=0, high=MAX_SEED)
 
 
 def check_indices(inds, name: str = "inds") -> np.ndarray:

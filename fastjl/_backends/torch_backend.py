@@ -113,6 +113,27 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         out[:, c0:c1] = acc
 
 
+def _spans(d_in: int, rows: int) -> tuple[int, int]:
+    # A block covers whole outputs o (contiguous rows of P) when d_in rows fit, else a piece
+    # of one output's row.
+    return (rows // d_in, d_in) if rows >= d_in else (1, rows)
+
+
+def linear_block_rows(d_in: int, rows: int) -> int:
+    """The most weight rows one of :func:`linear_blocks`' blocks holds."""
+    span_o, span_i = _spans(d_in, rows)
+    return span_o * span_i
+
+
+def linear_blocks(d_out: int, d_in: int, rows: int):
+    """``(o0, o1, i0, i1)``: the blocks of at most ``rows`` weight rows ``o * d_in + i`` that
+    ``project_linear`` and its backward pass (``fastjl.autograd``) walk, each contiguous in P."""
+    span_o, span_i = _spans(d_in, rows)
+    for o0 in range(0, d_out, span_o):
+        for i0 in range(0, d_in, span_i):
+            yield o0, min(d_out, o0 + span_o), i0, min(d_in, i0 + span_i)
+
+
 def project_linear(
     a: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, bias: bool
 ) -> None:
@@ -131,29 +152,23 @@ def project_linear(
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
     rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, block_budget())
-    # A block covers whole outputs o (contiguous rows of P) when d_in rows fit, else a piece
-    # of one output's row.
-    span_o, span_i = (rows // d_in, d_in) if rows >= d_in else (1, rows)
     a, g = a.to(compute), g.to(compute)
-    p_buffer = torch.empty(span_o * span_i * cols, dtype=compute, device=a.device)
-    g_buffer = torch.empty(batch * span_o * span_i, dtype=compute, device=a.device)
+    p_buffer = torch.empty(linear_block_rows(d_in, rows) * cols, dtype=compute, device=a.device)
+    g_buffer = torch.empty(batch * linear_block_rows(d_in, rows), dtype=compute, device=a.device)
     for c0 in range(0, proj_dim, cols):
         c1 = min(proj_dim, c0 + cols)
         acc = torch.zeros((batch, c1 - c0), dtype=compute, device=a.device)
-        for o0 in range(0, d_out, span_o):
-            o1 = min(d_out, o0 + span_o)
-            for i0 in range(0, d_in, span_i):
-                i1 = min(d_in, i0 + span_i)
-                n = (o1 - o0) * (i1 - i0)
-                grad_block = g_buffer[: batch * n].view(batch, o1 - o0, i1 - i0)
-                if tokens == 1:  # an outer product; bmm with an inner dimension of 1 is slow
-                    torch.mul(g[:, 0, o0:o1, None], a[:, 0, None, i0:i1], out=grad_block)
-                else:
-                    torch.bmm(g[:, :, o0:o1].transpose(1, 2), a[:, :, i0:i1], out=grad_block)
-                block = p_buffer[: n * (c1 - c0)].view(n, c1 - c0)
-                row0 = offset + o0 * d_in + i0  # rows are contiguous: whole outputs, or one output
-                generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
-                acc.addmm_(grad_block.view(batch, n), block)
+        for o0, o1, i0, i1 in linear_blocks(d_out, d_in, rows):
+            n = (o1 - o0) * (i1 - i0)
+            grad_block = g_buffer[: batch * n].view(batch, o1 - o0, i1 - i0)
+            if tokens == 1:  # an outer product; bmm with an inner dimension of 1 is slow
+                torch.mul(g[:, 0, o0:o1, None], a[:, 0, None, i0:i1], out=grad_block)
+            else:
+                torch.bmm(g[:, :, o0:o1].transpose(1, 2), a[:, :, i0:i1], out=grad_block)
+            block = p_buffer[: n * (c1 - c0)].view(n, c1 - c0)
+            row0 = offset + o0 * d_in + i0  # rows are contiguous: whole outputs, or one output
+            generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
+            acc.addmm_(grad_block.view(batch, n), block)
         out[:, c0:c1] = acc
     if bias:
         bias_rows = torch.empty_like(out)
