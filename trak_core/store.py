@@ -190,19 +190,21 @@ class Store:
         for name in ("models", "experiments"):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def _array(self, path: Path, shape, dtype, mode: str, committed: str | None, advice: str) -> np.memmap:
-        """Opens a data array; ``committed`` says why it must exist (None: nothing committed yet)."""
+    def _check_openable(self, path: Path, mode: str, committed: str | None, advice: str) -> None:
+        """Writable for ``"r+"``; present if ``committed`` says why it must exist (None: nothing
+        committed to it yet, so it may be created)."""
         if mode != "r":
             self._check_writable(f"cannot open {path} for writing")
         if committed is not None and not path.exists():
             raise StoreMissingFileError(f"{path} is missing, but {committed}. {advice}")
+
+    def _array(self, path: Path, shape, dtype, mode: str, committed: str | None, advice: str) -> np.memmap:
+        """Opens a data array; ``committed`` says why it must exist (None: nothing committed yet)."""
+        self._check_openable(path, mode, committed, advice)
         return open_npy(path, shape, dtype, mode, advice=advice)
 
     def _commits(self, path: Path, shape, mode: str, committed: str | None, advice: str) -> CommitCounts:
-        if mode != "r":
-            self._check_writable(f"cannot open {path} for writing")
-        if committed is not None and not path.exists():
-            raise StoreMissingFileError(f"{path} is missing, but {committed}. {advice}")
+        self._check_openable(path, mode, committed, advice)
         try:
             return CommitCounts(path, shape, mode)
         except StoreDamagedError as error:
