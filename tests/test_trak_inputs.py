@@ -7,7 +7,6 @@ with a misleading warning about λ at finalize time.  Indices that are not integ
 
 import numpy as np
 import pytest
-import torch
 
 import trak_core
 
@@ -96,7 +95,7 @@ def test_finite_batches_are_unaffected(tmp_path):
     featurize_all(b, checkpoints[0], train)
     ga = np.load(tmp_path / "a" / "models" / "0" / "grads.npy")
     gb = np.load(tmp_path / "b" / "models" / "0" / "grads.npy")
-    assert np.array_equal(ga, gb) and np.isfinite(ga).all() and torch.is_tensor(train[0])
+    assert np.array_equal(ga, gb) and np.isfinite(ga).all()
 
 
 @pytest.mark.parametrize("inds", [[0.5, 1.5], [True, False], np.array([0.0, 1.0])])
