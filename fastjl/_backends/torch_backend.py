@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 
 from ..blocks import generate_block
+from .cpu_workers import block_bytes, run_in_order, worker_count
 
 NAME = "torch"
 
@@ -100,17 +102,53 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     proj_dim = out.shape[1]
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
-    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, block_budget())
-    buffer = torch.empty(min(rows, dim) * cols, dtype=compute, device=x.device)  # reused by every block
-    for c0 in range(0, proj_dim, cols):
-        c1 = min(proj_dim, c0 + cols)
-        acc = torch.zeros((batch, c1 - c0), dtype=compute, device=x.device)
-        for r0 in range(0, dim, rows):
-            r1 = min(dim, r0 + rows)
-            block = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-            generate_block(seed, kind, offset + r0, r1 - r0, c0, c1 - c0, compute, x.device, out=block)
-            acc.addmm_(x[:, r0:r1].to(compute), block)
-        out[:, c0:c1] = acc
+    per_block = block_bytes(x.device, block_budget())
+    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, per_block)
+
+    def work(job, buffer):
+        r0, r1 = job.rows
+        block = buffer[: (r1 - r0) * (job.c1 - job.c0)].view(r1 - r0, job.c1 - job.c0)
+        generate_block(seed, kind, offset + r0, r1 - r0, job.c0, job.c1 - job.c0, compute, x.device, out=block)
+        return torch.mm(x[:, r0:r1].to(compute), block)
+
+    def buffer():  # one per worker, reused by each of its blocks
+        return torch.empty(min(rows, dim) * cols, dtype=compute, device=x.device)
+
+    row_blocks = [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)]
+    _sum_blocks_into(out, cols, row_blocks, work, buffer)
+
+
+class _Job(NamedTuple):
+    c0: int  # the output columns this block's product adds to
+    c1: int
+    first: bool  # first block of its columns: starts the sum
+    last: bool  # last block of its columns: the sum is complete
+    rows: tuple  # which rows of P (for the caller's ``work``)
+
+
+def _sum_blocks_into(out: torch.Tensor, cols: int, row_blocks: list, work, make_state) -> None:
+    """``out[:, c0:c1] = Σ_blocks work(block)`` for every column tile of ``cols`` columns, the
+    blocks summed in the order of ``row_blocks`` (so the result does not depend on how many
+    CPU workers ran them, see :mod:`.cpu_workers`)."""
+    proj_dim = out.shape[1]
+    if not row_blocks:  # D = 0: an empty sum
+        out.zero_()
+        return
+    jobs = [
+        _Job(c0, min(proj_dim, c0 + cols), k == 0, k == len(row_blocks) - 1, rows)
+        for c0 in range(0, proj_dim, cols)
+        for k, rows in enumerate(row_blocks)
+    ]
+    acc = [None]
+
+    def consume(job: _Job, partial: torch.Tensor) -> None:
+        acc[0] = partial if job.first else acc[0].add_(partial)
+        if job.last:
+            out[:, job.c0 : job.c1] = acc[0]
+
+    budget = block_budget()
+    workers = worker_count(out.device, len(jobs), budget, block_bytes(out.device, budget))
+    run_in_order(jobs, work, consume, workers=workers, make_state=make_state)
 
 
 def _spans(d_in: int, rows: int) -> tuple[int, int]:
@@ -151,25 +189,29 @@ def project_linear(
     proj_dim = out.shape[1]
     compute = out.dtype
     itemsize = torch.finfo(compute).bits // 8
-    rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, block_budget())
+    rows, cols = plan_blocks(batch, d_out * d_in, proj_dim, itemsize, block_bytes(a.device, block_budget()))
     a, g = a.to(compute), g.to(compute)
-    p_buffer = torch.empty(linear_block_rows(d_in, rows) * cols, dtype=compute, device=a.device)
-    g_buffer = torch.empty(batch * linear_block_rows(d_in, rows), dtype=compute, device=a.device)
-    for c0 in range(0, proj_dim, cols):
-        c1 = min(proj_dim, c0 + cols)
-        acc = torch.zeros((batch, c1 - c0), dtype=compute, device=a.device)
-        for o0, o1, i0, i1 in linear_blocks(d_out, d_in, rows):
-            n = (o1 - o0) * (i1 - i0)
-            grad_block = g_buffer[: batch * n].view(batch, o1 - o0, i1 - i0)
-            if tokens == 1:  # an outer product; bmm with an inner dimension of 1 is slow
-                torch.mul(g[:, 0, o0:o1, None], a[:, 0, None, i0:i1], out=grad_block)
-            else:
-                torch.bmm(g[:, :, o0:o1].transpose(1, 2), a[:, :, i0:i1], out=grad_block)
-            block = p_buffer[: n * (c1 - c0)].view(n, c1 - c0)
-            row0 = offset + o0 * d_in + i0  # rows are contiguous: whole outputs, or one output
-            generate_block(seed, kind, row0, n, c0, c1 - c0, compute, a.device, out=block)
-            acc.addmm_(grad_block.view(batch, n), block)
-        out[:, c0:c1] = acc
+    most = linear_block_rows(d_in, rows)
+
+    def buffers():
+        p = torch.empty(most * cols, dtype=compute, device=a.device)
+        return p, torch.empty(batch * most, dtype=compute, device=a.device)
+
+    def work(job, state):
+        p_buffer, g_buffer = state
+        o0, o1, i0, i1 = job.rows
+        n = (o1 - o0) * (i1 - i0)
+        grad_block = g_buffer[: batch * n].view(batch, o1 - o0, i1 - i0)
+        if tokens == 1:  # an outer product; bmm with an inner dimension of 1 is slow
+            torch.mul(g[:, 0, o0:o1, None], a[:, 0, None, i0:i1], out=grad_block)
+        else:
+            torch.bmm(g[:, :, o0:o1].transpose(1, 2), a[:, :, i0:i1], out=grad_block)
+        block = p_buffer[: n * (job.c1 - job.c0)].view(n, job.c1 - job.c0)
+        row0 = offset + o0 * d_in + i0  # rows are contiguous: whole outputs, or one output
+        generate_block(seed, kind, row0, n, job.c0, job.c1 - job.c0, compute, a.device, out=block)
+        return torch.mm(grad_block.view(batch, n), block)
+
+    _sum_blocks_into(out, cols, list(linear_blocks(d_out, d_in, rows)), work, buffers)
     if bias:
         bias_rows = torch.empty_like(out)
         project(g.sum(1), bias_rows, seed=seed, kind=kind, offset=offset + d_out * d_in)
