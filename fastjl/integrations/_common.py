@@ -36,6 +36,25 @@ def kind_for(proj_type, aliases: Mapping[str, str], host: str) -> str:
     return aliases[name]
 
 
+def route(proj_type, fastjl_kinds: Mapping[str, str], host_types, host: str) -> str | None:
+    """Which implementation serves a host's projection type: fastjl's kind (a str) when
+    ``fastjl_kinds`` maps it, None when it is one of ``host_types`` that fastjl hands back to the
+    host's own implementation.  Anything else is a ValueError listing both.
+
+    Moving a type from the host to fastjl (e.g. ``"sjlt"`` once fastjl has it) is one entry in
+    ``fastjl_kinds``; nothing else changes.
+    """
+    name = getattr(proj_type, "value", proj_type)
+    if not isinstance(name, str):
+        raise TypeError(f"proj_type must be a str or a {host} ProjectionType, got {type(proj_type).__name__}")
+    if name in fastjl_kinds:
+        return fastjl_kinds[name]
+    if name in host_types:
+        return None
+    valid = ", ".join(repr(a) for a in (*fastjl_kinds, *(t for t in host_types if t not in fastjl_kinds)))
+    raise ValueError(f"proj_type={name!r} is not a projection type of {host}; use one of {valid}")
+
+
 def seed_for(seed: int, index: int, stride: int, what: str) -> int:
     """``seed + stride * index``: each checkpoint (ensemble member) gets its own matrix."""
     if isinstance(index, bool) or not hasattr(index, "__index__") or operator.index(index) < 0:
