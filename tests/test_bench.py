@@ -36,3 +36,35 @@ def test_unknown_contender_is_an_error(capsys):
 def test_table_marks_unavailable_rows():
     row = dict(contender="x", batch=1, dim=2, proj_dim=3, ms=None, note="no GPU")
     assert "unavailable: no GPU" in format_table([row])
+
+
+def test_contention_times_every_contender_again_under_load(tmp_path, capsys):
+    code = main(
+        ["--device", "cpu", "--batch", "2", "--dim", "300", "--proj-dim", "128", "--reps", "1", "--no-ceilings"]
+        + ["--contenders", "fastjl-torch,dense-stored", "--contention", "1", "--save", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "ms busy" in out and "slowdown" in out
+    (path,) = tmp_path.glob("bench-cpu-*.json")
+    rows = json.loads(path.read_text())["results"]
+    assert [r["contender"] for r in rows] == ["fastjl-torch", "dense-stored"]
+    for r in rows:
+        assert r["ms_busy"] > 0 and abs(r["slowdown"] - r["ms_busy"] / r["ms"]) < 1e-9
+
+
+def test_contention_rejects_negative_and_linear(capsys):
+    assert main(["--device", "cpu", "--contention", "-1", "--no-ceilings"]) == 2
+    assert main(["--device", "cpu", "--op", "linear", "--contention", "1"]) == 2
+    assert "--contention" in capsys.readouterr().err
+
+
+def test_busy_processes_run_and_stop():
+    import multiprocessing as mp
+
+    from fastjl.bench.contention import busy_processes
+
+    before = set(mp.active_children())
+    with busy_processes(2):
+        running = set(mp.active_children()) - before
+        assert len(running) == 2 and all(p.is_alive() for p in running)
+    assert not any(p.is_alive() for p in running)

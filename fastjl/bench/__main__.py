@@ -25,6 +25,7 @@ from fastjl.devices import device_option_error
 
 from .ceilings import measure_ceilings
 from .contenders import CONTENDERS, Shape, Unavailable
+from .contention import busy_processes
 from .linear_contenders import LINEAR_CONTENDERS, Disagreement, default_rtol
 from .linear_op import LINEAR_PLOT, LINEAR_PRESETS, format_linear_table, linear_shapes, run_linear_shape
 from .memory import peak_extra_mib
@@ -74,6 +75,14 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--input-sets", type=int, default=2, help="distinct random inputs cycled through")
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring the matmul/bandwidth ceilings")
+    p.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        metavar="N",
+        help="project: time every contender again with N busy processes competing for the cores; "
+        "the table adds ms under load and the slowdown",
+    )
     p.add_argument("--peak-memory", action="store_true", help="run fastjl-torch once per shape and report peak memory")
     p.add_argument("--save", nargs="?", const="bench/results", help="write JSON into this folder")
     return p.parse_args(argv)
@@ -92,7 +101,7 @@ def resolve(args):
     return device, shapes
 
 
-def run_shape(shape: Shape, device: str, names, reps: int, input_sets: int, ceilings):
+def run_shape(shape: Shape, device: str, names, reps: int, input_sets: int, ceilings, contention: int = 0):
     gen = torch.Generator(device=device).manual_seed(shape.batch * 7919 + shape.proj_dim)
     inputs = [
         torch.randn(shape.batch, shape.dim, device=device, generator=gen).to(shape.dtype) for _ in range(input_sets)
@@ -106,6 +115,10 @@ def run_shape(shape: Shape, device: str, names, reps: int, input_sets: int, ceil
         try:
             fn = CONTENDERS[name](shape, device)
             ms = median_ms(fn, inputs, device=device, reps=reps)
+            if contention:
+                with busy_processes(contention):
+                    row["ms_busy"] = median_ms(fn, inputs, device=device, reps=reps)
+                row["slowdown"] = row["ms_busy"] / ms
         except Unavailable as exc:
             row.update(ms=None, note=str(exc))
         else:
@@ -134,7 +147,9 @@ def device_name(device: str) -> str:
 
 
 def format_table(rows) -> str:
+    busy = any("ms_busy" in r for r in rows)
     head = f"{'contender':16s} {'B':>5s} {'D':>11s} {'K':>6s} {'ms':>10s} {'GFLOP/s':>10s} {'GB/s':>8s} {'%mm':>5s}"
+    head += f" {'ms busy':>10s} {'slowdown':>8s}" if busy else ""
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r['batch']:5d} {r['dim']:11d} {r['proj_dim']:6d}"
@@ -142,7 +157,10 @@ def format_table(rows) -> str:
             lines.append(f"{r['contender']:16s} {shape}  unavailable: {r['note']}")
             continue
         frac = f"{100 * r['frac_matmul']:5.1f}" if "frac_matmul" in r else "    -"
-        lines.append(f"{r['contender']:16s} {shape} {r['ms']:10.2f} {1e3 * r['tflops']:10.1f} {r['gbps']:8.2f} {frac}")
+        line = f"{r['contender']:16s} {shape} {r['ms']:10.2f} {1e3 * r['tflops']:10.1f} {r['gbps']:8.2f} {frac}"
+        if "ms_busy" in r:
+            line += f" {r['ms_busy']:10.2f} {r['slowdown']:7.2f}x"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -220,6 +238,9 @@ def main(argv=None) -> int:
     if error:
         print(error, file=sys.stderr)
         return 2
+    if args.contention < 0 or (args.contention and args.op == "linear"):
+        print("--contention takes a number of busy processes >= 0, with --op project", file=sys.stderr)
+        return 2
     if args.op == "linear":
         return main_linear(args)
     if args.preset and args.preset not in PRESETS:
@@ -246,7 +267,9 @@ def main(argv=None) -> int:
         )
     rows = []
     for s in shapes:
-        rows += run_shape(s, device, names, args.reps, args.input_sets, ceilings)
+        rows += run_shape(s, device, names, args.reps, args.input_sets, ceilings, args.contention)
+    if args.contention:
+        print(f"ms busy: the same timing with {args.contention} busy process(es) competing for the cores")
     print(format_table(rows))
     if args.save:
         path = save_json(args.save, f"bench-{device}", dict(info, ceilings=ceilings, results=rows))
