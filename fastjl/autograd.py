@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._backends.cpu_workers import block_bytes, run_in_order, worker_count
 from ._backends.torch_backend import block_budget, linear_block_rows, linear_blocks, plan_blocks
 from .blocks import generate_block
 
@@ -40,17 +41,27 @@ def project_transpose(dy: torch.Tensor, dim: int, *, seed: int, kind: str, offse
     batch, proj_dim = dy.shape
     compute = dy.dtype
     itemsize = torch.finfo(compute).bits // 8
-    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, block_budget())
+    rows, cols = plan_blocks(batch, dim, proj_dim, itemsize, block_bytes(dy.device, block_budget()))
     dx = torch.empty((batch, dim), dtype=compute, device=dy.device)
-    buffer = torch.empty(min(rows, dim) * cols, dtype=compute, device=dy.device)
-    for r0 in range(0, dim, rows):
-        r1 = min(dim, r0 + rows)
+
+    def work(r0r1, buffer):  # dx[:, r0:r1] = dy @ P[r0:r1]ᵀ, column tile by column tile
+        r0, r1 = r0r1
         acc = torch.zeros((batch, r1 - r0), dtype=compute, device=dy.device)
         for c0, c1 in _col_blocks(proj_dim, cols):
             block = buffer[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
             generate_block(seed, kind, offset + r0, r1 - r0, c0, c1 - c0, compute, dy.device, out=block)
             acc.addmm_(dy[:, c0:c1], block.T)
-        dx[:, r0:r1] = acc
+        return acc
+
+    def store(r0r1, acc):
+        dx[:, r0r1[0] : r0r1[1]] = acc
+
+    def buffer():
+        return torch.empty(min(rows, dim) * cols, dtype=compute, device=dy.device)
+
+    jobs = [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)]
+    workers = worker_count(dy.device, len(jobs), block_budget(), block_bytes(dy.device, block_budget()))
+    run_in_order(jobs, work, store, workers=workers, make_state=buffer)
     return dx
 
 

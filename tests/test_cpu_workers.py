@@ -161,3 +161,19 @@ def test_project_linear_is_the_same_for_any_number_of_threads(threads, small_blo
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
     ref = linear_reference(a.double(), g.double(), 384, bias=True)
     torch.testing.assert_close(results[0].double(), ref, rtol=1e-5, atol=1e-3)
+
+
+def test_backward_is_the_same_for_any_number_of_threads(threads, small_blocks):
+    """The backward pass (fastjl.autograd.project_transpose) runs its row blocks on the workers too."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 3_001)
+    weights = torch.randn(3, 200)
+    grads = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        leaf = x.clone().requires_grad_()
+        (fastjl.project(leaf, 200, backend="torch") * weights).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
+    p = reference_projection(torch.eye(3_001, dtype=torch.float64), 200)  # P itself
+    torch.testing.assert_close(grads[0].double(), weights.double() @ p.T, rtol=1e-5, atol=1e-4)
