@@ -3,7 +3,8 @@
 ``out = x @ P[offset:offset+D, :K]`` computed block by block: a block of ``P`` is generated
 from the spec (:func:`fastjl.blocks.generate_block`, exact bits), multiplied into a float32
 accumulator, and dropped.  No more than ``block_budget()`` bytes of ``P`` (and of converted
-input) exist at once, so D = 10^9 runs in bounded memory.
+input) exist at once, so D = 10^9 runs in bounded memory.  On CPU the blocks run on worker
+threads (:mod:`.cpu_workers`), their products summed in block order.
 """
 
 from __future__ import annotations
