@@ -2,6 +2,7 @@
 kronecker kind's features as the explicit per-layer formula."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 import fastjl
 import trak_core
 from trak_core.bench.models import GPT
+from trak_core.embedding_hooks import EmbeddingLayer
 from trak_core.gradients import FunctionalGradientComputer
 from trak_core.hooked_gradients import LinearHooksGradientComputer
 from trak_core.layer_hooks import LinearLayer
@@ -138,7 +140,9 @@ def test_which_layers_are_hooked():
         "layer.self_attn.out_proj.bias",
     ]
     _, computer = features(LinearHooksGradientComputer, tiny_gpt(), batch_for(tiny_gpt()))
-    assert computer.fallback_names == ["wte.weight", "wpe.weight"]  # embeddings: torch.func
+    # token embedding: hooked (trak_core.embedding_hooks); the position embedding is looked up
+    # once for the whole batch (no per-example output): torch.func
+    assert computer.fallback_names == ["wpe.weight"]
 
 
 def test_convolutions_are_hooked_through_their_unfolded_inputs():
@@ -173,7 +177,8 @@ def test_a_weight_used_outside_its_layer_is_moved_to_torch_func(caplog):
     assert relative_error(got, expected.double()) < 2e-6
 
 
-def test_tied_weights_are_not_hooked():
+@pytest.mark.parametrize("also_functional", [False, True])
+def test_tied_weights_are_hooked_in_all_their_uses(also_functional, caplog):
     class Tied(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -181,14 +186,21 @@ def test_tied_weights_are_not_hooked():
             self.twin.weight = self.head.weight  # one parameter owned by two modules
 
         def forward(self, x):
-            return self.body(x) + self.head(x) * self.twin(x)
+            out = self.body(x) + self.head(x) * self.twin(x)
+            return out + F.linear(x, self.head.weight) if also_functional else out
 
     torch.manual_seed(4)
     model = Tied()
     batch = batch_for(mlp())
     expected, _ = features(FunctionalGradientComputer, model, batch)
-    got, computer = features(LinearHooksGradientComputer, model, batch)
-    assert [layer.module_name for layer in computer.layers] == ["body.0", "body.2", "body.4"]
+    with caplog.at_level(logging.WARNING, logger="trak_core"):
+        got, computer = features(LinearHooksGradientComputer, model, batch)
+    hooked = [layer.module_name for layer in computer.layers]
+    if also_functional:  # a use outside the modules: the shared weight (and both its layers) -> torch.func
+        assert hooked == ["body.0", "body.2", "body.4"] and "'twin'" in caplog.text
+        assert computer.fallback_names == ["head.weight", "head.bias", "twin.bias"]
+    else:  # each use's part is projected at the weight's offset; the parts add up
+        assert hooked == ["body.0", "body.2", "body.4", "head", "twin"] and not computer.fallback_names
     assert relative_error(got, expected.double()) < 2e-6
 
 
@@ -205,11 +217,15 @@ def test_kronecker_features_follow_the_per_layer_formula(make_model):
     seed = projector.seed_for(1)
     expected = torch.zeros(len(batch[0]), 24, dtype=torch.float64)
     linear = [layer for layer in computer.layers if isinstance(layer, LinearLayer)]
-    hooked = {layer.weight: layer for layer in linear}
+    hooked = {layer.weight: (layer.d_out, layer.d_in, layer.bias) for layer in linear}
+    # an embedding's (V, d) weight is sketched as a Linear weight with V outputs (no bias)
+    hooked.update({layer.weight: (*layer.module.weight.shape, None) for layer in computer.layers
+                   if isinstance(layer, EmbeddingLayer)})  # fmt: skip
     linear_biases = {layer.bias for layer in linear}
     for name, grad in grads.items():
         if name in hooked:
-            layer = hooked[name]
+            d_out, d_in, bias = hooked[name]
+            layer = SimpleNamespace(d_out=d_out, d_in=d_in, bias=bias)
             grad = grad.double().reshape(len(grad), layer.d_out, layer.d_in)
             if layer.bias is not None:
                 grad = torch.cat([grad, grads[layer.bias].double()[:, :, None]], dim=2)
@@ -217,7 +233,7 @@ def test_kronecker_features_follow_the_per_layer_formula(make_model):
             f_out, f_in = fastjl.kronecker_factors(seed, computer.offsets[name], layer.d_out, layer.d_in, k_out,
                                                    k_in, layer.bias is not None, torch.float64)  # fmt: skip
             expected += grad.reshape(len(grad), -1) @ torch.kron(f_out, f_in)
-        elif name not in linear_biases:  # LayerNorm (hooked) and embeddings (torch.func): dense gaussian
+        elif name not in linear_biases:  # LayerNorm (hooked), position embedding (torch.func): dense gaussian
             flat = grad.reshape(len(grad), -1).double()
             offset = computer.offsets[name]
             expected += fastjl.project(flat, 24, seed=seed, kind="gaussian", offset=offset, backend="torch")
@@ -241,7 +257,7 @@ def test_traker_picks_the_hooks_path_when_it_can(tmp_path):
     assert traker.store.settings.kind == "kronecker"
 
 
-def test_inputs_without_a_leading_batch_dimension_are_refused():
+def test_layers_called_without_a_leading_batch_dimension_go_through_torch_func(caplog):
     class Flattening(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -253,8 +269,17 @@ def test_inputs_without_a_leading_batch_dimension_are_refused():
     model = Flattening().eval()
     computer = LinearHooksGradientComputer(model=model, task=ClassificationMargin())
     projector = fastjl.Projector(computer.num_params, 8)
+    batch = batch_for(encoder_layer())
+    with caplog.at_level(logging.WARNING, logger="trak_core"):
+        got = computer.projected_per_sample_grad(batch, projector, 0)
+    assert "'fc'" in caplog.text and computer.layers == [] and computer.fallback_names == ["fc.weight", "fc.bias"]
+    reference = FunctionalGradientComputer(model=model, task=ClassificationMargin())
+    assert relative_error(got, reference.projected_per_sample_grad(batch, projector, 0)) < 2e-6
+    # after the first batch the choice is fixed: an unbatched call of a hooked layer is an error
+    computer = LinearHooksGradientComputer(model=model, task=ClassificationMargin())
+    computer._checked = True  # as if an earlier batch had been featurized with fc hooked
     with pytest.raises(ValueError, match="not the batch"):
-        computer.projected_per_sample_grad(batch_for(encoder_layer()), projector, 0)
+        computer._capture(batch)
 
 
 def test_featurizing_under_no_grad_works():

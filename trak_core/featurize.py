@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -49,8 +50,9 @@ def finite_rows(values: np.ndarray, rows: np.ndarray, model_id: int, what: str, 
 
 
 def batch_size(batch) -> int:
-    """Number of examples in a batch (a tuple/list of tensors sharing the first dimension)."""
-    sizes = {int(t.shape[0]) for t in batch}
+    """Number of examples in a batch (a tuple/list, or a dict, of tensors sharing the first dimension)."""
+    tensors = [t for t in batch.values() if isinstance(t, torch.Tensor)] if isinstance(batch, Mapping) else batch
+    sizes = {int(t.shape[0]) for t in tensors}
     if len(sizes) != 1:
         raise ValueError(f"the tensors of a batch must share their first dimension, got sizes {sorted(sizes)}")
     return sizes.pop()

@@ -22,24 +22,30 @@ import torch
 
 import fastjl
 
+from .embedding_hooks import EmbeddingLayer
 from .featurize import batch_size
 from .gradients import FunctionalGradientComputer
-from .layer_hooks import LayerCapture, LinearLayer, find_hooked_layers
+from .layer_hooks import UNBATCHED, LayerCapture, LinearLayer, drop_layers_using, find_hooked_layers
 from .model_output import has_batched_outputs
 
 logger = logging.getLogger("trak_core")
 
 # Relative tolerance of the first-batch check Σ_b G_b == autograd's weight gradient; a layer
 # whose weight is also used outside its module call misses a whole term (an O(1) difference).
-_CHECK_TOLERANCE = 1e-3
+# 16-bit models: autograd's gradient is rounded to the parameter's dtype, the hooks' sum is not.
+_CHECK_TOLERANCE = {torch.float16: 3e-2, torch.bfloat16: 3e-2}
+_DEFAULT_CHECK_TOLERANCE = 1e-3
+
+# Layers whose per-example gradients are projected without being formed.
+UNFORMED = (LinearLayer, EmbeddingLayer)
 
 
 def hooks_unavailable(model: torch.nn.Module, task, param_names: list[str]) -> str | None:
     """Why the hooks path cannot featurize ``model`` for ``task``, or None."""
     if not has_batched_outputs(task):
         return f"the task {type(task).__name__} does not define get_outputs (f of a whole batch)"
-    if not any(isinstance(layer, LinearLayer) for layer in find_hooked_layers(model, param_names)):
-        return "no hookable nn.Linear layer among the differentiated parameters"
+    if not any(isinstance(layer, UNFORMED) for layer in find_hooked_layers(model, param_names)):
+        return "no hookable nn.Linear, Conv1D, Conv2d or nn.Embedding layer among the differentiated parameters"
     return None
 
 
@@ -92,6 +98,8 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
                 continue
             if isinstance(layer, LinearLayer):
                 part = self._project_linear_layer(layer, *tensors, projector, seed)
+            elif isinstance(layer, EmbeddingLayer):
+                part = self._project_embedding(layer, *tensors, projector, seed)
             else:
                 part = self._project_gradients(layer.per_example_grads(*tensors), projector, seed)
             result = part if result is None else result.add_(part)
@@ -104,6 +112,13 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         """``(B, K)``: the layer's per-example weight (and bias) gradients, projected unformed."""
         opts = dict(seed=seed, backend=projector.backend, scale=projector.scale)
         offset = self.offsets[layer.weight]
+        if getattr(layer, "transposed", False) and self.linear_kind != "kronecker":
+            # Conv1D: weight (d_in, d_out), per-example gradient Σ_t a gᵀ in flatten order.
+            part = fastjl.project_linear(g, a, projector.proj_dim, kind=projector.kind, offset=offset, **opts)
+            if layer.bias is not None:
+                part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
+            return part
+        # kronecker: a Conv1D is sketched as the nn.Linear it computes (weight Wᵀ).
         if self.linear_kind == "kronecker":  # the bias is the factor's extra input column
             return fastjl.project_linear(a, g, projector.proj_dim, kind="kronecker", offset=offset,
                                          bias=layer.bias is not None, **opts)  # fmt: skip
@@ -116,6 +131,14 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         if layer.bias is not None and not bias_follows:
             part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
         return part
+
+    def _project_embedding(self, layer: EmbeddingLayer, ids, g, projector, seed: int) -> torch.Tensor:
+        """``(B, K)``: the embedding's per-example gradients, projected through the rows they touch."""
+        offset = self.offsets[layer.weight]
+        if self.linear_kind == "kronecker":  # consistent with a tied nn.Linear output layer's sketch
+            return layer.project_kronecker(ids, g, projector.proj_dim, seed=seed, offset=offset, scale=projector.scale)
+        return layer.project(ids, g, projector.proj_dim, seed=seed, kind=projector.kind, offset=offset,
+                             backend=projector.backend, scale=projector.scale)  # fmt: skip
 
     def _project_gradients(self, grads: dict, projector, seed: int) -> torch.Tensor:
         """``(B, K)``: materialized per-example gradients ``{name: (B, ...)}``, each projected
@@ -148,29 +171,39 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
             total = self.task.get_outputs(self.model, weights, self._buffers, batch).sum()
         if self._checked:
             return capture.activations_and_gradients(total, batch_size(batch))
+        # First batch: layers called without a batch dimension move to torch.func (below).
         param_grads = torch.autograd.grad(total, [weights[n] for n in hooked], retain_graph=True, allow_unused=True)
         param_grads = dict(zip(hooked, param_grads))
-        captured = capture.activations_and_gradients(total, batch_size(batch))
-        faithful = [self._reproduces(layer, tensors, param_grads) for layer, tensors in zip(self.layers, captured)]
+        captured = capture.activations_and_gradients(total, batch_size(batch), unbatched_ok=True)
+        unfaithful = self._unreproduced(captured, param_grads)
         self._checked = True
-        if all(faithful):
+        if not unfaithful:
             return captured
-        for layer, ok in zip(self.layers, faithful):
-            if not ok:
+        kept = drop_layers_using(self.layers, unfaithful)
+        for layer in self.layers:
+            if layer not in kept:
                 logger.warning("layer %r: hooks miss part of its gradient; using torch.func for it", layer.module_name)
-        self.layers = [layer for layer, ok in zip(self.layers, faithful) if ok]
+        self.layers = kept
         self._set_fallback()
         return self._capture_with_grad(batch)
 
-    @staticmethod
-    def _reproduces(layer, tensors, param_grads: dict) -> bool:
-        """Whether the batch-summed gradients from ``(a, g)`` equal autograd's for the layer."""
-        if tensors is None:
-            return False  # never called: its weight may still be used some other way
-        for name, mine in layer.summed_grads(*tensors).items():
+    def _unreproduced(self, captured: list, param_grads: dict) -> set[str]:
+        """The hooked parameters whose batch-summed gradient from the captured ``(a, g)`` (added
+        over every layer using the parameter) differs from autograd's."""
+        mine: dict[str, torch.Tensor] = {}
+        missing = set()
+        for layer, tensors in zip(self.layers, captured):
+            if tensors is None or tensors is UNBATCHED:  # never called, or not per example
+                missing.update(layer.param_names)
+                continue
+            for name, grad in layer.summed_grads(*tensors).items():
+                mine[name] = grad if name not in mine else mine[name] + grad
+        bad = set(missing)
+        for name, grad in mine.items():
             theirs = param_grads[name]
-            theirs = torch.zeros_like(mine) if theirs is None else theirs.reshape(mine.shape)
-            scale = max(mine.norm().item(), theirs.norm().item())
-            if (mine - theirs).norm().item() > _CHECK_TOLERANCE * scale:
-                return False
-        return True
+            theirs = torch.zeros_like(grad) if theirs is None else theirs.reshape(grad.shape).float()
+            tolerance = _CHECK_TOLERANCE.get(self._weights[name].dtype, _DEFAULT_CHECK_TOLERANCE)
+            scale = max(grad.norm().item(), theirs.norm().item())
+            if (grad - theirs).norm().item() > tolerance * scale:
+                bad.add(name)
+        return bad

@@ -21,6 +21,7 @@ gets it; one that does not is featurized through ``torch.func``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import torch
 from torch.func import functional_call
@@ -88,10 +89,33 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return correct - others
 
 
-# TRAK's task names that mean the classification margin above.
+def task_batch(task, batch) -> tuple:
+    """``batch`` as the tuple of tensors the task's methods take.
+
+    A task with an ``as_batch`` method (e.g. :class:`~trak_core.lm_task.CausalLMOutput`, which
+    takes Hugging Face-style dicts) converts and checks it; other tasks take tuples or lists.
+    """
+    convert = getattr(task, "as_batch", None)
+    if convert is not None:
+        return tuple(convert(batch))
+    if isinstance(batch, Mapping):
+        raise TypeError(
+            f"the task {type(task).__name__} takes batches as tuples of tensors, got a dict with keys "
+            f"{sorted(batch)}; dict batches are read by tasks with an as_batch method (e.g. task='causal_lm')"
+        )
+    return tuple(batch)
+
+
+# Imported here, after ModelOutput, which lm_task subclasses.
+from .lm_task import CausalLMOutput  # noqa: E402
+
+# TRAK's task names, and the causal language modeling output.
 TASKS = {
     "image_classification": ClassificationMargin,
     "classification": ClassificationMargin,
+    "causal_lm": CausalLMOutput,
+    "language_modeling": CausalLMOutput,
+    "text_generation": CausalLMOutput,
 }
 
 

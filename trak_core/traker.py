@@ -32,7 +32,7 @@ from .finalize import finalize_model
 from .gradient_paths import make_gradient_computer
 from .gradients import architecture_fingerprint, weights_fingerprint
 from .linalg import DTYPES
-from .model_output import resolve_task
+from .model_output import resolve_task, task_batch
 from .progress import progress_bar
 from .projection import build_projector, projector_description
 from .regularization import DEFAULT_LAMBDA_SCALE, check_lambda, describe_lambda
@@ -214,7 +214,8 @@ class TRAKer:
         """Projected gradients and Q for a batch of train examples (TRAK's ``featurize``).
 
         Args:
-            batch: tuple of tensors ``(inputs, labels, ...)`` with first dimension B.
+            batch: tuple of tensors ``(inputs, labels, ...)`` with first dimension B (for
+                ``task="causal_lm"`` also a dict ``{"input_ids", "attention_mask", "labels"}``).
             inds: the train indices of the batch's examples, or
             num_samples: B, when batches arrive in train order (rows continue after the last).
         Returns:
@@ -223,7 +224,7 @@ class TRAKer:
         state = self._train
         if state is None:
             raise RuntimeError("load a checkpoint with load_checkpoint(checkpoint, model_id) before featurize")
-        batch = tuple(t.to(self.device) for t in batch)
+        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
         rows = indices_for(batch, inds, num_samples, self._last_ind, self.train_set_size, "train")
         if num_samples is not None:
             self._last_ind += int(num_samples)
@@ -323,7 +324,7 @@ class TRAKer:
         state = self._target
         if state is None:
             raise RuntimeError("call start_scoring_checkpoint(exp_name, checkpoint, model_id, num_targets) first")
-        batch = tuple(t.to(self.device) for t in batch)
+        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
         rows = indices_for(batch, inds, num_samples, self._last_ind_target, state["num_targets"], "target")
         if num_samples is not None:
             self._last_ind_target += int(num_samples)

@@ -1,0 +1,99 @@
+"""``nn.Embedding`` on the hooks path: its per-example gradient projected through the rows of
+``P`` that the example's tokens touch, never formed.
+
+Example b's gradient of a ``(V, d)`` embedding is ``G_b = Σ_t e_{x_bt} g_btᵀ`` (``g_bt`` the
+gradient of the looked-up vector): row v is ``H_b[v] = Σ_{t: x_bt = v} g_bt`` and every other
+row is zero.  Its projection ``Σ_v H_b[v] P[offset + v·d : offset + (v+1)·d]`` therefore needs
+only the rows of ``P`` of the batch's distinct tokens: ``fastjl.project`` is called on ``H``
+for each run of consecutive token ids, at that run's offset, so the cost is
+``O(#distinct tokens · d · K)`` instead of ``O(V · d · K)`` and nothing of size ``B·V·d`` exists.
+
+The kronecker kind treats the embedding as a Linear layer from ``g`` (inputs) to the one-hot
+token (outputs): ``y_b = Σ_t F_out[x_bt] ⊗ (F_inᵀ g_bt)`` with the factors
+:func:`fastjl.kronecker_factors` gives a ``(V, d)`` Linear weight at the same offset, so an
+embedding tied to an ``nn.Linear`` output head (same ``(V, d)`` parameter) is projected with
+one consistent sketch, and the two uses add up exactly as their gradients do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import fastjl
+from fastjl.kronecker import split_proj_dim
+
+from .layer_hooks import HookedLayer
+
+
+@dataclass(frozen=True)
+class EmbeddingLayer(HookedLayer):
+    """``a``: ``(B, T)`` token ids; ``g``: ``(B, T, d)`` gradients of the looked-up vectors."""
+
+    @property
+    def d_in(self) -> int:
+        return self.module.embedding_dim
+
+    d_out = d_in
+
+    @staticmethod
+    def supports(module: torch.nn.Embedding) -> bool:
+        # max_norm renormalizes the weight in place during the forward; scale_grad_by_freq
+        # scales by counts over the whole batch (examples would interact).
+        return module.max_norm is None and not module.scale_grad_by_freq
+
+    def as_tokens(self, inp, grad_out, batch):
+        return inp.reshape(batch, -1), grad_out.reshape(batch, -1, self.d_in)
+
+    def _keep(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which looked-up tokens give their row a gradient (``padding_idx``'s row never gets one)."""
+        if self.module.padding_idx is None:
+            return torch.ones_like(ids, dtype=torch.bool)
+        return ids != self.module.padding_idx
+
+    def _kept(self, ids: torch.Tensor, g: torch.Tensor):
+        """``(example, token id, float32 gradient)`` of every looked-up token that counts."""
+        keep = self._keep(ids)
+        example = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)
+        return example[keep], ids[keep], g[keep].float()
+
+    def summed_grads(self, ids: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weight gradient summed over the batch (to check against autograd's)."""
+        _, tokens, grads = self._kept(ids, g)
+        total = torch.zeros(self.module.num_embeddings, self.d_in, dtype=torch.float32, device=g.device)
+        return {self.weight: total.index_add_(0, tokens, grads)}
+
+    def project(self, ids, g, proj_dim: int, *, seed: int, kind: str, offset: int, backend: str, scale) -> torch.Tensor:
+        """``(B, K)`` float32: the projected per-example weight gradients (dense kinds)."""
+        batch, d = ids.shape[0], self.d_in
+        result = torch.zeros(batch, proj_dim, dtype=torch.float32, device=g.device)
+        example, tokens, grads = self._kept(ids, g)
+        if tokens.numel() == 0:
+            return result
+        distinct, slot = torch.unique(tokens, return_inverse=True)
+        rows = torch.zeros(batch, len(distinct), d, dtype=torch.float32, device=g.device)
+        rows.index_put_((example, slot), grads, accumulate=True)  # H_b[v], in float32
+        ids_list = distinct.tolist()
+        start = 0
+        for end in range(1, len(ids_list) + 1):  # runs of consecutive ids are contiguous in P
+            if end < len(ids_list) and ids_list[end] == ids_list[end - 1] + 1:
+                continue
+            x = rows[:, start:end].reshape(batch, -1)
+            result += fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset + ids_list[start] * d,
+                                     backend=backend, scale=scale)  # fmt: skip
+            start = end
+        return result
+
+    def project_kronecker(self, ids, g, proj_dim, *, seed: int, offset: int, scale) -> torch.Tensor:
+        """``(B, K)`` float32: ``Σ_t F_out[x_bt] ⊗ (F_inᵀ g_bt)``, the kronecker kind's projection of
+        the ``(V, d)`` weight gradient (the factors of a ``(V, d)`` Linear weight at ``offset``)."""
+        vocab, d = self.module.num_embeddings, self.d_in
+        k_out, k_in = split_proj_dim(proj_dim, vocab, d)
+        f_out, f_in = fastjl.kronecker_factors(seed, offset, vocab, d, k_out, k_in, False, device=g.device)
+        rows_out = f_out[ids] * self._keep(ids)[..., None]  # F_outᵀ one_hot(x_bt): (B, T, k_out)
+        projected_in = g.float() @ f_in  # (B, T, k_in)
+        result = torch.bmm(rows_out.transpose(1, 2), projected_in).reshape(ids.shape[0], k_out * k_in)
+        if scale == "jl":
+            result /= (k_out * k_in) ** 0.5
+        return result
