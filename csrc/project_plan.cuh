@@ -9,7 +9,7 @@
 //   * 128 columns is one rademacher counter group, so one Philox call per row of a step
 //     yields the CTA's whole row of signs;
 //   * when there are too few output tiles to fill the GPU, D is split into `splits`
-//     contiguous ranges (grid.y); each writes float32 partial sums to a workspace
+//     contiguous ranges (grid.y), as many as fit in one wave of resident CTAs; each writes float32 partial sums to a workspace
 //     [splits, B, K] that a second kernel adds up in split order: no atomics, so results
 //     are bitwise reproducible for a given device (the plan depends on the SM count).
 #pragma once
@@ -73,6 +73,14 @@ struct Plan {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// D-splits for `ctas` output tiles on a GPU with `slots` resident CTAs: as many as fit in ONE
+// wave (floor, not ceil).  Rounding up put e.g. 16 tiles x 17 splits = 272 CTAs on 264 slots
+// of an H100: a second wave of 8 CTAs as long as the first, wave efficiency 0.52; 16 x 16 =
+// 256 runs in one wave (0.97).  No split when the tiles alone fill the slots.
+inline int64_t one_wave_splits(int64_t ctas, int64_t slots) {
+  return ctas <= 0 || ctas >= slots ? 1 : slots / ctas;
+}
+
 // The plan for a (B, D, K) problem on a GPU with num_sms SMs.  Deterministic: the same
 // arguments always give the same plan (and so the same summation order).
 inline Plan make_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_sms,
@@ -87,7 +95,7 @@ inline Plan make_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_
   if (ctas > INT32_MAX)
     throw std::invalid_argument(std::string(op) + ": B * K is too large for one launch");
   const int64_t steps = ceil_div(dim, kBlockD);
-  int64_t splits = ctas == 0 ? 1 : ceil_div(kCtasPerSm * num_sms, ctas);
+  int64_t splits = one_wave_splits(ctas, kCtasPerSm * num_sms);
   const int64_t max_splits = steps / kMinStepsPerSplit;
   if (splits > max_splits) splits = max_splits;
   if (splits > kMaxSplits) splits = kMaxSplits;

@@ -173,6 +173,23 @@ def test_plan_covers_the_problem(batch, dim, proj_dim):
     if splits > 1:
         assert per >= 8 * plan["block_d"]
         assert plan["tiles_b"] * plan["tiles_n"] < 2 * H100_SMS  # only split when the GPU is not full
+        assert plan["tiles_b"] * plan["tiles_n"] * splits <= 2 * H100_SMS  # one wave, never two
+
+
+@pytest.mark.parametrize("sms", [1, 46, 108, 132])
+def test_plan_fills_one_wave_as_fully_as_whole_splits_allow(sms):
+    """Wave efficiency (CTAs / resident slots): a second, short wave doubles the run time, so
+    the plan never launches one; within one wave it uses the most splits that fit."""
+    slots = 2 * sms
+    for batch in (1, 33, 65, 200, 513):
+        for proj_dim in (128, 1000, 2048, 8192):
+            plan = _C.project_plan(batch, 10**8, proj_dim, sms)
+            ctas = plan["tiles_b"] * plan["tiles_n"]
+            total = ctas * plan["splits"]
+            if ctas < slots:
+                assert total <= slots < total + ctas  # one more split would not fit
+            else:
+                assert plan["splits"] == 1
 
 
 def test_plan_splits_small_batches_over_long_d():

@@ -108,3 +108,18 @@ def test_projector_uses_triton():
 def test_float64_is_refused():
     with pytest.raises(TypeError, match="float64"):
         fastjl.project(torch.randn(2, 5, dtype=torch.float64, device=DEVICE), 4, backend="triton")
+
+
+def test_triton_and_cuda_plans_split_d_by_the_same_one_wave_rule():
+    from fastjl._backends.triton_backend import one_wave_splits
+
+    assert one_wave_splits(16, 264) == 16  # 256 programs: one wave (ceil gave 17: 272, two waves)
+    assert one_wave_splits(264, 264) == one_wave_splits(1000, 264) == one_wave_splits(0, 264) == 1
+    assert one_wave_splits(1, 264) == 264 and one_wave_splits(100, 264) == 2
+    try:
+        from fastjl import _C
+    except ImportError:
+        return  # the CUDA side is checked in tests/test_c_fragments.py when built
+    for tiles_n in (1, 3, 16, 100, 263):  # B <= 32: one batch tile; K = 128 * tiles_n; long D
+        plan = _C.project_plan(1, 10**9, 128 * tiles_n, 132)
+        assert plan["splits"] == one_wave_splits(tiles_n, 264)

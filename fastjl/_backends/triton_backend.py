@@ -104,14 +104,20 @@ def linear_tiles(kind: str) -> dict:
     return dict(wide_d=kind == "rademacher", max_block_b=LINEAR_MAX_BLOCK_B)
 
 
+def one_wave_splits(programs: int, slots: int) -> int:
+    """D-splits for ``programs`` output tiles and ``slots`` resident programs: as many as fit
+    in one wave (csrc/project_plan.cuh's rule: rounding up put 16 x 17 = 272 programs on an
+    H100's 264 slots, a second wave as long as the first)."""
+    return 1 if programs <= 0 or programs >= slots else slots // programs
+
+
 def _num_splits(programs: int, dim: int, block_d: int, device: torch.device) -> int:
-    """Split D so small-B shapes still fill the GPU (~2 programs per SM), keeping at least
-    8 tiles of D per split so the fixed-order reduction stays cheap."""
+    """Split D so small-B shapes still fill the GPU (~2 programs per SM, one wave), keeping at
+    least 8 tiles of D per split so the fixed-order reduction stays cheap."""
     if device.type != "cuda":
         return 1 if dim <= 4 * block_d else 2  # the interpreter still exercises the split path
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = -(-2 * sms // programs)
-    return max(1, min(wanted, dim // (8 * block_d)))
+    return max(1, min(one_wave_splits(programs, 2 * sms), dim // (8 * block_d)))
 
 
 def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> None:
