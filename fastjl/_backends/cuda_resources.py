@@ -54,6 +54,7 @@ class KernelResources:
     ldl: int  # LDL (local load) instructions in the SASS
     mangled: str
     demangled: str
+    loop: LoopStats | None = None  # the main loop's static counts (None: no MMA loop)
 
     @property
     def local_traffic(self) -> int:
@@ -196,6 +197,76 @@ def count_local_accesses(sass: str) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
+_SASS_LINE_RE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)(\S*)\s*(.*)$")
+_BRANCH_TARGET_RE = re.compile(r"(0x[0-9a-f]+)\s*;")
+# Opcodes counted in the main loop: tensor-core MMAs, async global->shared copies, ldmatrix,
+# barriers, and (SM90) warpgroup MMAs.
+_LOOP_OPCODES = {"HMMA": "mma", "HGMMA": "mma", "LDGSTS": "ldgsts", "LDSM": "ldsm", "BAR": "bar"}
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """Static counts of a kernel's main loop: the innermost loop (a backward branch and the
+    code it jumps back over) that holds the most tensor-core MMAs, i.e. one CTA step.  Static:
+    every instruction once, inner loops and untaken branches included, so the count is what one
+    step issues when every branch is taken once; compare it before and after a change."""
+
+    instructions: int
+    mma: int
+    ldgsts: int
+    ldsm: int
+    bar: int
+    inner_loops: int  # backward branches inside the body: loops not unrolled
+
+    @property
+    def per_mma(self) -> float:
+        return self.instructions / self.mma if self.mma else float("inf")
+
+
+def main_loop_stats(sass: str) -> dict[str, LoopStats]:
+    """SASS -> {mangled function: its main loop's LoopStats}, for functions that have MMAs in a loop."""
+    functions: dict[str, list[tuple[int, str, str]]] = {}
+    current = None
+    for line in sass.splitlines():
+        m = _SASS_FUNCTION_RE.match(line)
+        if m:
+            current = m.group(1)
+            functions[current] = []
+            continue
+        m = _SASS_LINE_RE.match(line) if current is not None else None
+        if m:
+            functions[current].append((int(m.group(1), 16), m.group(2), m.group(4)))
+    stats = {}
+    for name, insts in functions.items():
+        loop = _main_loop(insts)
+        if loop is not None:
+            stats[name] = loop
+    return stats
+
+
+def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
+    loops = []  # (first index, last index) of every backward branch's body
+    index = {addr: i for i, (addr, _, _) in enumerate(insts)}
+    for i, (addr, op, rest) in enumerate(insts):
+        if op == "BRA":
+            m = _BRANCH_TARGET_RE.search(rest)
+            if m and int(m.group(1), 16) <= addr and int(m.group(1), 16) in index:
+                loops.append((index[int(m.group(1), 16)], i))
+    best = None
+    for first, last in loops:
+        body = insts[first : last + 1]
+        counts = {k: 0 for k in ("mma", "ldgsts", "ldsm", "bar")}
+        for _, op, _ in body:
+            if op in _LOOP_OPCODES:
+                counts[_LOOP_OPCODES[op]] += 1
+        inner = sum(1 for f, l in loops if first <= f and l < last)
+        stats = LoopStats(instructions=len(body), inner_loops=inner, **counts)
+        # The most MMAs wins; among equals the innermost (shortest) body.
+        if stats.mma and (best is None or (stats.mma, -stats.instructions) > (best.mma, -best.instructions)):
+            best = stats
+    return best
+
+
 def demangle(names: list[str], demangler: str | None = None) -> dict[str, str]:
     """Mangled -> demangled names (unchanged where no demangler is found or it fails)."""
     names = sorted(set(names))
@@ -263,6 +334,7 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
             )
         )
     local = {a: count_local_accesses(text) for a, text in sass.items()}
+    loops = {a: main_loop_stats(text) for a, text in sass.items()}
     names = demangle([r[1] for r in rows if r[0] in local])
     kernels = []
     for arch, mangled, f in rows:
@@ -281,6 +353,7 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
                 ldl=ldl,
                 mangled=mangled,
                 demangled=names[mangled],
+                loop=loops[arch].get(mangled),
             )
         )
     # Two functions that shorten to one name (same template in two namespaces) keep their
@@ -293,32 +366,34 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
 
 
 def format_table(kernels: list[KernelResources], marks: dict[tuple[str, str], str] | None = None) -> str:
-    """A compact table: function, arch, regs, stack, local, shared, STL, LDL (+ a mark column)."""
+    """A compact table: function, arch, regs, stack, local, shared, STL, LDL, then the main loop's
+    static counts (instructions, MMAs, instructions per MMA, cp.async, ldmatrix, barriers, inner
+    loops; "-" for functions without an MMA loop), and a mark column."""
     marks = marks or {}
     order: dict[str, int] = {}
     for k in kernels:  # functions in the order the cubins list them, each one's archs together
         order.setdefault(k.name, len(order))
-    header = ("function", "arch", "regs", "stack", "local", "smem", "STL", "LDL", "")
+    header = ("function", "arch", "regs", "stack", "local", "smem", "STL", "LDL")
+    header += ("loop", "MMA", "/MMA", "LDGSTS", "LDSM", "BAR", "inner", "")
+
+    def loop_cells(loop: LoopStats | None) -> tuple[str, ...]:
+        if loop is None:
+            return ("-",) * 7
+        counts = (loop.instructions, loop.mma, f"{loop.per_mma:.1f}", loop.ldgsts, loop.ldsm, loop.bar)
+        return tuple(str(c) for c in counts) + (str(loop.inner_loops),)
+
     body = [
-        (
-            k.name,
-            k.arch,
-            str(k.registers),
-            str(k.stack),
-            str(k.local),
-            str(k.shared),
-            str(k.stl),
-            str(k.ldl),
-            marks.get((k.name, k.arch), ""),
-        )
+        (k.name, k.arch, str(k.registers), str(k.stack), str(k.local), str(k.shared), str(k.stl), str(k.ldl))
+        + loop_cells(k.loop)
+        + (marks.get((k.name, k.arch), ""),)
         for k in sorted(kernels, key=lambda k: (order[k.name], _arch_number(k.arch)))
     ]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = []
     for r in [header, *body]:
         cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:8], widths[2:8])]
-        cells.append(r[8])
+        cells += [c.rjust(w) for c, w in zip(r[2:-1], widths[2:-1])]
+        cells.append(r[-1])
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
