@@ -5,6 +5,8 @@ ops it implements, taking validated arguments and overwriting every element of `
 ``project(x, out, *, seed, kind, offset)`` (all backends) and
 ``project_linear(a, g, out, *, seed, kind, offset, bias)``.  A module may also define
 ``op_availability(op) -> reason or None`` for ops that depend on how it was built.
+The sparse kinds' ops (``project_sparse``, ``transpose_sparse``) live in a separate module per
+backend that has them (:data:`SPARSE_MODULES`); the others do not implement them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import cuda_backend, torch_backend, triton_backend
+from . import cuda_backend, sparse_torch, torch_backend, triton_backend
 
 _BACKENDS = {m.NAME: m for m in (cuda_backend, triton_backend, torch_backend)}
+SPARSE_OPS = ("project_sparse", "transpose_sparse")
+SPARSE_MODULES = {m.NAME: m for m in (sparse_torch,)}
 BACKEND_NAMES = tuple(_BACKENDS)
 # Preference of backend="auto" on CUDA tensors; CPU tensors always get torch.
 AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
@@ -59,6 +63,11 @@ def backends(device: torch.device | str | None = None) -> BackendTable:
     return status
 
 
+def _module(name: str, op: str):
+    """The module of backend ``name`` that holds ``op``."""
+    return SPARSE_MODULES.get(name, _BACKENDS[name]) if op in SPARSE_OPS else _BACKENDS[name]
+
+
 def _unavailable(module, device: torch.device, op: str) -> str | None:
     """Why ``module`` cannot run ``op`` on ``device``, or None."""
     reason = module.availability(device)
@@ -81,10 +90,10 @@ def select(backend: str, device: torch.device, op: str = "project"):
     if backend == "auto":
         order = AUTO_ORDER_CUDA if device.type == "cuda" else ("torch",)
         for name in order:
-            if _unavailable(_BACKENDS[name], device, op) is None:
-                return _BACKENDS[name]
+            if _unavailable(_module(name, op), device, op) is None:
+                return _module(name, op)
         raise RuntimeError(f"no fastjl backend can run on {device}")  # torch always can
-    module = _BACKENDS[backend]
+    module = _module(backend, op)
     reason = _unavailable(module, device, op)
     if reason is not None:
         raise RuntimeError(f"fastjl backend {backend!r} cannot run {op} on {device}: {reason}")

@@ -1,0 +1,121 @@
+"""Torch backend of the sparse kinds (sjlt, grass): the reference, the CPU path and the fallback.
+
+``out = x @ P[offset:offset+D, :K]`` block by block of rows: a block's nonzeros are generated
+from the spec (:mod:`fastjl.sparse_blocks`, exact bits), its product is a partial sum, and the
+partial sums are added into ``out`` in block order (:func:`.cpu_workers.run_in_order`), so the
+result does not depend on the number of CPU workers.  Nothing is atomic: every output element is
+a sum in a fixed order, the same run after run.
+
+* CPU: the block's nonzeros, sorted by column (a stable sort, so rows ascend within a column),
+  form a ``(K, rows)`` CSR matrix ``Pᵀ``, and ``partial = (Pᵀ @ xᵀ)ᵀ`` with the block of ``x``
+  transposed to ``(rows, B)`` in the compute dtype: every output is a gather over its column's
+  rows in row order.  Masked GraSS rows are dropped before the product.
+* Other devices (CUDA tensors on the torch backend): the block of ``P`` is formed densely,
+  ``(rows, K)``, and multiplied with ``mm`` (deterministic, but ``K`` times the work of the
+  sparse product).
+
+Memory: the converted block of ``x`` and the generator's temporaries stay within
+:func:`.cpu_workers.block_bytes`; on other devices the dense block of ``P`` too.
+The transpose ``dx = dy @ Pᵀ`` gathers ``dy``'s columns for a block of rows at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sparse_blocks import grass_keep_block, sjlt_block
+from .cpu_workers import block_bytes, run_in_order, worker_count
+from .torch_backend import block_budget
+
+NAME = "torch"
+# Philox calls of one block at most (int64 temporaries of the generator stay in cache).
+_MAX_NONZEROS_PER_BLOCK = 1 << 17
+
+
+def availability(device: torch.device) -> str | None:
+    return None  # torch runs wherever the tensor lives
+
+
+def _block_rows(batch: int, dim: int, per_row_bytes: int, sparsity: int, per_block: int) -> int:
+    rows = per_block // max(per_row_bytes, 1)
+    return max(1, min(dim, rows, _MAX_NONZEROS_PER_BLOCK // sparsity))
+
+
+def _nonzeros(seed, row0, nrows, proj_dim, sparsity, threshold, dtype, device):
+    """``(local row, column, value)`` of the block's nonzeros, flat, masked rows dropped."""
+    columns, negative = sjlt_block(seed, row0, nrows, proj_dim, sparsity, device)
+    local = torch.arange(nrows, dtype=torch.int64, device=device)[:, None].expand(nrows, sparsity)
+    values = 1 - 2 * negative.to(dtype)
+    if threshold is None:
+        return local.reshape(-1), columns.reshape(-1), values.reshape(-1)
+    kept = grass_keep_block(seed, row0, nrows, threshold, device)
+    return local[kept].reshape(-1), columns[kept].reshape(-1), values[kept].reshape(-1)
+
+
+def _csr_transposed(local, columns, values, nrows, proj_dim) -> torch.Tensor:
+    """The block's ``Pᵀ`` ``(K, rows)`` as CSR: nonzeros sorted by column, rows ascending within one."""
+    order = torch.argsort(columns, stable=True)
+    counts = torch.bincount(columns, minlength=proj_dim)
+    crow = torch.zeros(proj_dim + 1, dtype=torch.int64, device=columns.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, local[order], values[order], size=(proj_dim, nrows))
+
+
+def project_sparse(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, offset: int, sparsity: int, threshold: int | None
+) -> None:
+    """Writes ``x @ P`` (unscaled entries ±1) into ``out`` ``(B, K)`` (float32 or float64);
+    ``threshold`` is GraSS's mask threshold, None for sjlt."""
+    batch, dim = x.shape
+    proj_dim = out.shape[1]
+    compute = out.dtype
+    itemsize = out.element_size()
+    device = x.device
+    per_block = block_bytes(device, block_budget())
+    sparse_path = device.type == "cpu"
+    per_row = batch * itemsize if sparse_path else (batch + proj_dim) * itemsize
+    rows = _block_rows(batch, dim, per_row, sparsity, per_block)
+
+    def work(r0r1, _state) -> torch.Tensor:
+        r0, r1 = r0r1
+        local, columns, values = _nonzeros(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, compute, device)
+        if sparse_path:
+            xt = x[:, r0:r1].t().to(compute, memory_format=torch.contiguous_format)  # (rows, B)
+            pt = _csr_transposed(local, columns, values, r1 - r0, proj_dim)
+            return torch.sparse.mm(pt, xt).t()
+        block = torch.zeros((r1 - r0, proj_dim), dtype=compute, device=device)
+        block[local, columns] = values  # distinct (row, column) pairs: each set once
+        return x[:, r0:r1].to(compute) @ block
+
+    acc: list[torch.Tensor] = []
+
+    def consume(_job, partial: torch.Tensor) -> None:
+        if acc:
+            acc[0].add_(partial)
+        else:
+            acc.append(partial.contiguous())
+
+    jobs = [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)]
+    workers = worker_count(device, len(jobs), block_budget(), per_block)
+    run_in_order(jobs, work, consume, workers=workers)
+    out.copy_(acc[0])
+
+
+def transpose_sparse(
+    dy: torch.Tensor, dim: int, *, seed: int, offset: int, sparsity: int, threshold: int | None
+) -> torch.Tensor:
+    """``dy @ P[offset:offset+dim, :K]ᵀ`` ``(B, dim)`` in dy's dtype (float32 or float64) and device:
+    ``dx[:, i] = Σ_t sign_t(i) dy[:, column_t(i)]`` (times GraSS's mask), a block of rows at a time."""
+    batch, proj_dim = dy.shape
+    dx = torch.empty((batch, dim), dtype=dy.dtype, device=dy.device)
+    per_row = batch * sparsity * dy.element_size()
+    rows = _block_rows(batch, dim, per_row, sparsity, block_bytes(dy.device, block_budget()))
+    for r0 in range(0, dim, rows):
+        n = min(dim, r0 + rows) - r0
+        columns, negative = sjlt_block(seed, offset + r0, n, proj_dim, sparsity, dy.device)
+        values = 1 - 2 * negative.to(dy.dtype)
+        if threshold is not None:
+            values *= grass_keep_block(seed, offset + r0, n, threshold, dy.device)[:, None]
+        gathered = dy.index_select(1, columns.reshape(-1)).view(batch, n, sparsity)
+        dx[:, r0 : r0 + n] = (gathered * values).sum(2)
+    return dx
