@@ -5,7 +5,7 @@ optional: all ones) or tuples ``(input_ids, attention_mask, labels)`` / ``(input
 every tensor ``(B, T)``.  ``labels`` follow Hugging Face's convention: aligned with
 ``input_ids`` and shifted inside the loss (the logits at position t predict ``labels[t + 1]``);
 a label of ``-100`` is not supervised, and neither is a label at a padding position
-(``attention_mask == 0``).
+(``attention_mask == 0``) or one predicted from a padding position.
 
 Output and out-to-loss term.  With ``p_t`` the probability the model gives to the label of
 supervised position t and ``m_t = log(p_t / (1 - p_t))`` its margin (logit of the label minus
@@ -120,8 +120,10 @@ class CausalLMOutput(ModelOutput):
 
 
 def supervised_positions(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, T - 1)`` bool: whether the logits at position t are trained on ``labels[t + 1]``."""
-    return (labels[:, 1:] != IGNORE_INDEX) & (mask[:, 1:] != 0)
+    """``(B, T - 1)`` bool: whether the logits at position t are trained on ``labels[t + 1]``: the
+    label is not -100 and both positions are tokens (with left padding, the last padding
+    position would otherwise "predict" the first token, which a sequence alone never does)."""
+    return (labels[:, 1:] != IGNORE_INDEX) & (mask[:, 1:] != 0) & (mask[:, :-1] != 0)
 
 
 def token_margins(logits, labels, mask, shifted: bool = False):
