@@ -6,6 +6,8 @@ import torch
 
 from . import _backends
 from .autograd import jl_factor, needs_grad, project_function
+from .sparse import check_sparse_options, project_sparse
+from .sparse_spec import SPARSE_KINDS
 from .validation import (
     check_input,
     check_kind,
@@ -28,6 +30,8 @@ def project(
     backend: str = "auto",
     scale: str | None = None,
     check_finite: bool = False,
+    sparsity: int = 1,
+    mask_rate: float | None = None,
 ) -> torch.Tensor:
     """Projects the rows of ``x`` with spec v1's random matrix: ``x @ P[offset:offset+D, :K]``.
 
@@ -36,7 +40,10 @@ def project(
             float64 is accepted by ``backend="torch"`` as an exact reference (float64 out).
         proj_dim: K >= 1, any value (columns of ``P`` do not depend on K: smaller K is a prefix).
         seed: 0 <= seed < 2^64.
-        kind: ``"rademacher"`` (±1) or ``"gaussian"`` (N(0, 1)).
+        kind: ``"rademacher"`` (±1), ``"gaussian"`` (N(0, 1)), or the sparse kinds (torch
+            backend only, see :mod:`fastjl.sparse_spec`): ``"sjlt"`` (``sparsity`` entries ±1
+            per row of P, in distinct columns; a smaller K is *not* a prefix) and ``"grass"``
+            (rows kept with probability ``mask_rate``, then sjlt).
         offset: first row of ``P`` to use; ``offset + D <= 2^48``.  Projecting column chunks
             of a vector with matching offsets and summing gives the projection of the whole.
         out: optional ``(B, K)`` float32 tensor on x's device; every element is overwritten.
@@ -45,6 +52,9 @@ def project(
         scale: ``None`` (entries as drawn, TRAK's convention) or ``"jl"`` (divide by sqrt(K),
             so that E||xP||^2 = ||x||^2).
         check_finite: raise ValueError if ``x`` contains NaN or inf.
+        sparsity: nonzeros per row of P for the sparse kinds, 1, 2, 4 or 8 (``s <= K <= 2^31``);
+            ``scale="jl"`` divides their entries by sqrt(s), not sqrt(K).
+        mask_rate: GraSS's keep rate in (0, 1], required by ``kind="grass"`` only.
     Returns:
         ``(B, K)`` float32 tensor on x's device (``out`` if given).
 
@@ -59,6 +69,10 @@ def project(
     forward pass's backend (whose float32 rounding, e.g. Triton's tf32, it does not reproduce).
     With ``out`` given, ``out`` is filled by a differentiable copy.  No double backward.
     """
+    if kind in SPARSE_KINDS:
+        opts = dict(seed=seed, kind=kind, offset=offset, out=out, backend=backend, scale=scale)
+        return project_sparse(x, proj_dim, **opts, check_finite=check_finite, sparsity=sparsity, mask_rate=mask_rate)
+    check_sparse_options(kind, sparsity, mask_rate)
     x = check_input(x, allow_float64=backend == "torch", check_finite=check_finite)
     proj_dim = check_proj_dim(proj_dim)
     seed = check_seed(seed)
