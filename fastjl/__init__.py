@@ -12,6 +12,8 @@ from .kronecker import kronecker_factors
 from .linear import project_linear
 from .project import project
 from .projector import Projector
+from .sparse import project_transpose
+from .sparse_spec import SPARSE_KINDS, SPARSITIES, sparse_matrix_block
 from .spec import KINDS, LINEAR_KINDS, SPEC_VERSION, kronecker_factor, matrix_block
 
 __version__ = "0.1.0"
@@ -19,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "LINEAR_KINDS",
+    "SPARSE_KINDS",
+    "SPARSITIES",
     "SPEC_VERSION",
     "Projector",
     "backends",
@@ -28,5 +32,7 @@ __all__ = [
     "matrix_block",
     "project",
     "project_linear",
+    "project_transpose",
     "set_block_budget",
+    "sparse_matrix_block",
 ]
