@@ -234,3 +234,26 @@ def test_embedding_projection_touches_only_its_rows_and_skips_padding_idx():
     expected = fastjl.project_linear(g, one_hot, 16, kind="kronecker", seed=2, offset=11)
     got = layer.project_kronecker(ids, g, 16, seed=2, offset=11, scale=None)
     assert relative_error(got, expected.double()) < 1e-6
+
+
+def test_parameters_are_selected_by_module_name_patterns():
+    model = hf_models.build("gpt2")
+    last_block = ["*.h.1.attn.*", "transformer.h.1.mlp.c_fc"]  # a pattern and a module name
+    selected = trak_core.gradients.select_parameters(model, last_block)
+    assert selected == ["transformer.h.1.attn.c_attn.weight", "transformer.h.1.attn.c_attn.bias",
+                        "transformer.h.1.attn.c_proj.weight", "transformer.h.1.attn.c_proj.bias",
+                        "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.bias"]  # fmt: skip
+    # a tied weight through the module that reuses it
+    assert trak_core.gradients.select_parameters(model, ["lm_head"]) == ["transformer.wte.weight"]
+    with pytest.raises(ValueError, match=r"select no parameter of the model: \['\*\.h\.9\.\*'\]"):
+        trak_core.gradients.select_parameters(model, ["*.h.1.*", "*.h.9.*"])
+    with pytest.raises(TypeError, match="a list of names or patterns"):
+        trak_core.gradients.select_parameters(model, "*.attn.*")
+    batch = hf_models.token_batch()
+    got, computer = features(LinearHooksGradientComputer, model, batch, grad_wrt=last_block)
+    expected, _ = features(FunctionalGradientComputer, model, batch, grad_wrt=last_block)
+    assert [layer.module_name for layer in computer.layers] == ["transformer.h.1.attn.c_attn",
+                                                                 "transformer.h.1.attn.c_proj",
+                                                                 "transformer.h.1.mlp.c_fc"]  # fmt: skip
+    assert computer.num_params == sum(p.numel() for n, p in model.named_parameters() if n in selected)
+    assert relative_error(got, expected.double()) < DENSE_TOLERANCE

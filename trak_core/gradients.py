@@ -8,6 +8,7 @@ and the hooks path (:mod:`trak_core.hooked_gradients`: hooks on ``nn.Linear`` la
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -52,21 +53,42 @@ class GradientComputer(ABC):
 
 
 def select_parameters(model: torch.nn.Module, grad_wrt: Iterable[str] | None) -> list[str]:
-    """Names of the parameters to differentiate: all (``grad_wrt=None``) or the given ones.
+    """Names of the parameters to differentiate: all (``grad_wrt=None``) or the selected ones.
 
-    The order is the model's ``named_parameters()`` order whatever the order of ``grad_wrt``,
-    so that the projection (chunk offsets) does not depend on how the user listed them.
+    Each entry of ``grad_wrt`` is a parameter name, a module name (all its parameters), or a
+    shell-style pattern (``fnmatch``: ``*``, ``?``, ``[...]``) over either, e.g.
+    ``["*.h.1[01].attn.*", "*.h.1[01].mlp.*"]`` for the attention and MLP projections of
+    GPT-2 blocks 10 and 11.  A tied weight may be named through any module using it
+    (``lm_head.weight`` selects ``transformer.wte.weight``).  Every entry must select
+    something.  The order is the model's ``named_parameters()`` order whatever the order of
+    ``grad_wrt``, so that the projection (chunk offsets) does not depend on how the user
+    listed them.
     """
     names = [name for name, _ in model.named_parameters()]
     if grad_wrt is None:
         return names
-    wanted = set(grad_wrt)
-    unknown = sorted(wanted - set(names))
+    if isinstance(grad_wrt, str):
+        raise TypeError(f"grad_wrt must be a list of names or patterns, got the string {grad_wrt!r}")
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    aliases = [(alias, canonical[id(p)]) for alias, p in model.named_parameters(remove_duplicate=False)]
+    wanted = set()
+    unknown = []
+    for entry in grad_wrt:
+        hits = {name for alias, name in aliases if _selects(entry, alias)}
+        if not hits:
+            unknown.append(entry)
+        wanted |= hits
     if unknown:
-        raise ValueError(f"grad_wrt names parameters the model does not have: {unknown}; it has {names}")
+        raise ValueError(f"grad_wrt entries select no parameter of the model: {unknown}; its parameters are {names}")
     if not wanted:
         raise ValueError("grad_wrt must name at least one parameter")
     return [name for name in names if name in wanted]
+
+
+def _selects(entry: str, param_name: str) -> bool:
+    """Whether ``entry`` (a name or pattern) selects ``param_name``, itself or through its module."""
+    module_name = param_name.rpartition(".")[0]
+    return fnmatch.fnmatchcase(param_name, entry) or (bool(module_name) and fnmatch.fnmatchcase(module_name, entry))
 
 
 def architecture_fingerprint(model: torch.nn.Module, param_names: list[str]) -> str:

@@ -148,9 +148,8 @@ def causal_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     tokens = mask.shape[-1]
     causal = torch.ones(tokens, tokens, dtype=torch.bool, device=mask.device).tril()
     allowed = causal & (mask[:, None, :] != 0)
-    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )[:, None]
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
