@@ -1,6 +1,9 @@
 """Language models: the causal-LM task and the hooks path on tiny Hugging Face models
 (GPT-2, Llama, GPT-NeoX built from configs, random weights, no downloads)."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +260,10 @@ def test_parameters_are_selected_by_module_name_patterns():
                                                                  "transformer.h.1.mlp.c_fc"]  # fmt: skip
     assert computer.num_params == sum(p.numel() for n, p in model.named_parameters() if n in selected)
     assert relative_error(got, expected.double()) < DENSE_TOLERANCE
+
+
+def test_readme_language_model_snippet_runs(capsys):
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"## trak_core on language models\n.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "(8, 4) [0 1 2 3]"
