@@ -27,6 +27,7 @@ from .featurize import NonFiniteGradientError
 from .gradients import FunctionalGradientComputer, GradientComputer
 from .hooked_gradients import LinearHooksGradientComputer
 from .lds import LDSResult, linear_datamodeling_score
+from .lm_task import CausalLMOutput
 from .model_output import ClassificationMargin, ModelOutput
 from .regularization import DEFAULT_LAMBDA_SCALE, resolve_lambda
 from .settings import StoreMismatchError, StoreSettings
@@ -42,6 +43,7 @@ from .traker import TRAKer
 
 __all__ = [
     "DEFAULT_LAMBDA_SCALE",
+    "CausalLMOutput",
     "ClassificationMargin",
     "FunctionalGradientComputer",
     "GradientComputer",

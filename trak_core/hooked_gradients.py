@@ -1,17 +1,19 @@
 """The hooks gradient path: projected per-example gradients without forming them.
 
-For every hookable ``nn.Linear``, ``nn.Conv2d`` and ``nn.LayerNorm`` (see
-:func:`~trak_core.layer_hooks.find_hooked_layers`) one batched forward and one backward give
-the layer's inputs ``a`` and output gradients ``g``; :func:`fastjl.project_linear` projects a
-Linear layer's ``Σ_t g aᵀ`` per example at the layer's offset in the model's parameter order
-(a convolution is a Linear layer over its unfolded input patches; LayerNorm gradients are only
-``B × d``: formed, then projected).  The other differentiated parameters (grouped
-convolutions, embeddings, tied weights, ...) go through ``torch.func`` as before,
-at their own offsets; that costs a ``torch.func`` pass over the whole model, so the hooks path
-pays off most when they are few or excluded with ``grad_wrt``.  For
-the dense kinds the features therefore equal :class:`FunctionalGradientComputer`'s to float32
-rounding; per-example gradients of the hooked layers are never materialized, so batches need
-no ``proj_max_batch_size`` limit for them.
+For every hookable layer (see :func:`~trak_core.layer_hooks.find_hooked_layers`: ``nn.Linear``,
+``nn.Conv2d``, HF ``Conv1D``, ``nn.Embedding``, ``nn.LayerNorm``, RMSNorm) one batched forward
+and one backward give the layer's inputs ``a`` and output gradients ``g``.
+:func:`fastjl.project_linear` projects a Linear layer's ``Σ_t g aᵀ`` per example at the
+layer's offset in the model's parameter order (a convolution is a Linear layer over its
+unfolded input patches; a ``Conv1D`` swaps ``a`` and ``g``); an embedding is projected through
+the rows of P its tokens touch (:mod:`trak_core.embedding_hooks`); norm gradients are only
+``B × d``: formed, then projected.  A tied weight is hooked in each of its uses.  The other
+differentiated parameters (grouped convolutions, weights also used functionally, layers
+called without a batch dimension, ...) go through ``torch.func`` at their own offsets; that
+costs a ``torch.func`` pass over the whole model, so the hooks path pays off most when they
+are few or excluded with ``grad_wrt``.  For the dense kinds the features therefore equal
+:class:`FunctionalGradientComputer`'s to float32 rounding; per-example gradients of the hooked
+layers are never materialized, so batches need no ``proj_max_batch_size`` limit for them.
 """
 
 from __future__ import annotations
