@@ -32,7 +32,7 @@ def call(**overrides):
         (dict(seed=-1), ValueError, "seed"),
         (dict(seed=2**64), ValueError, "seed"),
         (dict(seed="0"), TypeError, "seed"),
-        (dict(kind="sjlt"), ValueError, "kind"),
+        (dict(kind="sjl"), ValueError, "kind"),  # sjlt is a kind since issue 13
         (dict(kind="Gaussian"), ValueError, "kind"),
         (dict(offset=-1), ValueError, "offset"),
         (dict(offset=2**48 - 5), ValueError, r"offset \+ D"),
