@@ -21,6 +21,8 @@ The transpose ``dx = dy @ Pᵀ`` gathers ``dy``'s columns for a block of rows at
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..sparse_blocks import grass_keep_block, sjlt_block
@@ -28,6 +30,10 @@ from .cpu_workers import block_bytes, run_in_order, worker_count
 from .torch_backend import block_budget
 
 NAME = "torch"
+# Devices whose products go through the CSR gather (torch's sparse CSR product on CUDA is cuSPARSE,
+# whose run-to-run determinism is not documented; dense blocks are).  Tests also set it to () to
+# run the dense path on the CPU.
+CSR_DEVICE_TYPES = ("cpu",)
 # Philox calls of one block at most (int64 temporaries of the generator stay in cache).
 _MAX_NONZEROS_PER_BLOCK = 1 << 17
 
@@ -58,7 +64,25 @@ def _csr_transposed(local, columns, values, nrows, proj_dim) -> torch.Tensor:
     counts = torch.bincount(columns, minlength=proj_dim)
     crow = torch.zeros(proj_dim + 1, dtype=torch.int64, device=columns.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    return torch.sparse_csr_tensor(crow, local[order], values[order], size=(proj_dim, nrows))
+    # Valid by construction (sorted, in range): no invariant checks, and none of their warning.
+    return torch.sparse_csr_tensor(crow, local[order], values[order], size=(proj_dim, nrows), check_invariants=False)
+
+
+_csr_warning_spent = False
+
+
+def _spend_csr_beta_warning() -> None:
+    """torch warns once per process, from C++, that sparse CSR tensors are "in beta" when the
+    first one is built; build that one here, in the calling thread with the warning ignored,
+    rather than show users a warning about an internal detail (catch_warnings is not
+    thread-safe, so not in the workers)."""
+    global _csr_warning_spent
+    if not _csr_warning_spent:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            one = torch.ones(1, dtype=torch.int64)
+            torch.sparse_csr_tensor(torch.tensor([0, 1]), one - 1, one.float(), size=(1, 1), check_invariants=False)
+        _csr_warning_spent = True
 
 
 def project_sparse(
@@ -72,9 +96,11 @@ def project_sparse(
     itemsize = out.element_size()
     device = x.device
     per_block = block_bytes(device, block_budget())
-    sparse_path = device.type == "cpu"
+    sparse_path = device.type in CSR_DEVICE_TYPES
     per_row = batch * itemsize if sparse_path else (batch + proj_dim) * itemsize
     rows = _block_rows(batch, dim, per_row, sparsity, per_block)
+    if sparse_path:
+        _spend_csr_beta_warning()
 
     def work(r0r1, _state) -> torch.Tensor:
         r0, r1 = r0r1
