@@ -79,7 +79,10 @@ def select_parameters(model: torch.nn.Module, grad_wrt: Iterable[str] | None) ->
             unknown.append(entry)
         wanted |= hits
     if unknown:
-        raise ValueError(f"grad_wrt entries select no parameter of the model: {unknown}; its parameters are {names}")
+        raise ValueError(
+            f"grad_wrt names parameters or modules the model does not have (no parameter matches): {unknown}; "
+            f"its parameters are {names}"
+        )
     if not wanted:
         raise ValueError("grad_wrt must name at least one parameter")
     return [name for name in names if name in wanted]
