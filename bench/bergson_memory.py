@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passthrough = list(argv if argv is not None else sys.argv[1:])
     rows = []
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", variant, *passthrough]
@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     print(f"{'variant':<8} {'time s':>8} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'peak - before':>14}")
     for r in rows:
         extra = r["peak_rss_mib"] - r["rss_before_mib"]
-        print(f"{r['variant']:<8} {r['seconds']:>8.2f} {r['rss_before_mib']:>15.0f} {r['peak_rss_mib']:>13.0f} {extra:>14.0f}")
+        before, peak = r["rss_before_mib"], r["peak_rss_mib"]
+        print(f"{r['variant']:<8} {r['seconds']:>8.2f} {before:>15.0f} {peak:>13.0f} {extra:>14.0f}")
     import bergson
     import torch
 
