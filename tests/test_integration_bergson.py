@@ -220,3 +220,21 @@ def test_import_without_bergson_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "bergson", None)  # makes `import bergson...` raise ImportError
     with pytest.raises(ImportError, match=r"fastjl\.integrations\.bergson needs the 'bergson' package"):
         importlib.import_module("fastjl.integrations.bergson")
+
+
+@needs_bergson
+def test_readme_snippet_runs(tmp_path, monkeypatch):
+    """The README's bergson example runs as written (in a scratch directory)."""
+    import re
+    from pathlib import Path
+
+    from bergson.data import load_module_gradients
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fastjl.integrations.bergson" in b]
+    assert blocks, "README.md should show fastjl.integrations.bergson in a ```python block"
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)
+    grads = load_module_gradients(scope["cfg"].partial_run_path)["gradients"]
+    assert grads.shape == (8, 16) and abs(grads).max() > 0

@@ -320,3 +320,18 @@ def test_import_without_dattri_names_the_package(monkeypatch):
         ImportError, match=r"fastjl\.integrations\.dattri needs the 'dattri' package.*pip install dattri"
     ):
         importlib.import_module("fastjl.integrations.dattri")
+
+
+@needs_dattri
+@pytest.mark.parametrize("proj_type", ["identity", "random_mask"])
+def test_use_fastjl_keeps_dattris_other_types_working(proj_type):
+    """Issue 17's failure: these raised ValueError inside use_fastjl(); now dattri serves them."""
+    import dattri.algorithm.trak as dattri_trak
+    from dattri.func.projection import random_project as dattris
+
+    from fastjl.integrations.dattri import use_fastjl
+
+    x = torch.randn(4, 10, generator=torch.Generator().manual_seed(8))
+    with use_fastjl():
+        ours = dattri_trak.random_project(x, 4, 6, 32, proj_type=proj_type, device="cpu")
+    assert torch.equal(ours(x), dattris(x, 4, 6, 32, proj_type=proj_type, device="cpu")(x))
