@@ -1,9 +1,10 @@
 """``python -m fastjl.check``: does fastjl compute the right numbers on this machine?
 
 Runs every available backend (torch, triton, cuda) on ``project`` and ``project_linear``
-(rademacher and gaussian; float32, float16 and bfloat16 inputs; odd B, D and K that cross
-every tile boundary; strided and transposed layouts; a row offset past 2^40) against a
-float64 reference computed on the CPU, on fresh random inputs (``--seed`` repeats a run).
+(rademacher and gaussian; sjlt and grass on the backends that have them; float32, float16
+and bfloat16 inputs; odd B, D and K that cross every tile boundary; strided and transposed
+layouts; a row offset past 2^40) against a float64 reference computed on the CPU, on fresh
+random inputs (``--seed`` repeats a run).
 Outputs are NaN-filled ``out=`` buffers, so an element a kernel forgets to write fails the
 case.  Prints one line per case and a summary; exit status 0 when every case that ran
 passed, 1 when any failed, 2 on bad arguments.
@@ -29,7 +30,11 @@ import torch
 import fastjl
 from fastjl import _backends
 from fastjl.devices import device_option_error
-from fastjl.spec import KINDS, matrix_block
+from fastjl.sparse_spec import SPARSE_KINDS, sparse_matrix_block
+from fastjl.spec import KINDS as DENSE_KINDS
+from fastjl.spec import matrix_block
+
+KINDS = DENSE_KINDS + SPARSE_KINDS  # every kind fastjl.project checks
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 DTYPES = (F32, F16, BF16)
@@ -105,7 +110,12 @@ class Shape(NamedTuple):
     bias: bool = False
     layouts: tuple[str, ...] = ("contiguous",)
     offset: int = OFFSET
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DENSE_KINDS
+    sparsity: int = 1  # nonzeros per row of P for the sparse kinds
+
+
+# GraSS's keep rate in every check (a pure function of the row: any rate tests the same code).
+GRASS_RATE = 0.5
 
 
 def proj_shape(batch, dim, proj_dim, **kw) -> Shape:
@@ -124,12 +134,20 @@ LAYOUTS = ("contiguous", "strided", "transposed")
 # ~25x more per entry than rademacher's on the CPU, hence its smaller K at D ~ 10^6.
 SHAPES = {
     "project": {
-        "tiny": [proj_shape(1, 1, 1, offset=0), proj_shape(7, 101, 130, layouts=LAYOUTS), proj_shape(17, 33, 257)],
+        "tiny": [
+            proj_shape(1, 1, 1, offset=0),
+            proj_shape(7, 101, 130, layouts=LAYOUTS),
+            proj_shape(17, 33, 257),
+            proj_shape(7, 101, 130, layouts=LAYOUTS, kinds=SPARSE_KINDS, sparsity=4),
+            proj_shape(3, 1, 8, offset=0, kinds=SPARSE_KINDS, sparsity=8),
+        ],
         "medium": [
             proj_shape(33, 1001, 4097),
             proj_shape(130, 1001, 100),
             proj_shape(1000, 1, 1),
             proj_shape(3, 100_003, 5),
+            proj_shape(33, 10_001, 513, kinds=SPARSE_KINDS),
+            proj_shape(5, 100_003, 37, kinds=SPARSE_KINDS, sparsity=2),
         ],
         "split": [
             proj_shape(130, 100_003, 100, kinds=("rademacher",)),
@@ -227,6 +245,7 @@ def problems_for(backend: str, device: torch.device, quick: bool) -> list[Proble
         for tier in tiers
         for shape in table[tier]
         for kind in shape.kinds
+        if kind not in SPARSE_KINDS or not op_unavailable(backend, device, "project_sparse")
     ]
 
 
@@ -257,10 +276,16 @@ def linear_gradients(a: torch.Tensor, g: torch.Tensor, bias: bool) -> torch.Tens
     return torch.cat([grads, g.double().sum(1)], dim=1) if bias else grads
 
 
-def float64_projection(x: torch.Tensor, proj_dim: int, *, seed: int, kind: str, offset: int) -> torch.Tensor:
+def float64_projection(
+    x: torch.Tensor, proj_dim: int, *, seed: int, kind: str, offset: int, sparsity: int = 1
+) -> torch.Tensor:
     """``x @ P`` in float64 on the CPU: the entry-wise spec when P is small enough, else the
-    torch backend in float64."""
+    torch backend in float64 (the sparse kinds: always their spec's dense matrix)."""
     dim = x.shape[1]
+    if kind in SPARSE_KINDS:
+        rate = GRASS_RATE if kind == "grass" else None
+        rows = range(offset, offset + dim)
+        return x @ sparse_matrix_block(seed, kind, rows, proj_dim, sparsity=sparsity, mask_rate=rate)
     if dim * proj_dim <= EXACT_REFERENCE_MAX:
         return x @ matrix_block(seed, kind, range(offset, offset + dim), range(proj_dim))
     return fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset, backend="torch")
@@ -268,7 +293,8 @@ def float64_projection(x: torch.Tensor, proj_dim: int, *, seed: int, kind: str, 
 
 class Reference(NamedTuple):
     """The float64 result and the norm errors are relative to: ``max(||ref||, ||x|| sqrt(K))``,
-    ``||x|| sqrt(K)`` being ``||ref||``'s expected value (E P_ij^2 = 1).  It equals ``||ref||``
+    ``||x|| sqrt(K)`` being ``||ref||``'s expected value (E P_ij^2 = 1; sqrt(s) for sjlt,
+    sqrt(s rate) for grass).  It equals ``||ref||``
     unless ``x @ P`` cancels: with one output (B = K = 1, say) a gaussian entry near 0 would
     otherwise turn its float32 rounding into a large relative error."""
 
@@ -283,8 +309,12 @@ def references(problem: Problem, inputs: dict, seed: int) -> dict[torch.dtype, R
         rows = [x.double() for (x,) in inputs.values()]
     else:
         rows = [linear_gradients(a, g, s.bias) for a, g in inputs.values()]
-    ref = float64_projection(torch.cat(rows), s.proj_dim, seed=seed, kind=problem.kind, offset=s.offset)
-    expected = [x.norm().item() * math.sqrt(s.proj_dim) for x in rows]
+    ref = float64_projection(
+        torch.cat(rows), s.proj_dim, seed=seed, kind=problem.kind, offset=s.offset, sparsity=s.sparsity
+    )
+    # E||xP||^2 / ||x||^2: K for the dense kinds (E P_ij^2 = 1), s for sjlt, s * rate for grass
+    gain = {"sjlt": s.sparsity, "grass": s.sparsity * GRASS_RATE}.get(problem.kind, s.proj_dim)
+    expected = [x.norm().item() * math.sqrt(gain) for x in rows]
     return {
         dtype: Reference(values, max(values.norm().item(), norm, 1e-300))
         for dtype, values, norm in zip(inputs, ref.split(s.batch), expected)
@@ -339,6 +369,8 @@ def synchronize(device: torch.device) -> None:
 
 def call(problem: Problem, backend: str, inputs: tuple, out: torch.Tensor, seed: int) -> torch.Tensor:
     kw = dict(seed=seed, kind=problem.kind, offset=problem.shape.offset, out=out, backend=backend)
+    if problem.kind in SPARSE_KINDS:
+        kw.update(sparsity=problem.shape.sparsity, mask_rate=GRASS_RATE if problem.kind == "grass" else None)
     if problem.op == "project":
         return fastjl.project(inputs[0], problem.shape.proj_dim, **kw)
     a, g = inputs
@@ -361,7 +393,7 @@ def verdict(y, out: torch.Tensor, storage: torch.Tensor, ref: Reference, limit: 
 def describe(problem: Problem, backend: str, dtype: torch.dtype, layout: str) -> str:
     s = problem.shape
     if problem.op == "project":
-        size = f"B={s.batch} D={s.dim} K={s.proj_dim}"
+        size = f"B={s.batch} D={s.dim} K={s.proj_dim}" + (f" s={s.sparsity}" if problem.kind in SPARSE_KINDS else "")
     else:
         bias = " bias" if s.bias else ""
         size = f"B={s.batch} T={s.steps} d_in={s.d_in} d_out={s.d_out}{bias} (D={problem.dim}) K={s.proj_dim}"

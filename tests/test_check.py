@@ -79,6 +79,7 @@ def test_a_broken_backend_fails(monkeypatch, capsys, mode, expected):
     assert check.main(QUICK_TORCH) == 1
     lines = capsys.readouterr().out.splitlines()
     project = [line for line in lines if line.startswith(("PASS torch   project ", "FAIL torch   project "))]
+    project = [line for line in project if " sjlt " not in line and " grass " not in line]  # not torch_backend's
     assert len(project) == 30 and all(line.startswith("FAIL") and expected in line for line in project)
     # project_linear's cases ran after them (those that do not call the broken function pass)
     assert any(line.startswith("PASS torch   project_linear ") for line in lines)
