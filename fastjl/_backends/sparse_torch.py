@@ -106,7 +106,7 @@ def project_sparse(
         r0, r1 = r0r1
         local, columns, values = _nonzeros(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, compute, device)
         if sparse_path:
-            xt = x[:, r0:r1].t().to(compute, memory_format=torch.contiguous_format)  # (rows, B)
+            xt = x[:, r0:r1].t().to(compute).contiguous()  # (rows, B): the fast layout of the CSR product
             pt = _csr_transposed(local, columns, values, r1 - r0, proj_dim)
             return torch.sparse.mm(pt, xt).t()
         block = torch.zeros((r1 - r0, proj_dim), dtype=compute, device=device)
