@@ -200,3 +200,12 @@ def test_no_warnings_leak_from_sparse_csr():
     code = "import torch, fastjl; fastjl.project(torch.randn(2, 10), 4, kind='sjlt')"
     run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "Warning" not in run.stderr, run.stderr
+
+
+def test_readme_sparse_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"### Sparse projections: SJLT and GraSS\n.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
