@@ -46,12 +46,12 @@ import math
 
 import torch
 
-from .spec import MASK32, MAX_ROWS, _as_index, check_int, check_seed, philox4x32_10, seed_to_key
+from .spec import COUNTER_DOMAIN, MASK32, MAX_ROWS, _as_index, check_int, check_seed, philox4x32_10, seed_to_key
 
 SPARSE_KINDS = ("sjlt", "grass")
 SPARSITIES = (1, 2, 4, 8)
-SJLT_DOMAIN = 2  # fastjl.spec.COUNTER_DOMAIN["sjlt"]
-GRASS_MASK_DOMAIN = 4
+SJLT_DOMAIN = COUNTER_DOMAIN["sjlt"]  # 2
+GRASS_MASK_DOMAIN = COUNTER_DOMAIN["grass_mask"]  # 4
 WORDS_PER_COUNTER = 4
 # The column rule multiplies a 31-bit word by a segment length <= K: K <= 2^31 keeps the
 # product below 2^62 (exact in int64) and every column reachable.

@@ -16,8 +16,9 @@ cuRAND's Philox4_32_10 and Triton's ``tl.philox`` with 32-bit counters).
   ``u_t = (2 (r_t >> 9) + 1) / 2^24`` (exact in fp32, strictly inside (0, 1)); Box-Muller on
   ``(u0, u1)`` gives entries ``4m, 4m+1`` = ``sqrt(-2 ln u0) cos(2 pi u1)``,
   ``sqrt(-2 ln u0) sin(2 pi u1)``; on ``(u2, u3)`` entries ``4m+2, 4m+3``.
-* Counter word ``c3`` is the kind's domain: 0 rademacher, 1 gaussian, 2 reserved (sjlt),
-  and ``c3 = 3 (mod 4)`` for the kronecker factors below (never 0, 1 or 2, so no stream is shared).
+* Counter word ``c3`` is the kind's domain: 0 rademacher, 1 gaussian, 2 sjlt, 4 GraSS's mask
+  (both in :mod:`fastjl.sparse_spec`), and ``c3 = 3 (mod 4)`` for the kronecker factors below
+  (never 0, 1, 2 or 4, so no stream is shared).
 * ``kronecker`` (used by :func:`fastjl.project_linear` only): a layer whose weight gradient
   starts at row ``offset`` of the gradient vector gets two gaussian factor matrices,
   ``F_in (d_in, k_in)`` (factor ``f = 0``) and ``F_out (d_out, k_out)`` (``f = 1``), both drawn
@@ -45,7 +46,7 @@ KINDS = ("rademacher", "gaussian")
 LINEAR_KINDS = KINDS + ("kronecker",)
 KIND_CODES = {"rademacher": 0, "gaussian": 1}
 # Counter word c3 separates the kinds' random streams.
-COUNTER_DOMAIN = {"rademacher": 0, "gaussian": 1, "sjlt": 2}
+COUNTER_DOMAIN = {"rademacher": 0, "gaussian": 1, "sjlt": 2, "grass_mask": 4}
 # Kronecker factors use c3 = KRONECKER_DOMAIN + 4 * (j // 4): c3 mod 4 == 3 keeps them apart.
 KRONECKER_DOMAIN = 3
 KRONECKER_FACTORS = {"in": 0, "out": 1}
