@@ -201,7 +201,15 @@ _SASS_LINE_RE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][
 _BRANCH_TARGET_RE = re.compile(r"(0x[0-9a-f]+)\s*;")
 # Opcodes counted in the main loop: tensor-core MMAs, async global->shared copies, ldmatrix,
 # barriers, and (SM90) warpgroup MMAs.
-_LOOP_OPCODES = {"HMMA": "mma", "HGMMA": "mma", "LDGSTS": "ldgsts", "LDSM": "ldsm", "BAR": "bar"}
+_LOOP_OPCODES = {
+    "HMMA": "mma",
+    "HGMMA": "mma",
+    "LDGSTS": "ldgsts",
+    "LDSM": "ldsm",
+    "BAR": "bar",
+    "STL": "local",
+    "LDL": "local",
+}
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,7 @@ class LoopStats:
     ldgsts: int
     ldsm: int
     bar: int
+    local: int  # STL + LDL inside the loop: spill traffic on every step
     inner_loops: int  # backward branches inside the body: loops not unrolled
 
     @property
@@ -255,7 +264,7 @@ def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
     best = None
     for first, last in loops:
         body = insts[first : last + 1]
-        counts = {k: 0 for k in ("mma", "ldgsts", "ldsm", "bar")}
+        counts = {k: 0 for k in ("mma", "ldgsts", "ldsm", "bar", "local")}
         for _, op, _ in body:
             if op in _LOOP_OPCODES:
                 counts[_LOOP_OPCODES[op]] += 1
@@ -367,19 +376,19 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
 
 def format_table(kernels: list[KernelResources], marks: dict[tuple[str, str], str] | None = None) -> str:
     """A compact table: function, arch, regs, stack, local, shared, STL, LDL, then the main loop's
-    static counts (instructions, MMAs, instructions per MMA, cp.async, ldmatrix, barriers, inner
-    loops; "-" for functions without an MMA loop), and a mark column."""
+    static counts (instructions, MMAs, instructions per MMA, cp.async, ldmatrix, barriers, local
+    memory accesses, inner loops; "-" for functions without an MMA loop), and a mark column."""
     marks = marks or {}
     order: dict[str, int] = {}
     for k in kernels:  # functions in the order the cubins list them, each one's archs together
         order.setdefault(k.name, len(order))
     header = ("function", "arch", "regs", "stack", "local", "smem", "STL", "LDL")
-    header += ("loop", "MMA", "/MMA", "LDGSTS", "LDSM", "BAR", "inner", "")
+    header += ("loop", "MMA", "/MMA", "LDGSTS", "LDSM", "BAR", "lmem", "inner", "")
 
     def loop_cells(loop: LoopStats | None) -> tuple[str, ...]:
         if loop is None:
-            return ("-",) * 7
-        counts = (loop.instructions, loop.mma, f"{loop.per_mma:.1f}", loop.ldgsts, loop.ldsm, loop.bar)
+            return ("-",) * 8
+        counts = (loop.instructions, loop.mma, f"{loop.per_mma:.1f}", loop.ldgsts, loop.ldsm, loop.bar, loop.local)
         return tuple(str(c) for c in counts) + (str(loop.inner_loops),)
 
     body = [
