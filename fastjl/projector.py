@@ -8,8 +8,10 @@ from collections.abc import Mapping
 import torch
 
 from .project import project
+from .sparse import check_sparse_options
+from .sparse_spec import SPARSE_KINDS, check_sparse_proj_dim
 from .spec import MAX_ROWS, MAX_SEED
-from .validation import check_int, check_kind, check_proj_dim, check_scale, check_seed
+from .validation import check_int, check_proj_dim, check_scale, check_seed
 
 # TRAK derives each checkpoint's seed as seed + 10^4 * model_id; we keep that convention so
 # features match across tools.
@@ -24,6 +26,7 @@ class Projector:
         proj_dim: K >= 1.
         seed: base seed; checkpoint ``model_id`` uses ``seed + 10^4 * model_id``.
         kind, backend, scale: as in :func:`fastjl.project`.
+        sparsity, mask_rate: the sparse kinds' options, as in :func:`fastjl.project`.
     """
 
     def __init__(
@@ -34,11 +37,16 @@ class Projector:
         kind: str = "rademacher",
         backend: str = "auto",
         scale: str | None = None,
+        sparsity: int = 1,
+        mask_rate: float | None = None,
     ):
         self.grad_dim = check_int(grad_dim, "grad_dim", low=1, high=MAX_ROWS)
         self.proj_dim = check_proj_dim(proj_dim)
         self.seed = check_seed(seed)
-        self.kind = check_kind(kind)
+        self.sparsity, _ = check_sparse_options(kind, sparsity, mask_rate)  # also checks kind
+        if kind in SPARSE_KINDS:
+            check_sparse_proj_dim(self.proj_dim, self.sparsity)
+        self.kind, self.mask_rate = kind, mask_rate
         self.backend = backend
         self.scale = check_scale(scale)
 
@@ -69,6 +77,8 @@ class Projector:
             ``(B, proj_dim)`` float32.
         """
         opts = dict(seed=self.seed_for(model_id), kind=self.kind, backend=self.backend, scale=self.scale)
+        if self.kind in SPARSE_KINDS:
+            opts.update(sparsity=self.sparsity, mask_rate=self.mask_rate)
         return project_gradients(grads, self.proj_dim, grad_dim=self.grad_dim, **opts)
 
 

@@ -335,3 +335,28 @@ def test_use_fastjl_keeps_dattris_other_types_working(proj_type):
     with use_fastjl():
         ours = dattri_trak.random_project(x, 4, 6, 32, proj_type=proj_type, device="cpu")
     assert torch.equal(ours(x), dattris(x, 4, 6, 32, proj_type=proj_type, device="cpu")(x))
+
+
+@needs_dattri
+def test_sjlt_runs_on_fastjl_on_every_device():
+    """dattri's "sjlt" (c = 1 nonzero per input row, entries ±1, no 1/sqrt(K)) is fastjl's
+    kind="sjlt" with sparsity 1 -- on a CPU too, where dattri's own needs the CUDA-only package."""
+    import dattri.algorithm.trak as dattri_trak
+    from dattri.func.projection import random_project as dattris
+
+    from fastjl.integrations.dattri import FastJLProjector, random_project, use_fastjl
+
+    x = torch.randn(5, 3001, generator=torch.Generator().manual_seed(9))
+    expected = {e: fastjl.project(x, 256, kind="sjlt", sparsity=1, seed=7 + 100_000 * e) for e in (0, 2)}
+    projector = FastJLProjector(3001, 256, 7, "sjlt", "cpu")
+    assert torch.equal(projector.project(x, ensemble_id=0), expected[0])
+    assert torch.equal(projector.project(x, ensemble_id=2), expected[2])
+    assert torch.equal(random_project(x, 5, 256, proj_seed=7, proj_type="sjlt")(x, 2), expected[2])
+    with use_fastjl():
+        ours = dattri_trak.random_project(x, 5, 256, proj_seed=7, proj_type="sjlt", device="cpu")
+    assert torch.equal(ours(x), expected[0])
+    # E||xP||^2 = ||x||^2 without scaling (one ±1 per row): norms kept within JL's 6 sqrt(2/K).
+    ratio = expected[0].norm(dim=1) ** 2 / x.norm(dim=1) ** 2
+    assert ((ratio - 1).abs() < 6 * (2 / 256) ** 0.5).all()
+    with pytest.raises(Exception):  # dattri 0.3.0's own sjlt: CUDA-only package, refused on a CPU
+        dattris(x, 5, 256, proj_seed=7, proj_type="sjlt", device="cpu")(x)

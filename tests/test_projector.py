@@ -89,3 +89,18 @@ def test_bad_model_id():
         proj.project(torch.randn(1, 10), model_id=-1)
     with pytest.raises(ValueError, match="exceeds"):
         proj.project(torch.randn(1, 10), model_id=1)
+
+
+def test_projector_takes_the_sparse_kinds_and_their_options():
+    grads = {"w": torch.randn(3, 40, 50), "b": torch.randn(3, 50)}
+    flat = torch.cat([grads["w"].reshape(3, -1), grads["b"]], 1)
+    for kind, opts in (("sjlt", dict(sparsity=2)), ("grass", dict(sparsity=4, mask_rate=0.3))):
+        p = fastjl.Projector(2050, 64, seed=5, kind=kind, **opts)
+        expected = fastjl.project(flat, 64, seed=p.seed_for(1), kind=kind, **opts)
+        torch.testing.assert_close(p.project(grads, model_id=1), expected, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="sparsity and mask_rate apply"):
+        fastjl.Projector(10, 4, kind="rademacher", sparsity=2)
+    with pytest.raises(ValueError, match="needs mask_rate"):
+        fastjl.Projector(10, 4, kind="grass")
+    with pytest.raises(ValueError, match="proj_dim must be at least sparsity"):
+        fastjl.Projector(10, 4, kind="sjlt", sparsity=8)

@@ -25,9 +25,11 @@ batch-size limit and bounds its own memory.
 
 Every projection type dattri 0.3 accepts works.  The dense ones (``"normal"``, ``"rademacher"``)
 are projected by fastjl's kernels (spec v1's matrix: same distribution as dattri's, different
-draws, identical on every device).  The others (``"identity"``, ``"random_mask"``, ``"sjlt"``,
+draws, identical on every device), and so is ``"sjlt"`` (fastjl's ``kind="sjlt"`` with one
+nonzero ±1 per input row, dattri's ``c = 1``, unscaled as dattri's: on every device, where
+dattri's needs the CUDA-only ``sjlt`` package).  The others (``"identity"``, ``"random_mask"``,
 ``"grass"``, ``"grass_N"``) are handed back to dattri's own implementation with the same
-arguments, so they behave (and fail, e.g. ``"sjlt"`` on a CPU) exactly as in dattri.  Which
+arguments, so they behave (and fail, e.g. ``"grass"`` on a CPU) exactly as in dattri.  Which
 types fastjl serves is the one table ``KINDS``.
 """
 
@@ -54,7 +56,7 @@ ENSEMBLE_SEED_STRIDE = 100_000
 
 # dattri projection types that fastjl's kernels serve -> fastjl kind.  Every other dattri type
 # is handed back to dattri; fastjl taking over one (issue 13: "sjlt") is one entry here.
-KINDS = {"normal": "gaussian", "gaussian": "gaussian", "rademacher": "rademacher"}
+KINDS = {"normal": "gaussian", "gaussian": "gaussian", "rademacher": "rademacher", "sjlt": "sjlt"}
 # dattri's own types (its ProjectionType); its "grass_N" spelling is parsed by parse_grass().
 HOST_TYPES = tuple(t.value for t in ProjectionType)
 
