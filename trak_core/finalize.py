@@ -34,13 +34,27 @@ def finalize_model(
     Returns:
         The checkpoint's metadata record (with ``lambda``, ``solver`` and ``xtx_trace``).
     """
-    grads = store.train_grads(model_id, mode="r")
-    n = grads.shape[0]
-    with log_time(f"model {model_id}: XᵀX ({n} rows, K={grads.shape[1]}, {xtx_dtype})"):
-        xtx = accumulate_xtx(grads, xtx_dtype, device, block_rows)
-    lam = resolve_lambda(xtx, n, lambda_reg, lambda_scale)
+    with log_time(f"model {model_id}: XᵀX ({store.settings.train_set_size} rows, {xtx_dtype})"):
+        xtx = store_xtx(store, model_id, xtx_dtype, device, block_rows)
+    lam = resolve_lambda(xtx, store.settings.train_set_size, lambda_reg, lambda_scale)
     with log_time(f"model {model_id}: factorize XᵀX + λI (λ={lam:.4g})"):
         solver = RegularizedSolver(xtx, lam)
+    return write_features(store, model_id, solver, lam, xtx, device=device, block_rows=block_rows, quiet=quiet)
+
+
+def store_xtx(store: Store, model_id: int, xtx_dtype: torch.dtype, device, block_rows: int) -> torch.Tensor:
+    """``XᵀX`` of the train gradients of checkpoint ``model_id`` in ``store``, one streaming pass."""
+    return accumulate_xtx(store.train_grads(model_id, mode="r"), xtx_dtype, device, block_rows)
+
+
+def write_features(
+    store: Store, model_id: int, solver: RegularizedSolver, lam: float, xtx: torch.Tensor, *, device, block_rows, quiet
+) -> dict:
+    """Writes ``X (XᵀX + λI)⁻¹`` for the rows of ``store`` with a factorized ``solver``; marks them finalized.
+
+    ``xtx`` may be the ``XᵀX`` of more rows than ``store`` holds (a shard of a sharded store)."""
+    grads = store.train_grads(model_id, mode="r")
+    n = grads.shape[0]
     features = store.features(model_id, mode="r+")
     with log_time(f"model {model_id}: features X (XᵀX + λI)⁻¹"):
         blocks = list(row_blocks(n, block_rows))

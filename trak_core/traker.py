@@ -159,14 +159,29 @@ class TRAKer:
             task=f"{type(self.task).__module__}.{type(self.task).__qualname__}",
             lambda_reg=describe_lambda(lambda_reg, lambda_scale),
         )
-        self.store = Store(save_dir, settings, fresh=not load_from_save_dir)
-        self.save_dir = self.store.root
+        self.save_dir = self._open_store(save_dir, settings, fresh=not load_from_save_dir)
         self.timings: dict[str, float] = {}
         self.scores = None
         self._train = None  # state of the checkpoint being featurized
         self._target = None  # state of the (experiment, checkpoint) being scored
         self._last_ind = 0
         self._last_ind_target = 0
+
+    def __new__(cls, *args, **kwargs):
+        # Under torchrun (or on a store a sharded run made) the same call builds the sharded
+        # front end: a user's script needs no change (see docs/design.md, many processes).
+        if cls is TRAKer:
+            from .sharded_traker import ShardedTRAKer, wants_shards
+
+            save_dir = kwargs.get("save_dir", args[3] if len(args) > 3 else "./trak_results")
+            if wants_shards(save_dir):
+                cls = ShardedTRAKer
+        return super().__new__(cls)
+
+    def _open_store(self, save_dir, settings: StoreSettings, fresh: bool):
+        """Opens (takes the writer lock of) the store; returns its resolved directory."""
+        self.store = Store(save_dir, settings, fresh=fresh)
+        return self.store.root
 
     def close(self) -> None:
         """Releases the store's writer lock (also released when the TRAKer is collected or its process ends).
