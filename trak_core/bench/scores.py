@@ -3,7 +3,8 @@
 Builds a store with one finalized checkpoint of random features (n, K), random target gradients
 (t, K) and Q, then runs trak_core's scorer (``scoring.finalize_scores``), which writes the (n, t)
 scores to disk tile by tile.  Memory is bounded by the tile shape plus two length-n vectors (Q),
-not by n·t: the report gives that bound next to the measured peak.
+not by n·t: the report gives an estimate from the tile shape (tiles and the length-n Q
+vectors, no allocator or library overhead) next to the measured peak.
 
 ``--max-tiles m`` computes only the first m tiles (the rest are recorded as done beforehand, so
 the scorer skips them): the full ``scores-1m`` preset (2·10^6·5·10^4·2048 ≈ 2·10^17 flops, a
@@ -144,7 +145,7 @@ def run(args) -> dict:
         tile_rows * k + tile_cols * k + 2 * tile_rows * tile_cols
     )  # a feature block, targets, tile and product
     # plus Q: its float64 sum and mean and the float32 scale, each of length n
-    bound_mib = (4 * tile_floats + 20 * n) / 2**20
+    estimate_mib = (4 * tile_floats + 20 * n) / 2**20
     computed = sum(
         min(tile_rows, n - i * tile_rows) * min(tile_cols, t - j * tile_cols) for i, j in first_tiles(grid, tiles)
     )
@@ -160,7 +161,7 @@ def run(args) -> dict:
         scores_per_s=computed / seconds,
         gflop_per_s=2 * k * computed / seconds / 1e9,
         peak_anon_mib=peak.extra_mib,
-        bound_mib=bound_mib,
+        estimate_mib=estimate_mib,
         full_scores_mib=4 * n * t / 2**20,
         first_tile_max_rel_error=check,
         device=args.device if args.device != "cpu" else platform.processor() or "cpu",
@@ -192,7 +193,8 @@ def main(argv=None) -> dict:
         f"{result['preset']}: n={result['train']} t={result['targets']} K={result['proj_dim']} tile={result['tile']} "
         f"on {args.device} ({result['threads']} threads): {result['tiles_computed']}/{result['tiles_total']} tiles in "
         f"{result['seconds']:.2f} s, {result['scores_per_s']:.3g} scores/s, {result['gflop_per_s']:.1f} GFLOP/s; "
-        f"peak anonymous memory +{result['peak_anon_mib']:.1f} MiB (bound {result['bound_mib']:.1f} MiB; all "
+        f"peak anonymous memory +{result['peak_anon_mib']:.1f} MiB (tile-shape estimate "
+        f"{result['estimate_mib']:.1f} MiB; all "
         f"scores would be {result['full_scores_mib']:.0f} MiB); first tile vs float64: "
         f"{result['first_tile_max_rel_error']:.1e}",
         flush=True,
