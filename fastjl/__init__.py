@@ -11,6 +11,7 @@ from ._backends.torch_backend import block_budget, set_block_budget
 from .kronecker import kronecker_factors
 from .linear import project_linear
 from .project import project
+from .project_rows import project_rows
 from .projector import Projector
 from .sparse import project_transpose
 from .sparse_spec import SPARSE_KINDS, SPARSITIES, sparse_matrix_block
@@ -31,6 +32,7 @@ __all__ = [
     "kronecker_factors",
     "matrix_block",
     "project",
+    "project_rows",
     "project_linear",
     "project_transpose",
     "set_block_budget",

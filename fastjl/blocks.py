@@ -33,9 +33,10 @@ def _sign_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _SIGN_TABLES[key]
 
 
-def _philox_words(seed, kind, row0, nrows, group0, ngroups, device) -> torch.Tensor:
-    """Philox outputs for rows ``row0..`` and counter groups ``group0..``: (nrows, ngroups, 4)."""
-    rows = torch.arange(row0, row0 + nrows, dtype=torch.int64, device=device)[:, None]
+def _philox_words(seed, kind, rows: torch.Tensor, group0, ngroups, device) -> torch.Tensor:
+    """Philox outputs for the rows ``rows`` (1-D int64) and counter groups ``group0..``:
+    (len(rows), ngroups, 4)."""
+    rows = rows[:, None]
     groups = torch.arange(group0, group0 + ngroups, dtype=torch.int64, device=device)[None, :]
     counter = (rows & MASK32, rows >> 32, groups, COUNTER_DOMAIN[kind])
     return torch.stack(philox4x32_10(counter, seed_to_key(seed)), dim=-1)
@@ -59,8 +60,11 @@ def generate_block(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     out: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``P[row0:row0+nrows, col0:col0+ncols]`` as a contiguous ``(nrows, ncols)`` tensor.
+    """``P[row0:row0+nrows, col0:col0+ncols]`` as a contiguous ``(nrows, ncols)`` tensor, or with
+    ``rows`` (a 1-D int64 tensor of ``nrows`` global row indices, any order, on ``device``) the
+    rows ``P[row0 + rows, col0:col0+ncols]``.
 
     Arguments are assumed validated (see :mod:`fastjl.validation`).  ``dtype`` is float32 or
     float64; gaussian entries are computed in that precision.  ``out``: an optional
@@ -79,7 +83,11 @@ def generate_block(
     step = max(1, per_slice // ngroups)
     for r in range(0, nrows, step):
         h = min(step, nrows - r)
-        words = _philox_words(seed, kind, row0 + r, h, group0, ngroups, device)
+        if rows is None:
+            which = torch.arange(row0 + r, row0 + r + h, dtype=torch.int64, device=device)
+        else:
+            which = rows[r : r + h] + row0
+        words = _philox_words(seed, kind, which, group0, ngroups, device)
         if first == 0 and ncols == ngroups * per:  # aligned: expand straight into out
             _expand(words, kind, dtype, device, into=out[r : r + h])
         else:

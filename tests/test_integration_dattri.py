@@ -351,12 +351,12 @@ def test_sjlt_runs_on_fastjl_on_every_device():
     projector = FastJLProjector(3001, 256, 7, "sjlt", "cpu")
     assert torch.equal(projector.project(x, ensemble_id=0), expected[0])
     assert torch.equal(projector.project(x, ensemble_id=2), expected[2])
-    assert torch.equal(random_project(x, 5, 256, proj_seed=7, proj_type="sjlt")(x, 2), expected[2])
+    assert torch.equal(random_project(x, 5, 256, 32, proj_seed=7, proj_type="sjlt")(x, 2), expected[2])
     with use_fastjl():
-        ours = dattri_trak.random_project(x, 5, 256, proj_seed=7, proj_type="sjlt", device="cpu")
+        ours = dattri_trak.random_project(x, 5, 256, 32, proj_seed=7, proj_type="sjlt", device="cpu")
     assert torch.equal(ours(x), expected[0])
     # E||xP||^2 = ||x||^2 without scaling (one ±1 per row): norms kept within JL's 6 sqrt(2/K).
     ratio = expected[0].norm(dim=1) ** 2 / x.norm(dim=1) ** 2
     assert ((ratio - 1).abs() < 6 * (2 / 256) ** 0.5).all()
-    with pytest.raises(Exception):  # dattri 0.3.0's own sjlt: CUDA-only package, refused on a CPU
-        dattris(x, 5, 256, proj_seed=7, proj_type="sjlt", device="cpu")(x)
+    with pytest.raises(ValueError, match="Invalid proj_type 'sjlt' for cpu"):  # dattri 0.3.0's own
+        dattris(x, 5, 256, 32, proj_seed=7, proj_type="sjlt", device="cpu")

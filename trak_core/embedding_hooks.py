@@ -4,9 +4,9 @@
 Example b's gradient of a ``(V, d)`` embedding is ``G_b = Σ_t e_{x_bt} g_btᵀ`` (``g_bt`` the
 gradient of the looked-up vector): row v is ``H_b[v] = Σ_{t: x_bt = v} g_bt`` and every other
 row is zero.  Its projection ``Σ_v H_b[v] P[offset + v·d : offset + (v+1)·d]`` therefore needs
-only the rows of ``P`` of the batch's distinct tokens: ``fastjl.project`` is called on ``H``
-for each run of consecutive token ids, at that run's offset, so the cost is
-``O(#distinct tokens · d · K)`` instead of ``O(V · d · K)`` and nothing of size ``B·V·d`` exists.
+only the rows of ``P`` of the batch's distinct tokens: one ``fastjl.project_rows`` call on ``H``
+generates exactly those rows, so the cost is ``O(#distinct tokens · d · K)`` instead of
+``O(V · d · K)`` and nothing of size ``B·V·d`` exists.
 
 The kronecker kind treats the embedding as a Linear layer from ``g`` (inputs) to the one-hot
 token (outputs): ``y_b = Σ_t F_out[x_bt] ⊗ (F_inᵀ g_bt)`` with the factors
@@ -74,16 +74,11 @@ class EmbeddingLayer(HookedLayer):
         distinct, slot = torch.unique(tokens, return_inverse=True)
         rows = torch.zeros(batch, len(distinct), d, dtype=torch.float32, device=g.device)
         rows.index_put_((example, slot), grads, accumulate=True)  # H_b[v], in float32
-        ids_list = distinct.tolist()
-        start = 0
-        for end in range(1, len(ids_list) + 1):  # runs of consecutive ids are contiguous in P
-            if end < len(ids_list) and ids_list[end] == ids_list[end - 1] + 1:
-                continue
-            x = rows[:, start:end].reshape(batch, -1)
-            result += fastjl.project(x, proj_dim, seed=seed, kind=kind, offset=offset + ids_list[start] * d,
-                                     backend=backend, scale=scale)  # fmt: skip
-            start = end
-        return result
+        # Rows v*d .. v*d + d-1 of the weight (at `offset`) for each distinct token v: one call
+        # generates exactly those rows of P (with the torch generator on g's device, whatever
+        # `backend` names: every backend draws the same P).
+        p_rows = offset + (distinct[:, None] * d + torch.arange(d, device=g.device)).reshape(-1)
+        return fastjl.project_rows(rows.reshape(batch, -1), p_rows, proj_dim, seed=seed, kind=kind, scale=scale)
 
     def project_kronecker(self, ids, g, proj_dim, *, seed: int, offset: int, scale) -> torch.Tensor:
         """``(B, K)`` float32: ``Σ_t F_out[x_bt] ⊗ (F_inᵀ g_bt)``, the kronecker kind's projection of

@@ -97,8 +97,11 @@ def plan_blocks(batch: int, dim: int, proj_dim: int, itemsize: int, budget: int)
     return rows, cols
 
 
-def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> None:
-    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)``, float32 or float64)."""
+def project(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, row_index: torch.Tensor | None = None
+) -> None:
+    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)``, float32 or float64); with
+    ``row_index`` (1-D int64, length D, on x's device), ``x @ P[offset + row_index, :K]``."""
     batch, dim = x.shape
     proj_dim = out.shape[1]
     compute = out.dtype
@@ -109,7 +112,11 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     def work(job, buffer):
         r0, r1 = job.rows
         block = buffer[: (r1 - r0) * (job.c1 - job.c0)].view(r1 - r0, job.c1 - job.c0)
-        generate_block(seed, kind, offset + r0, r1 - r0, job.c0, job.c1 - job.c0, compute, x.device, out=block)
+        if row_index is None:
+            generate_block(seed, kind, offset + r0, r1 - r0, job.c0, job.c1 - job.c0, compute, x.device, out=block)
+        else:
+            which = row_index[r0:r1]
+            generate_block(seed, kind, offset, r1 - r0, job.c0, job.c1 - job.c0, compute, x.device, block, which)
         return torch.mm(x[:, r0:r1].to(compute), block)
 
     def buffer():  # one per worker, reused by each of its blocks
