@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from . import distributed, shards
-from .featurize import finite_rows, indices_for, take_rows
+from .featurize import finite_rows, take_rows
 from .finalize import store_xtx, write_features
 from .linalg import RegularizedSolver, row_blocks
-from .model_output import task_batch
 from .regularization import resolve_lambda
 from .scoring import finalize_scores
 from .settings import StoreMismatchError, StoreSettings
@@ -82,13 +81,7 @@ class ShardedTRAKer(TRAKer):
 
     def featurize(self, batch, inds=None, num_samples: int | None = None) -> int:
         """As :meth:`TRAKer.featurize`; rows of shards another rank owns are skipped unseen."""
-        state = self._train
-        if state is None:
-            raise RuntimeError("load a checkpoint with load_checkpoint(checkpoint, model_id) before featurize")
-        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
-        rows = indices_for(batch, inds, num_samples, self._last_ind, self.train_set_size, "train")
-        if num_samples is not None:
-            self._last_ind += int(num_samples)
+        state, batch, rows = self._train_batch(batch, inds, num_samples)
         start, computed = time.perf_counter(), 0
         owner = self.layout.shard_of(rows)
         for s, part in state["shards"].items():
@@ -185,13 +178,7 @@ class ShardedTRAKer(TRAKer):
     def score(self, batch, inds=None, num_samples: int | None = None) -> int:
         """As :meth:`TRAKer.score`: the rank's target rows go into every shard it owns (any rows:
         ``finalize_scores`` fills each shard's missing ones from the other shards)."""
-        state = self._target
-        if state is None:
-            raise RuntimeError("call start_scoring_checkpoint(exp_name, checkpoint, model_id, num_targets) first")
-        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
-        rows = indices_for(batch, inds, num_samples, self._last_ind_target, state["num_targets"], "target")
-        if num_samples is not None:
-            self._last_ind_target += int(num_samples)
+        state, batch, rows = self._target_batch(batch, inds, num_samples)
         parts = list(state["shards"].values())
         todo = np.zeros(len(rows), dtype=bool)
         for part in parts:

@@ -225,6 +225,29 @@ class TRAKer:
             )
         self._last_ind = 0
 
+    def _train_batch(self, batch, inds, num_samples):
+        """``(train state, batch on the device, its store rows)`` for :meth:`featurize`; advances
+        the row counter of ``num_samples=`` batches."""
+        state = self._train
+        if state is None:
+            raise RuntimeError("load a checkpoint with load_checkpoint(checkpoint, model_id) before featurize")
+        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
+        rows = indices_for(batch, inds, num_samples, self._last_ind, self.train_set_size, "train")
+        if num_samples is not None:
+            self._last_ind += int(num_samples)
+        return state, batch, rows
+
+    def _target_batch(self, batch, inds, num_samples):
+        """As :meth:`_train_batch`, for :meth:`score`'s target rows."""
+        state = self._target
+        if state is None:
+            raise RuntimeError("call start_scoring_checkpoint(exp_name, checkpoint, model_id, num_targets) first")
+        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
+        rows = indices_for(batch, inds, num_samples, self._last_ind_target, state["num_targets"], "target")
+        if num_samples is not None:
+            self._last_ind_target += int(num_samples)
+        return state, batch, rows
+
     def featurize(self, batch, inds=None, num_samples: int | None = None) -> int:
         """Projected gradients and Q for a batch of train examples (TRAK's ``featurize``).
 
@@ -236,13 +259,7 @@ class TRAKer:
         Returns:
             The number of examples computed; already finished ones are skipped without computing.
         """
-        state = self._train
-        if state is None:
-            raise RuntimeError("load a checkpoint with load_checkpoint(checkpoint, model_id) before featurize")
-        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
-        rows = indices_for(batch, inds, num_samples, self._last_ind, self.train_set_size, "train")
-        if num_samples is not None:
-            self._last_ind += int(num_samples)
+        state, batch, rows = self._train_batch(batch, inds, num_samples)
         if state["done"] == self.train_set_size:
             return 0
         start = time.perf_counter()
@@ -336,13 +353,7 @@ class TRAKer:
 
     def score(self, batch, inds=None, num_samples: int | None = None) -> int:
         """Projected gradients of a batch of targets (TRAK's ``score``); arguments as in :meth:`featurize`."""
-        state = self._target
-        if state is None:
-            raise RuntimeError("call start_scoring_checkpoint(exp_name, checkpoint, model_id, num_targets) first")
-        batch = tuple(t.to(self.device) for t in task_batch(self.task, batch))
-        rows = indices_for(batch, inds, num_samples, self._last_ind_target, state["num_targets"], "target")
-        if num_samples is not None:
-            self._last_ind_target += int(num_samples)
+        state, batch, rows = self._target_batch(batch, inds, num_samples)
         computed = self.writer.write(batch, rows, state["model_id"], state["grads"], state["commits"])
         state["done"] += computed
         state["bar"].update(computed)
