@@ -22,7 +22,7 @@ from .finalize import store_xtx, write_features
 from .linalg import RegularizedSolver, row_blocks
 from .regularization import resolve_lambda
 from .scoring import finalize_scores
-from .settings import StoreMismatchError, StoreSettings
+from .settings import StoreSettings
 from .traker import TRAKer
 
 logger = logging.getLogger("trak_core")
@@ -157,14 +157,7 @@ class ShardedTRAKer(TRAKer):
 
     def start_scoring_checkpoint(self, exp_name: str, checkpoint, model_id: int, num_targets: int) -> None:
         model_id = int(model_id)
-        record = self._any_shard().model(model_id)
-        if record is None:
-            raise ValueError(f"model_id {model_id} is not in the store; featurize and finalize it before scoring")
-        if self._load_weights(checkpoint) != record["fingerprint"]:
-            raise StoreMismatchError(
-                f"the checkpoint given for model_id {model_id} differs from the one it was featurized with"
-            )
-        self._close_bar(self._target)
+        self._check_scoring_checkpoint(self._any_shard().model(model_id), checkpoint, model_id)
         parts = {}
         for s, store in self.shards.items():
             store.init_experiment(exp_name, int(num_targets))

@@ -321,11 +321,9 @@ class TRAKer:
 
     # ---- scoring -----------------------------------------------------------------------------
 
-    def start_scoring_checkpoint(self, exp_name: str, checkpoint, model_id: int, num_targets: int) -> None:
-        """Loads ``checkpoint`` (the one featurized as ``model_id``) to score ``num_targets`` targets."""
-        model_id = int(model_id)
-        self.store.init_experiment(exp_name, int(num_targets))
-        record = self.store.model(model_id)
+    def _check_scoring_checkpoint(self, record, checkpoint, model_id: int) -> None:
+        """Loads ``checkpoint`` for scoring ``model_id`` (``record``: the store's entry for it),
+        refusing a model that was never featurized or a checkpoint other than the featurized one."""
         if record is None:
             raise ValueError(f"model_id {model_id} is not in the store; featurize and finalize it before scoring")
         if self._load_weights(checkpoint) != record["fingerprint"]:
@@ -333,6 +331,12 @@ class TRAKer:
                 f"the checkpoint given for model_id {model_id} differs from the one it was featurized with"
             )
         self._close_bar(self._target)
+
+    def start_scoring_checkpoint(self, exp_name: str, checkpoint, model_id: int, num_targets: int) -> None:
+        """Loads ``checkpoint`` (the one featurized as ``model_id``) to score ``num_targets`` targets."""
+        model_id = int(model_id)
+        self.store.init_experiment(exp_name, int(num_targets))
+        self._check_scoring_checkpoint(self.store.model(model_id), checkpoint, model_id)
         commits = self.store.target_commits(exp_name, model_id)
         self._target = {
             "exp_name": exp_name,

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
-from pathlib import Path
 
 import torch
 
@@ -30,6 +28,7 @@ from .linear_contenders import LINEAR_CONTENDERS, Disagreement, default_rtol
 from .linear_op import LINEAR_PLOT, LINEAR_PRESETS, format_linear_table, linear_shapes, run_linear_shape
 from .memory import peak_extra_mib
 from .plot import save_plot
+from .results import save_json
 from .timing import median_ms
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -186,16 +185,6 @@ def run_info(device: str) -> dict:
     )
     print(f"fastjl.bench on {info['device']} (torch {info['torch']}, {info['date']})")
     return info
-
-
-def save_json(folder: str, prefix: str, payload: dict) -> Path:
-    """Writes ``<folder>/<prefix>-<local date-time>.json`` and says so."""
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    path = path / f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
-    return path
 
 
 def main_linear(args) -> int:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 import fastjl
 from fastjl.bench.memory import peak_extra_mib
+from fastjl.bench.results import save_json
 
 from ..gradients import FunctionalGradientComputer
 from ..hooked_gradients import LinearHooksGradientComputer
@@ -180,12 +179,7 @@ def main(argv=None) -> dict:
     if any(format_peak(row["peak_mib"], args.device) == "n/a*" for row in result["rows"]):
         print(PEAK_NA_NOTE)
     if args.save:
-        folder = Path(args.save)
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = folder / f"featurize-{args.preset}-{args.device}-{stamp}.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"saved {path}")
+        save_json(args.save, f"featurize-{args.preset}-{args.device}", result)
     return result
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import platform
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fastjl.bench.results import save_json
 
 from ..scoring import finalize_scores
 from ..settings import StoreSettings
@@ -200,12 +201,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
     if args.save:
-        folder = Path(args.save)
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = folder / f"{result['preset']}-{args.device}-{stamp}.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"saved {path}")
+        save_json(args.save, f"{result['preset']}-{args.device}", result)
     return result
 
 
