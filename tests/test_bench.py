@@ -68,3 +68,27 @@ def test_busy_processes_run_and_stop():
         running = set(mp.active_children()) - before
         assert len(running) == 2 and all(p.is_alive() for p in running)
     assert not any(p.is_alive() for p in running)
+
+
+def test_sjlt_kind_against_index_add_of_the_same_buckets(capsys):
+    """--kind sjlt: the dense baselines step aside, index-add (stored buckets, as the sjlt package
+    does) is timed, and it computes the same matrix as fastjl's torch backend."""
+    import torch
+
+    from fastjl.bench.contenders import CONTENDERS, Shape, Unavailable
+
+    code = main(["--device", "cpu", "--kind", "sjlt", "--sparsity", "2", "--batch", "3", "--dim", "700"]
+                + ["--proj-dim", "130", "--reps", "1", "--no-ceilings"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "index-add" in out and "baseline of the dense kinds" in out
+    shape = Shape(3, 700, 130, "sjlt", torch.float32, sparsity=2)
+    x = torch.randn(3, 700)
+    ours, theirs = CONTENDERS["fastjl-torch"](shape, "cpu")(x), CONTENDERS["index-add"](shape, "cpu")(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert shape.flops == 2 * 3 * 700 * 2
+    try:
+        CONTENDERS["index-add"](Shape(3, 700, 130, "rademacher", torch.float32), "cpu")
+    except Unavailable as exc:
+        assert "sparse kinds" in str(exc)
+    else:
+        raise AssertionError("index-add must refuse the dense kinds")

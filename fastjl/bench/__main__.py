@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=_ints, help="linear: comma-separated tokens per example T")
     p.add_argument("--d-in", type=_ints, help="linear: comma-separated layer input widths")
     p.add_argument("--d-out", type=_ints, help="linear: comma-separated layer output widths")
-    p.add_argument("--kind", default="rademacher", choices=fastjl.KINDS)
+    p.add_argument("--kind", default="rademacher", choices=fastjl.KINDS + ("sjlt",))
+    p.add_argument("--sparsity", type=int, default=1, choices=fastjl.SPARSITIES, help="sjlt: nonzeros per row of P")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float32 on CPU, bfloat16 on GPU")
     p.add_argument(
         "--contenders",
@@ -96,7 +97,7 @@ def resolve(args):
     device, dtype = resolve_device(args)
     preset = PRESETS[args.preset or ("trak" if device == "cuda" else "cpu")]
     batches, dims, proj_dims = args.batch or preset[0], args.dim or preset[1], args.proj_dim or preset[2]
-    shapes = [Shape(b, d, k, args.kind, dtype) for d in dims for k in proj_dims for b in batches]
+    shapes = [Shape(b, d, k, args.kind, dtype, args.sparsity) for d in dims for k in proj_dims for b in batches]
     return device, shapes
 
 

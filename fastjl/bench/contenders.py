@@ -25,10 +25,16 @@ class Shape:
     proj_dim: int
     kind: str
     dtype: torch.dtype
+    sparsity: int = 1  # nonzeros per row of P for kind="sjlt"
+
+    @property
+    def sparse(self) -> bool:
+        return self.kind in fastjl.SPARSE_KINDS
 
     @property
     def flops(self) -> float:
-        return 2.0 * self.batch * self.dim * self.proj_dim
+        """2·B·D·K for the dense kinds; 2·B·D·s (the nonzeros) for sjlt."""
+        return 2.0 * self.batch * self.dim * (self.sparsity if self.sparse else self.proj_dim)
 
 
 def fastjl_backend(name: str):
@@ -36,8 +42,11 @@ def fastjl_backend(name: str):
         status = fastjl.backends(device)[name]
         if not status.available:
             raise Unavailable(status.reason)
+        if shape.sparse and name != "torch":
+            raise Unavailable(f"the {name} backend has no sparse kinds yet (torch only)")
         out = torch.empty(shape.batch, shape.proj_dim, device=device)
-        return lambda x: fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend=name)
+        extra = dict(sparsity=shape.sparsity) if shape.sparse else {}
+        return lambda x: fastjl.project(x, shape.proj_dim, kind=shape.kind, out=out, backend=name, **extra)
 
     return setup
 
@@ -68,8 +77,14 @@ def _check_fits(shape: Shape, device: str) -> None:
         raise Unavailable(f"a stored {shape.dim} x {shape.proj_dim} matrix needs {needed / 2**30:.1f} GiB")
 
 
+def _dense_only(shape: Shape) -> None:
+    if shape.sparse:
+        raise Unavailable("a dense stored matrix is the baseline of the dense kinds (sparse: index-add)")
+
+
 def dense_stored(shape: Shape, device: str):
     """Matmul with a matrix generated before timing: the ceiling for a stored matrix."""
+    _dense_only(shape)
     _check_fits(shape, device)
     p = _random_matrix(shape, device, torch.Generator(device=device).manual_seed(0))
     return lambda x: x.to(p.dtype) @ p
@@ -77,6 +92,7 @@ def dense_stored(shape: Shape, device: str):
 
 def dense_generated(shape: Shape, device: str):
     """Generate the dense matrix with torch's RNG, then multiply: TRAK's BasicProjector."""
+    _dense_only(shape)
     _check_fits(shape, device)
     gen = torch.Generator(device=device).manual_seed(0)
     return lambda x: x.to(_matmul_dtype(shape, device)) @ _random_matrix(shape, device, gen)
@@ -90,6 +106,8 @@ def fast_jl_peer(shape: Shape, device: str):
         raise Unavailable(f"fast_jl is not installed ({exc})") from None
     if device != "cuda":
         raise Unavailable("fast_jl runs on CUDA tensors only")
+    if shape.sparse:
+        raise Unavailable("fast_jl has dense kinds only")
     if shape.dtype != torch.float16:
         raise Unavailable(f"fast_jl supports float16 inputs only, not {shape.dtype}")
     if shape.proj_dim % 512:
@@ -101,6 +119,26 @@ def fast_jl_peer(shape: Shape, device: str):
     return lambda x: fn(x, shape.proj_dim, 0, num_sms)
 
 
+def index_add_stored(shape: Shape, device: str):
+    """kind="sjlt" the way the sjlt package computes it: each input row's bucket and sign stored
+    beforehand (not timed; the same buckets as fastjl's), then ``index_add_`` of the signed
+    columns of x, once per nonzero."""
+    if not shape.sparse:
+        raise Unavailable("index-add is the baseline of the sparse kinds")
+    from fastjl.sparse_blocks import sjlt_block
+
+    columns, negative = sjlt_block(0, 0, shape.dim, shape.proj_dim, shape.sparsity, device)
+    signs = 1 - 2 * negative.float()  # unscaled, as fastjl.project without scale
+
+    def run(x):
+        y = torch.zeros(x.shape[0], shape.proj_dim, device=device)
+        for t in range(shape.sparsity):
+            y.index_add_(1, columns[:, t], x.float() * signs[:, t])
+        return y
+
+    return run
+
+
 CONTENDERS = {
     "fastjl-cuda": fastjl_backend("cuda"),
     "fastjl-triton": fastjl_backend("triton"),
@@ -108,4 +146,5 @@ CONTENDERS = {
     "fast_jl": fast_jl_peer,
     "dense-stored": dense_stored,
     "dense-generated": dense_generated,
+    "index-add": index_add_stored,
 }
