@@ -23,6 +23,7 @@ from .linalg import RegularizedSolver, row_blocks
 from .regularization import resolve_lambda
 from .scoring import finalize_scores
 from .settings import StoreSettings
+from .store_errors import StoreError
 from .traker import TRAKer
 
 logger = logging.getLogger("trak_core")
@@ -39,18 +40,43 @@ class ShardedTRAKer(TRAKer):
     def _open_store(self, save_dir, settings: StoreSettings, fresh: bool):
         self.rank, self.world = distributed.rank_and_world()
         root = Path(save_dir).resolve()
-        if self.rank == 0:
-            if fresh:
-                shards.clear(root)
-            shards.create_manifest(root, settings, self.world)
-        distributed.barrier()  # the manifest exists (and is complete) before anyone reads it
-        self.layout = shards.open_manifest(root, settings)
         self.store = None  # no single store: self.shards holds this rank's shard stores
-        self.shards = {
-            s: shards.open_shard(root, self.layout, settings, s) for s in self.layout.owned(self.rank, self.world)
-        }
+        self.shards = {}
+
+        def prepare():
+            if self.rank == 0:
+                if fresh:
+                    shards.clear(root)
+                shards.create_manifest(root, settings, self.world)
+
+        def open_owned():
+            for s in self.layout.owned(self.rank, self.world):
+                self.shards[s] = shards.open_shard(root, self.layout, settings, s)
+
+        self._on_every_rank(prepare, root)  # also the barrier: the manifest is complete before anyone reads it
+        self.layout = shards.open_manifest(root, settings)
+        self._on_every_rank(open_owned, root)
         logger.info("rank %d of %d writes shards %s of %s", self.rank, self.world, sorted(self.shards), root)
         return root
+
+    def _on_every_rank(self, step, root: Path) -> None:
+        """Runs ``step`` on this rank, then fails on every rank if it failed on any.
+
+        A rank that cannot open its shards (e.g. :class:`StoreLockedError`: another job writes
+        them) raises its own error; the others raise too instead of going on to write their
+        shards and then wait forever in the next collective for the rank that left.
+        """
+        error = None
+        try:
+            step()
+        except Exception as caught:
+            error = caught
+        if distributed.any_rank(error is not None, self.device):
+            for store in self.shards.values():
+                store.close()
+            if error is not None:
+                raise error
+            raise StoreError(f"another rank could not open the sharded store in {root} (its error says why)")
 
     def close(self) -> None:
         self._close_bar(self._train)

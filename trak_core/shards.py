@@ -23,6 +23,7 @@ from .atomic_files import read_json, write_json_atomic
 from .settings import StoreMismatchError, StoreSettings
 from .store import METADATA, Store
 from .store_errors import StoreDamagedError, StoreError
+from .store_lock import WriterLock
 
 MANIFEST = "shards.json"
 FORMAT = "trak_core.shards"
@@ -70,10 +71,24 @@ def is_sharded(root) -> bool:
 
 def clear(root) -> None:
     """Deletes a sharded store's manifest (first: a kill half-way leaves shards without one,
-    which :func:`open_manifest` refuses) and shards; nothing else in ``root``."""
+    which :func:`open_manifest` refuses) and shards; nothing else in ``root``.
+
+    Takes the writer lock of every shard first, as :class:`Store` does before clearing itself:
+    a ``load_from_save_dir=False`` launch on a save_dir that another job is still writing raises
+    :class:`StoreLockedError` naming that job's process instead of deleting its files under it.
+    """
     root = Path(root)
-    (root / MANIFEST).unlink(missing_ok=True)
-    shutil.rmtree(root / "shards", ignore_errors=True)
+    folder = root / "shards"
+    locks = []
+    try:
+        for directory in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if directory.is_dir():
+                locks.append(WriterLock(directory))
+        (root / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def create_manifest(root, settings: StoreSettings, num_shards: int) -> None:

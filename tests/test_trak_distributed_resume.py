@@ -1,0 +1,293 @@
+"""trak_core under ``torchrun`` (gloo, CPU): a rank SIGKILLed mid-featurize or mid-scoring, the job
+relaunched with the same ranks, other ranks or one process, ends with the uninterrupted scores and
+every row and tile committed exactly once; a second writer of a shard is refused; shards written
+concurrently (or killed mid-write) all open read-only and pass the store's integrity checks.
+
+This file is also the worker, run as ``torchrun -m tests.test_trak_distributed_resume SAVE_DIR OUT
+[--kill-rank R --kill-at featurize|score|tile --kill-after N] [--open-only [--fresh]]``: the
+pipeline of ``test_trak_distributed.worker`` (``--feed all``), where rank R kills itself with
+SIGKILL right after its N-th featurize/score call that computed rows (the rows are committed), or
+as it starts its (N+1)-th score tile (N tiles committed): the kill point is a count, not a race.
+``--open-only`` only builds the TRAKer (``load_from_save_dir=not --fresh``) and closes it.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import trak_core
+
+from .test_trak_distributed import REPO, RTOL, free_port
+from .test_trak_exact import N_TARGETS, N_TRAIN, make_problem
+from .test_trak_resume import BATCH, SETTINGS, run_pipeline
+
+TIMEOUT_S = 60  # per launch: a hung collective fails the test instead of blocking CI
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+BATCHES = N_TRAIN // BATCH  # featurize calls per checkpoint (15); with --feed all each computes rows on every rank
+
+
+# ---- the worker ----------------------------------------------------------------------------------
+
+
+def install_kill(rank: int, at: str, after: int) -> None:
+    """Makes this process SIGKILL itself at a counted point (see the module docstring)."""
+    import trak_core.scoring
+    from trak_core.sharded_traker import ShardedTRAKer
+
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    count = 0
+
+    def tick(computed: int) -> None:
+        nonlocal count
+        count += computed > 0
+        if count == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if at == "tile":
+        score_tile = trak_core.scoring._score_tile
+
+        def counted_tile(*args, **kwargs):
+            tick(1)
+            return score_tile(*args, **kwargs)
+
+        # Counted at the entry of a tile: the kill at call N+1 leaves exactly N tiles committed.
+        after += 1
+        trak_core.scoring._score_tile = counted_tile
+        return
+    method = getattr(ShardedTRAKer, at)
+
+    def counted(self, *args, **kwargs):
+        computed = method(self, *args, **kwargs)
+        tick(computed)  # after the call: its rows are written, flushed and committed
+        return computed
+
+    setattr(ShardedTRAKer, at, counted)
+
+
+def open_only(save_dir: str, fresh: bool) -> None:
+    import torch.distributed as dist
+
+    if "RANK" in os.environ:
+        dist.init_process_group("gloo")
+    traker = trak_core.TRAKer(
+        make_problem()[0], "classification", N_TRAIN, save_dir=save_dir, load_from_save_dir=not fresh,
+        quiet=True, **SETTINGS,
+    )  # fmt: skip
+    traker.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---- launching -----------------------------------------------------------------------------------
+
+
+def torchrun(ranks: int, save_dir, out, *options) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--nnodes=1",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "tests.test_trak_distributed_resume", str(save_dir), str(out), *options,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def log(done: subprocess.CompletedProcess) -> str:
+    return f"rc {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def killed(ranks: int, save_dir, rank: int, at: str, after: int) -> None:
+    options = ("--kill-rank", str(rank), "--kill-at", at, "--kill-after", str(after))
+    done = torchrun(ranks, save_dir, save_dir.parent / "unused.npy", *options)
+    assert done.returncode != 0, "the job was not killed: " + log(done)
+    assert "Signal 9 (SIGKILL)" in done.stderr or "exitcode  : -9" in done.stderr, log(done)
+
+
+def finished(ranks: int, save_dir, out) -> np.ndarray:
+    done = torchrun(ranks, save_dir, out)
+    assert done.returncode == 0, log(done)
+    return np.load(out)
+
+
+# ---- checking a store ----------------------------------------------------------------------------
+
+
+def shard_stores(save_dir, num_shards: int) -> list:
+    return [trak_core.Store.open(save_dir / "shards" / f"{s}-of-{num_shards}") for s in range(num_shards)]
+
+
+def verify(save_dir, num_shards: int) -> None:
+    """Opens every array of every shard read-only: ``open_npy`` checks each header, shape, dtype
+    and size against the shard's metadata, and a file holding committed data must be there."""
+    for store in shard_stores(save_dir, num_shards):
+        for model_id in store.model_ids():
+            if store.train_commits(model_id, mode="r").num_done():
+                store.train_grads(model_id, mode="r")
+                store.out_to_loss(model_id, mode="r")
+            if store.model(model_id)["finalized"]:
+                store.features(model_id, mode="r")
+            if store.experiment("targets") is not None:
+                try:
+                    if store.target_commits("targets", model_id, mode="r").num_done():
+                        store.target_grads("targets", model_id, mode="r")
+                except FileNotFoundError:  # never scored in this shard: nothing committed to miss
+                    pass
+        grid = store._score_grid("targets") if store.experiment("targets") is not None else None
+        if grid is not None:
+            try:
+                if store.tile_commits("targets", grid, mode="r").num_done():
+                    store.scores("targets", mode="r")
+            except FileNotFoundError:
+                pass
+
+
+def assert_committed_once(save_dir, num_shards: int) -> None:
+    """Every train row, target row and score tile of every shard committed exactly once over all
+    the launches: none lost (0), none computed again after it was finished (2)."""
+    for s, store in enumerate(shard_stores(save_dir, num_shards)):
+        for model_id in (0, 1):
+            assert (store.train_commits(model_id, mode="r").counts() == 1).all(), f"shard {s} model {model_id}"
+            assert (store.target_commits("targets", model_id, mode="r").counts() == 1).all(), f"shard {s}"
+        assert (store.tile_commits("targets", store._score_grid("targets"), mode="r").counts() == 1).all()
+        assert store.experiment("targets")["scores"]["complete"]
+
+
+def assert_scores(scores, reference) -> None:
+    assert scores.shape == reference.shape == (N_TRAIN, N_TARGETS)
+    error = np.abs(scores - reference).max() / np.abs(reference).max()
+    assert error < RTOL, f"max |Δ| / max |score| = {error:.2e}"  # RTOL: derived in test_trak_distributed
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted scores: one process, no torch.distributed."""
+    return run_pipeline(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="module")
+def featurized_by_two_ranks(tmp_path_factory):
+    """A store that 2 ranks featurized concurrently (both checkpoints), uninterrupted."""
+    save_dir = tmp_path_factory.mktemp("featurized") / "store"
+    done = torchrun(2, save_dir, save_dir.parent / "unused.npy", "--stop-after", "featurize")
+    assert done.returncode == 0, log(done)
+    return save_dir
+
+
+# ---- 1. resume per rank --------------------------------------------------------------------------
+
+
+def test_rank_killed_mid_featurize_resumes_with_the_same_ranks(tmp_path, reference):
+    save_dir = tmp_path / "store"
+    # Rank 1 dies after its 20th batch: checkpoint 0 done (15 batches), 5 of checkpoint 1's.
+    killed(2, save_dir, rank=1, at="featurize", after=BATCHES + 5)
+    verify(save_dir, 2)  # a killed rank (and its peer, stopped by torchrun) leave verifiable shards
+    shard1 = shard_stores(save_dir, 2)[1]
+    assert shard1.train_commits(0, mode="r").num_done() == N_TRAIN // 2
+    assert shard1.train_commits(1, mode="r").num_done() == 5 * BATCH // 2  # 2 of each batch's 4 rows
+
+    assert_scores(finished(2, save_dir, tmp_path / "scores.npy"), reference)
+    verify(save_dir, 2)
+    assert_committed_once(save_dir, 2)
+
+
+def test_rank_killed_mid_score_tiles_resumes_on_more_ranks(tmp_path, reference):
+    """Killed in finalize_scores after 4 of its shard's 15 tiles; relaunched with 3 ranks (rank 2
+    owns no shard of the 2-shard store) it finishes without scoring a tile twice."""
+    save_dir = tmp_path / "store"
+    killed(2, save_dir, rank=1, at="tile", after=4)
+    verify(save_dir, 2)
+    shard1 = shard_stores(save_dir, 2)[1]
+    assert shard1.tile_commits("targets", shard1._score_grid("targets"), mode="r").num_done() == 4
+    assert not shard1.experiment("targets")["scores"]["complete"]
+
+    assert_scores(finished(3, save_dir, tmp_path / "scores.npy"), reference)
+    assert not (save_dir / "shards" / "2-of-3").exists(), "the store keeps its 2 shards"
+    verify(save_dir, 2)
+    assert_committed_once(save_dir, 2)
+
+
+def test_rank_killed_mid_target_batches_one_process_takes_over(tmp_path, reference):
+    """Killed after 2 of checkpoint 0's 3 target batches; one process (no torch.distributed)
+    then owns both shards and finishes the job."""
+    save_dir = tmp_path / "store"
+    killed(2, save_dir, rank=1, at="score", after=2)
+    verify(save_dir, 2)
+    shard1 = shard_stores(save_dir, 2)[1]
+    assert shard1.target_commits("targets", 0, mode="r").num_done() == 2 * BATCH
+    assert shard1.model(1)["finalized"]
+
+    assert_scores(run_pipeline(save_dir), reference)
+    verify(save_dir, 2)
+    assert_committed_once(save_dir, 2)
+
+
+# ---- 2. one writer per shard ---------------------------------------------------------------------
+
+
+def test_concurrent_ranks_leave_every_shard_verifiable(featurized_by_two_ranks):
+    verify(featurized_by_two_ranks, 2)
+    for store in shard_stores(featurized_by_two_ranks, 2):
+        for model_id in (0, 1):
+            assert (store.train_commits(model_id, mode="r").counts() == 1).all()
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["resume", "load_from_save_dir=False"])
+def test_a_second_job_on_a_save_dir_in_use_is_refused_and_changes_nothing(
+    tmp_path, featurized_by_two_ranks, reference, fresh
+):
+    """One process holds both shards (it believes it owns them); a 2-rank job on the same
+    save_dir, even one told to start over, gets the one-writer error naming that process on
+    every rank, and the holder's data stays intact: it finishes with the uninterrupted scores."""
+    save_dir = tmp_path / "store"
+    shutil.copytree(featurized_by_two_ranks, save_dir)
+    before = [store.train_grads(1, mode="r").copy() for store in shard_stores(save_dir, 2)]
+    holder = trak_core.TRAKer(make_problem()[0], "classification", N_TRAIN, save_dir=save_dir, quiet=True, **SETTINGS)
+    try:
+        assert sorted(holder.shards) == [0, 1]
+        options = ("--open-only", "--fresh") if fresh else ("--open-only",)
+        done = torchrun(2, save_dir, tmp_path / "unused.npy", *options)
+        assert done.returncode != 0, "a second writer was let in: " + log(done)
+        assert "StoreLockedError" in done.stderr and f"pid {os.getpid()}" in done.stderr, log(done)
+        if fresh:
+            # Rank 0 could not clear the shards; rank 1 stops through the collective check
+            # instead of going on to write its shard while rank 0 is gone.
+            assert "another rank could not open" in done.stderr, log(done)
+        assert (save_dir / "shards.json").exists()
+        verify(save_dir, 2)
+        after = [store.train_grads(1, mode="r") for store in shard_stores(save_dir, 2)]
+        for old, new in zip(before, after, strict=True):
+            np.testing.assert_array_equal(old, new)
+    finally:
+        holder.close()
+    assert_scores(run_pipeline(save_dir), reference)  # resumes: nothing was featurized again
+    assert_committed_once(save_dir, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("save_dir")
+    parser.add_argument("out")
+    parser.add_argument("--stop-after", choices=("featurize",))
+    parser.add_argument("--kill-rank", type=int)
+    parser.add_argument("--kill-at", choices=("featurize", "score", "tile"))
+    parser.add_argument("--kill-after", type=int)
+    parser.add_argument("--open-only", action="store_true")
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args()
+    if args.open_only:
+        open_only(args.save_dir, args.fresh)
+        return
+    if args.kill_at is not None:
+        install_kill(args.kill_rank, args.kill_at, args.kill_after)
+    from .test_trak_distributed import worker
+
+    worker(args.save_dir, args.out, "all", args.stop_after)
+
+
+if __name__ == "__main__":
+    main()
