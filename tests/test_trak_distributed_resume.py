@@ -72,17 +72,28 @@ def install_kill(rank: int, at: str, after: int) -> None:
 
 
 def open_only(save_dir: str, fresh: bool) -> None:
+    """Builds the TRAKer and closes it; a rank that fails prints ``rank R: Error: message`` and
+    exits 1 only after every rank got this far (a barrier), so torchrun cannot stop a rank
+    before it has reported."""
     import torch.distributed as dist
 
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
-    traker = trak_core.TRAKer(
-        make_problem()[0], "classification", N_TRAIN, save_dir=save_dir, load_from_save_dir=not fresh,
-        quiet=True, **SETTINGS,
-    )  # fmt: skip
-    traker.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    failed = False
+    try:
+        trak_core.TRAKer(
+            make_problem()[0], "classification", N_TRAIN, save_dir=save_dir, load_from_save_dir=not fresh,
+            quiet=True, **SETTINGS,
+        ).close()  # fmt: skip
+    except Exception as error:
+        print(f"rank {os.environ.get('RANK', 0)}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        failed = True
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    if failed:
+        sys.exit(1)
 
 
 # ---- launching -----------------------------------------------------------------------------------
@@ -252,11 +263,18 @@ def test_a_second_job_on_a_save_dir_in_use_is_refused_and_changes_nothing(
         options = ("--open-only", "--fresh") if fresh else ("--open-only",)
         done = torchrun(2, save_dir, tmp_path / "unused.npy", *options)
         assert done.returncode != 0, "a second writer was let in: " + log(done)
-        assert "StoreLockedError" in done.stderr and f"pid {os.getpid()}" in done.stderr, log(done)
+        holder_pid = f"pid {os.getpid()}"
         if fresh:
             # Rank 0 could not clear the shards; rank 1 stops through the collective check
             # instead of going on to write its shard while rank 0 is gone.
-            assert "another rank could not open" in done.stderr, log(done)
+            assert f"rank 0: StoreLockedError: the store in {save_dir.resolve()}/shards/" in done.stderr, log(done)
+            assert "rank 1: StoreError: another rank could not open" in done.stderr, log(done)
+        else:
+            for rank in (0, 1):
+                assert f"rank {rank}: StoreLockedError: the store in {save_dir.resolve()}/shards/{rank}-of-2" in (
+                    done.stderr
+                ), log(done)
+        assert holder_pid in done.stderr, log(done)
         assert (save_dir / "shards.json").exists()
         verify(save_dir, 2)
         after = [store.train_grads(1, mode="r") for store in shard_stores(save_dir, 2)]
