@@ -42,6 +42,12 @@ def worker(save_dir: str, out: str, feed: str, stop_after: str | None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if feed == "rank0-only":  # a DDP script using trak_core on rank 0 alone (TRAK_CORE_DISTRIBUTED=0)
+        if rank == 0:
+            np.save(out, np.asarray(run_pipeline(save_dir)))
+        dist.barrier()  # the script's own collective: every rank reaches it
+        dist.destroy_process_group()
+        return
     model, checkpoints, train, targets = make_problem()
     traker = trak_core.TRAKer(model, "classification", N_TRAIN, save_dir=save_dir, quiet=True, **SETTINGS)
 
@@ -77,13 +83,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(ranks: int, save_dir, out, *options) -> None:
+def torchrun(ranks: int, save_dir, out, *options, env=None) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--nnodes=1",
         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         "-m", "tests.test_trak_distributed", str(save_dir), str(out), *options,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
@@ -126,6 +132,15 @@ def test_one_process_finishes_a_store_two_ranks_featurized_bitwise(tmp_path):
         assert (store.train_commits(1, mode="r").counts() == 1).all(), "nothing featurized twice"
 
 
+def test_opting_out_lets_one_rank_of_a_ddp_job_use_trak_core_alone(tmp_path, one_process):
+    """TRAK_CORE_DISTRIBUTED=0: trak_core ignores the process group, so rank 0 alone runs the
+    single-process pipeline (an ordinary store, no barrier waiting for the other ranks)."""
+    out = tmp_path / "scores.npy"
+    torchrun(2, tmp_path / "store", out, "--feed", "rank0-only", env={"TRAK_CORE_DISTRIBUTED": "0"})
+    np.testing.assert_array_equal(np.load(out), one_process)
+    assert (tmp_path / "store" / "metadata.json").exists() and not (tmp_path / "store" / "shards.json").exists()
+
+
 def test_a_sharded_store_refuses_other_settings(tmp_path):
     torchrun(2, tmp_path / "store", tmp_path / "unused.npy", "--feed", "all", "--stop-after", "featurize")
     model, _, _, _ = make_problem()
@@ -137,7 +152,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("save_dir")
     parser.add_argument("out")
-    parser.add_argument("--feed", choices=("all", "sampler"), default="all")
+    parser.add_argument("--feed", choices=("all", "sampler", "rank0-only"), default="all")
     parser.add_argument("--stop-after", choices=("featurize",))
     args = parser.parse_args()
     worker(args.save_dir, args.out, args.feed, args.stop_after)

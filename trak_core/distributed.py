@@ -6,12 +6,22 @@ Any backend works (gloo on CPUs, nccl on GPUs): tensors that cross ranks are mov
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
+# Set to "0" when a script runs torch.distributed for its own reasons (e.g. DDP training) but
+# uses trak_core in one process only (say, rank 0): trak_core then ignores the process group.
+# Otherwise every rank must make the same trak_core calls, or the others wait at a barrier.
+OPT_OUT_ENV = "TRAK_CORE_DISTRIBUTED"
+
 
 def active() -> bool:
-    """True when a ``torch.distributed`` process group is initialized in this process."""
+    """True when a ``torch.distributed`` process group is initialized in this process (and
+    ``TRAK_CORE_DISTRIBUTED=0`` does not tell trak_core to ignore it)."""
+    if os.environ.get(OPT_OUT_ENV, "1") == "0":
+        return False
     return dist.is_available() and dist.is_initialized()
 
 
