@@ -22,11 +22,26 @@ from fastjl.bench.results import save_json
 
 from ..gradients import FunctionalGradientComputer
 from ..hooked_gradients import LinearHooksGradientComputer
-from ..model_output import ClassificationMargin
+from ..model_output import ClassificationMargin, resolve_task
 from .models import GPT, mlp
 
-# name -> model factory, inputs (("dense", features, classes) or ("tokens", vocab, tokens);
-# token models classify over the vocabulary), batch size, K, parameter-name prefixes left out.
+
+def hf_gpt2_tiny():
+    """A Hugging Face GPT-2 built from a config (no download): HF Conv1D layers, learned positions,
+    token embedding tied to the output head -- every parameter on the hooks path."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise SystemExit(f"--preset gpt2-tiny needs transformers (pip install 'fastjl[lm]'): {err}") from None
+    config = transformers.GPT2Config(
+        vocab_size=2000, n_embd=64, n_layer=4, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+# name -> model factory, inputs (("dense", features, classes), ("tokens", vocab, tokens): token
+# models classify over the vocabulary, or ("lm", vocab, tokens): causal language modeling of
+# random token sequences), batch size, K, parameter-name prefixes left out, task.
 PRESETS = {
     "mlp": dict(model=lambda: mlp([1024, 1024, 1024, 10]), inputs=("dense", 1024, 10), batch=128, proj_dim=1024),
     "quick": dict(model=lambda: mlp([12, 16, 5]), inputs=("dense", 12, 5), batch=6, proj_dim=64),
@@ -39,6 +54,8 @@ PRESETS = {
         proj_dim=1024,
         skip=("wte.", "wpe."),
     ),
+    # A tied-embedding causal LM, every parameter included (embeddings through fastjl.project_rows).
+    "gpt2-tiny": dict(model=hf_gpt2_tiny, inputs=("lm", 2000, 64), batch=8, proj_dim=1024, task="causal_lm"),
     "gpt2-small": dict(
         model=lambda: GPT(50257, 768, 12, 12, 256, 50257),
         inputs=("tokens", 50257, 256),
@@ -71,9 +88,13 @@ def parse_args(argv=None):
     return args
 
 
-def make_batch(inputs, batch: int, seed: int, device):
-    """A fresh random ``(x, labels)`` batch for a preset's ``inputs``."""
+def make_batch(inputs, batch: int, seed: int, device, task=None):
+    """A fresh random ``(x, labels)`` batch for a preset's ``inputs`` (for ``"lm"``: the task's
+    ``(input_ids, attention_mask, labels)``, every token supervised)."""
     gen = torch.Generator().manual_seed(seed)
+    if inputs[0] == "lm":
+        ids = torch.randint(0, inputs[1], (batch, inputs[2]), generator=gen)
+        return tuple(t.to(device) for t in task.as_batch({"input_ids": ids, "labels": ids}))
     if inputs[0] == "dense":
         _, features, classes = inputs
         x = torch.randn(batch, features, generator=gen)
@@ -83,8 +104,7 @@ def make_batch(inputs, batch: int, seed: int, device):
     return x.to(device), torch.randint(0, classes, (batch,), generator=gen).to(device)
 
 
-def build(path: str, model, grad_wrt, proj_dim: int):
-    task = ClassificationMargin()
+def build(path: str, model, grad_wrt, proj_dim: int, task):
     if path == "torch.func+project":
         computer = FunctionalGradientComputer(model=model, task=task, grad_wrt=grad_wrt)
     else:
@@ -102,10 +122,12 @@ def run(args) -> dict:
     model = preset["model"]().to(device).eval()
     skip = preset.get("skip", ())
     grad_wrt = [n for n, _ in model.named_parameters() if not n.startswith(skip)] if skip else None
-    batches = [make_batch(preset["inputs"], batch, seed, device) for seed in range(args.batches + 1)]
+    task = resolve_task(preset.get("task", ClassificationMargin()))
+    batches = [make_batch(preset["inputs"], batch, seed, device, task) for seed in range(args.batches + 1)]
+    tokens = preset["inputs"][2] if preset["inputs"][0] == "lm" else None
     rows, reference = [], None
     for path in args.paths.split(","):
-        computer, projector = build(path, model, grad_wrt, proj_dim)
+        computer, projector = build(path, model, grad_wrt, proj_dim, task)
         first = computer.projected_per_sample_grad(batches[0], projector, 0)  # warm-up; features for the check
         if path == "torch.func+project":
             reference = first
@@ -129,6 +151,8 @@ def run(args) -> dict:
                 rel_diff_vs_torch_func=agree,
             )
         )
+        if tokens:
+            rows[-1]["tokens_per_s"] = rows[-1]["examples_per_s"] * tokens
         print(format_row(rows[-1], device.type), flush=True)
     return dict(
         preset=args.preset,
@@ -164,7 +188,8 @@ def format_peak(mib, device: str) -> str:
 def format_row(row: dict, device: str = "cpu") -> str:
     peak = format_peak(row["peak_mib"], device)
     diff = "-" if row["rel_diff_vs_torch_func"] is None else f"{row['rel_diff_vs_torch_func']:.1e}"
-    return f"{row['path']:22s} {row['ms_per_batch']:10.1f} {row['examples_per_s']:12.1f} {peak:>9s} {diff:>10s}"
+    line = f"{row['path']:22s} {row['ms_per_batch']:10.1f} {row['examples_per_s']:12.1f} {peak:>9s} {diff:>10s}"
+    return line + (f" {row['tokens_per_s']:10.0f} tokens/s" if "tokens_per_s" in row else "")
 
 
 def main(argv=None) -> dict:
