@@ -2,7 +2,7 @@
 
 ``out = x @ P[offset:offset+D, :K]`` block by block of rows: a block's nonzeros are generated
 from the spec (:mod:`fastjl.sparse_blocks`, exact bits), its product is a partial sum, and the
-partial sums are added into ``out`` in block order (:func:`.cpu_workers.run_in_order`), so the
+partial sums are added into ``out`` in block order (:func:`.torch_backend.sum_blocks_into`), so the
 result does not depend on the number of CPU workers.  Nothing is atomic: every output element is
 a sum in a fixed order, the same run after run.
 
@@ -26,8 +26,8 @@ import warnings
 import torch
 
 from ..sparse_blocks import grass_keep_block, sjlt_block
-from .cpu_workers import block_bytes, run_in_order, worker_count
-from .torch_backend import block_budget
+from .cpu_workers import block_bytes
+from .torch_backend import block_budget, sum_blocks_into
 
 NAME = "torch"
 # Devices whose products go through the CSR gather (torch's sparse CSR product on CUDA is cuSPARSE,
@@ -102,8 +102,8 @@ def project_sparse(
     if sparse_path:
         _spend_csr_beta_warning()
 
-    def work(r0r1, _state) -> torch.Tensor:
-        r0, r1 = r0r1
+    def work(job, _state) -> torch.Tensor:
+        r0, r1 = job.rows
         local, columns, values = _nonzeros(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, compute, device)
         if sparse_path:
             xt = x[:, r0:r1].t().to(compute).contiguous()  # (rows, B): the fast layout of the CSR product
@@ -113,18 +113,8 @@ def project_sparse(
         block[local, columns] = values  # distinct (row, column) pairs: each set once
         return x[:, r0:r1].to(compute) @ block
 
-    acc: list[torch.Tensor] = []
-
-    def consume(_job, partial: torch.Tensor) -> None:
-        if acc:
-            acc[0].add_(partial)
-        else:
-            acc.append(partial.contiguous())
-
-    jobs = [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)]
-    workers = worker_count(device, len(jobs), block_budget(), per_block)
-    run_in_order(jobs, work, consume, workers=workers)
-    out.copy_(acc[0])
+    # One column tile (all K columns), row blocks summed in order on the CPU workers.
+    sum_blocks_into(out, proj_dim, [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)], work)
 
 
 def transpose_sparse(

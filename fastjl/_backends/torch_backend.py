@@ -123,7 +123,7 @@ def project(
         return torch.empty(min(rows, dim) * cols, dtype=compute, device=x.device)
 
     row_blocks = [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)]
-    _sum_blocks_into(out, cols, row_blocks, work, buffer)
+    sum_blocks_into(out, cols, row_blocks, work, buffer)
 
 
 class _Job(NamedTuple):
@@ -134,10 +134,11 @@ class _Job(NamedTuple):
     rows: tuple  # which rows of P (for the caller's ``work``)
 
 
-def _sum_blocks_into(out: torch.Tensor, cols: int, row_blocks: list, work, make_state) -> None:
-    """``out[:, c0:c1] = Σ_blocks work(block)`` for every column tile of ``cols`` columns, the
-    blocks summed in the order of ``row_blocks`` (so the result does not depend on how many
-    CPU workers ran them, see :mod:`.cpu_workers`)."""
+def sum_blocks_into(out: torch.Tensor, cols: int, row_blocks: list, work, make_state=lambda: None) -> None:
+    """``out[:, c0:c1] = Σ_blocks work(job, state)`` for every column tile of ``cols`` columns
+    (``job.rows``: an entry of ``row_blocks``; ``make_state()``: one per worker), the blocks summed
+    in the order of ``row_blocks``, so the result does not depend on how many CPU workers ran
+    them (see :mod:`.cpu_workers`).  Also the sparse kinds' (``sparse_torch``)."""
     proj_dim = out.shape[1]
     if not row_blocks:  # D = 0: an empty sum
         out.zero_()
@@ -219,7 +220,7 @@ def project_linear(
         generate_block(seed, kind, row0, n, job.c0, job.c1 - job.c0, compute, a.device, out=block)
         return torch.mm(grad_block.view(batch, n), block)
 
-    _sum_blocks_into(out, cols, list(linear_blocks(d_out, d_in, rows)), work, buffers)
+    sum_blocks_into(out, cols, list(linear_blocks(d_out, d_in, rows)), work, buffers)
     if bias:
         bias_rows = torch.empty_like(out)
         project(g.sum(1), bias_rows, seed=seed, kind=kind, offset=offset + d_out * d_in)
