@@ -36,8 +36,6 @@ _ARCH_RE = re.compile(r"^arch = (sm_\d+[a-z]?)\s*$")
 _RES_FUNCTION_RE = re.compile(r"^\s*Function (\S+):\s*$")
 _RES_FIELD_RE = re.compile(r"([A-Z]+(?:\[\d+\])?):(\d+)")
 _SASS_FUNCTION_RE = re.compile(r"^\s*Function : (\S+)\s*$")
-# "/*0c90*/      @!P3 LDL.LU R6, [R1+0x18] ;" -> the opcode, after an optional predicate.
-_SASS_OPCODE_RE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -175,28 +173,6 @@ def count_elf_blocks(text: str) -> dict[str, int]:
     return counts
 
 
-def count_local_accesses(sass: str) -> dict[str, tuple[int, int]]:
-    """SASS -> {mangled function: (STL count, LDL count)}, for every function listed."""
-    counts: dict[str, list[int]] = {}
-    current = None
-    for line in sass.splitlines():
-        m = _SASS_FUNCTION_RE.match(line)
-        if m:
-            current = m.group(1)
-            counts.setdefault(current, [0, 0])
-            continue
-        if current is None or "L" not in line:
-            continue
-        m = _SASS_OPCODE_RE.match(line)
-        if m:
-            op = m.group(1)
-            if op == "STL":
-                counts[current][0] += 1
-            elif op == "LDL":
-                counts[current][1] += 1
-    return {k: (v[0], v[1]) for k, v in counts.items()}
-
-
 _SASS_LINE_RE = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z][A-Z0-9_]*)(\S*)\s*(.*)$")
 _BRANCH_TARGET_RE = re.compile(r"(0x[0-9a-f]+)\s*;")
 # Opcodes counted in the main loop: tensor-core MMAs, async global->shared copies, ldmatrix,
@@ -232,9 +208,12 @@ class LoopStats:
         return self.instructions / self.mma if self.mma else float("inf")
 
 
-def main_loop_stats(sass: str) -> dict[str, LoopStats]:
-    """SASS -> {mangled function: its main loop's LoopStats}, for functions that have MMAs in a loop."""
-    functions: dict[str, list[tuple[int, str, str]]] = {}
+Instructions = list[tuple[int, str, str]]  # (address, opcode, operands) of one function
+
+
+def parse_sass(sass: str) -> dict[str, Instructions]:
+    """SASS -> {mangled function: its instructions}, read once for every count below."""
+    functions: dict[str, Instructions] = {}
     current = None
     for line in sass.splitlines():
         m = _SASS_FUNCTION_RE.match(line)
@@ -245,12 +224,31 @@ def main_loop_stats(sass: str) -> dict[str, LoopStats]:
         m = _SASS_LINE_RE.match(line) if current is not None else None
         if m:
             functions[current].append((int(m.group(1), 16), m.group(2), m.group(4)))
-    stats = {}
-    for name, insts in functions.items():
-        loop = _main_loop(insts)
-        if loop is not None:
-            stats[name] = loop
-    return stats
+    return functions
+
+
+def local_accesses(functions: dict[str, Instructions]) -> dict[str, tuple[int, int]]:
+    """{mangled function: (STL count, LDL count)}, for every function of :func:`parse_sass`."""
+    return {
+        name: tuple(sum(op == kind for _, op, _ in insts) for kind in ("STL", "LDL"))
+        for name, insts in functions.items()
+    }
+
+
+def count_local_accesses(sass: str) -> dict[str, tuple[int, int]]:
+    """SASS -> {mangled function: (STL count, LDL count)}, for every function listed."""
+    return local_accesses(parse_sass(sass))
+
+
+def main_loops(functions: dict[str, Instructions]) -> dict[str, LoopStats]:
+    """{mangled function: its main loop's LoopStats}, for functions that have MMAs in a loop."""
+    loops = {name: _main_loop(insts) for name, insts in functions.items()}
+    return {name: loop for name, loop in loops.items() if loop is not None}
+
+
+def main_loop_stats(sass: str) -> dict[str, LoopStats]:
+    """SASS -> {mangled function: its main loop's LoopStats} (see :func:`main_loops`)."""
+    return main_loops(parse_sass(sass))
 
 
 def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
@@ -342,8 +340,9 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
                 pool.map(lambda a: _run([tool, "--dump-sass", "--gpu-architecture", a, str(path)]), wanted),
             )
         )
-    local = {a: count_local_accesses(text) for a, text in sass.items()}
-    loops = {a: main_loop_stats(text) for a, text in sass.items()}
+    parsed = {a: parse_sass(text) for a, text in sass.items()}  # each dump parsed once
+    local = {a: local_accesses(functions) for a, functions in parsed.items()}
+    loops = {a: main_loops(functions) for a, functions in parsed.items()}
     names = demangle([r[1] for r in rows if r[0] in local])
     kernels = []
     for arch, mangled, f in rows:
