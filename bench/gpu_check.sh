@@ -5,18 +5,20 @@
 #
 # Stages run in order of value; each has its own time limit and log, and a failing stage never
 # stops the next.  The whole script stops starting stages after GPU_CHECK_BUDGET_S seconds
-# (default 470), so it ends inside a device call of timeout_s 530.  At most 8 files land in
+# (default 500), so it ends inside a device call of timeout_s 560.  At most 8 files land in
 # $OUT (the device tool returns 8).  Without a GPU every GPU stage reports its absence and the
 # CPU stages (build, compile reports) still run: that is the dry run CI-class machines can do.
 #
-# Peers: if .peers/fast_jl holds TRAK's fast_jl source (see bench/README.md) it is built in the
-# background during our build and benchmarked beside fastjl.
+# Peers: if .peers/fast_jl holds TRAK's fast_jl source, or .peers/sjlt-*.tar.gz the sjlt
+# package's sdist (see bench/README.md), each is built in the background during our build and
+# benchmarked beside fastjl.  Stages run in order of value: correctness, timings, sanitizers,
+# then the compile-bound self-check and Triton suites with the time that is left.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUDA_MODULE_LOADING=LAZY
 SUM=$OUT/summary.txt; : > "$SUM"
-DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-470}))
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 HAVE_GPU=$(nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 stage() {  # stage NAME LIMIT_S LOG CMD   (the limit shrinks to what is left before DEADLINE)
   local name=$1 limit=$2 log=$3; shift 3
@@ -45,6 +47,12 @@ if [ -d .peers/fast_jl ] && [ "$HAVE_GPU" = 1 ]; then
      > /tmp/fast_jl_build.log 2>&1; echo "fast_jl build rc=$?" >> /tmp/fast_jl_build.log) &
   PEER_PID=$!
 fi
+SJLT_SDIST=$(ls .peers/sjlt-*.tar.gz 2>/dev/null | head -1)
+if [ -n "$SJLT_SDIST" ] && [ "$HAVE_GPU" = 1 ]; then
+  (MAX_JOBS=4 timeout 200 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/peers_sjlt "$SJLT_SDIST" \
+     > /tmp/sjlt_build.log 2>&1; echo "sjlt build rc=$?" >> /tmp/sjlt_build.log) &
+  SJLT_PID=$!
+fi
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 # On the GPU: its own architecture only (fast).  Without one (a dry run): the project's default
 # list, so the dry run leaves the in-tree fastjl._C as complete as `pip install -e .` made it.
@@ -56,20 +64,13 @@ stage build 150 "$L0" "rm -rf /tmp/fjl-build; cmake -S . -B /tmp/fjl-build -G Ni
   python3 -c 'import fastjl, fastjl._C as C; print(C.build_info()); print(fastjl.backends())'"
 
 # 1. correctness: every CUDA kernel instantiation (no torch in the process), error against
-#    float64 as D grows, the user-facing self-check, the CUDA and Triton suites
+#    float64 as D grows, the GPU-marked tests (CUDA kernels, sparse kinds on CUDA tensors, nccl)
 L1=$OUT/1_correctness.log
 gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
 gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
-gpu_stage pytest_gpu 100 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider tests"
-# The self-check (every backend and kernel family, ~100 s on an H100, most of it compiling
-# Triton kernels; on a CPU it runs the torch backend), then the Triton suites, which reuse
-# those compiled kernels from Triton's on-disk cache (alone they outran 150 s on 16 cores).
-stage check 130 "$L1" "python3 -m fastjl.check"
-PAR16=$(python3 -c "import xdist" 2>/dev/null && echo "-n $NPROC")
-gpu_stage triton_tests 110 "$L1" "python3 -m pytest -q -rfE $PAR16 $TMO -p no:cacheprovider tests/test_triton.py tests/test_triton_linear.py"
-
+gpu_stage pytest_gpu 130 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider tests"
 # 2. timings: fastjl.bench (cuda, triton and, for fp16, TRAK's fast_jl) per kind and dtype
-#    -> log + JSON; then the launch-plan probe
+#    -> log + JSON; the launch-plan probe; the sparse kinds; trak_core on a GPT-2-small shape
 L2=$OUT/2_bench.log
 [ -n "${PEER_PID:-}" ] && { wait "$PEER_PID"; cat /tmp/fast_jl_build.log >> "$L0"; }
 export PYTHONPATH=$PWD:/tmp/peers
@@ -78,10 +79,16 @@ BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHEC
 gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
-gpu_stage bench_gauss_fp16 80 "$L2" "$BENCH --kind gaussian --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
-[ -d /tmp/gpu-bench ] && tar -czf "$OUT/2_bench_json.tgz" -C /tmp gpu-bench
 gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
+# sparse kinds (torch backend on CUDA tensors) against index_add_ and the sjlt package
+[ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
+export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
+SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
+gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-torch,index-add,sjlt"
+gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-torch,index-add,sjlt"
+# trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
+gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
 
 # 3. compute-sanitizer on tiny shapes (fastjl kernels only)
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -89,4 +96,14 @@ L3=$OUT/3_sanitizer.log
 gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+# 4. the self-check and the Triton suites last: compile-bound, they take what time is left
+L4=$OUT/1_correctness.log
+# The self-check (every backend and kernel family, ~100 s on an H100, most of it compiling
+# Triton kernels; on a CPU it runs the torch backend), then the Triton suites, which reuse
+# those compiled kernels from Triton's on-disk cache (alone they outran 150 s on 16 cores).
+stage check 130 "$L4" "python3 -m fastjl.check"
+PAR16=$(python3 -c "import xdist" 2>/dev/null && echo "-n $NPROC")
+gpu_stage triton_tests 110 "$L4" "python3 -m pytest -q -rfE $PAR16 $TMO -p no:cacheprovider tests/test_triton.py tests/test_triton_linear.py"
+gpu_stage bench_gauss_fp16 60 "$L2" "$BENCH --kind gaussian --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
+[ -d /tmp/gpu-bench ] && tar -czf "$OUT/2_bench_json.tgz" -C /tmp gpu-bench
 echo "total $SECONDS s" | tee -a "$SUM"

@@ -209,3 +209,25 @@ def test_readme_sparse_example_runs():
     text = (Path(__file__).parent.parent / "README.md").read_text()
     code = re.search(r"### Sparse projections: SJLT and GraSS\n.*?```python\n(.*?)```", text, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kind,s,rate", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_tensors_match_the_dense_reference_and_repeat_bitwise(kind, s, rate, dtype):
+    """On a GPU the torch backend takes its dense-block path (no CSR there): the same matrix as on
+    the CPU, no atomics, so two runs give the same bits; the transpose too."""
+    gen = torch.Generator().manual_seed(hash((kind, s, str(dtype), "cuda")) % 2**31)
+    x = torch.randn(33, 10_007, generator=gen).to(dtype)
+    ref = x.double() @ dense_p(kind, s, rate, 10_007, 129)
+    runs = []
+    for _ in range(2):
+        out = poisoned((33, 129), device="cuda")
+        runs.append(fastjl.project(x.cuda(), 129, out=out, **opts(kind, s, rate)))
+        assert runs[-1] is out
+    assert torch.equal(runs[0], runs[1])
+    assert relative_error(runs[0].cpu(), ref) < 1e-6
+    dy = torch.randn(5, 129, generator=gen)
+    dx = fastjl.project_transpose(dy.cuda(), 10_007, **opts(kind, s, rate))
+    assert dx.is_cuda and relative_error(dx.cpu(), dy.double() @ dense_p(kind, s, rate, 10_007, 129).T) < 1e-6

@@ -34,13 +34,17 @@ TIMEOUT_S = 90  # a hung collective fails the test instead of blocking CI
 RTOL = 1e-5
 
 
-def worker(save_dir: str, out: str, feed: str, stop_after: str | None) -> None:
+def worker(save_dir: str, out: str, feed: str, stop_after: str | None, backend: str = "gloo") -> None:
     import torch
     import torch.distributed as dist
     from torch.utils.data import DistributedSampler
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    settings = dict(SETTINGS)
+    if backend == "nccl":  # one GPU per rank; the store's tensors cross ranks on it
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        settings["device"] = "cuda"
+    dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     if feed == "rank0-only":  # a DDP script using trak_core on rank 0 alone (TRAK_CORE_DISTRIBUTED=0)
         if rank == 0:
@@ -49,7 +53,8 @@ def worker(save_dir: str, out: str, feed: str, stop_after: str | None) -> None:
         dist.destroy_process_group()
         return
     model, checkpoints, train, targets = make_problem()
-    traker = trak_core.TRAKer(model, "classification", N_TRAIN, save_dir=save_dir, quiet=True, **SETTINGS)
+    model.to(settings.get("device", "cpu"))
+    traker = trak_core.TRAKer(model, "classification", N_TRAIN, save_dir=save_dir, quiet=True, **settings)
 
     def feed_rows(size):
         if feed == "all":
@@ -119,6 +124,20 @@ def test_torchrun_gives_the_scores_of_one_process(tmp_path, one_process, ranks, 
         assert (counts == 1).all(), "every row featurized exactly once"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_nccl_rank_on_a_gpu_gives_the_scores_of_one_gpu_process(tmp_path):
+    """The nccl code path (collectives on CUDA tensors) with one rank, the most one GPU holds,
+    against the same pipeline in one process on the same GPU (no torch.distributed)."""
+    reference = run_pipeline(tmp_path / "one", device="cuda")
+    out = tmp_path / "scores.npy"
+    torchrun(1, tmp_path / "store", out, "--feed", "all", "--backend", "nccl")
+    scores = np.load(out)
+    assert (tmp_path / "store" / "shards.json").exists(), "the sharded store was used"
+    error = np.abs(scores - reference).max() / np.abs(reference).max()
+    assert error < RTOL, f"nccl, 1 rank: max |Δ| / max |score| = {error:.2e}"
+
+
 def test_one_process_finishes_a_store_two_ranks_featurized_bitwise(tmp_path):
     """Resume with another number of ranks: 2 ranks featurize and stop; one process (no
     torch.distributed) takes over both shards, finalizes and scores.  XᵀX is summed in shard
@@ -154,5 +173,6 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--feed", choices=("all", "sampler", "rank0-only"), default="all")
     parser.add_argument("--stop-after", choices=("featurize",))
+    parser.add_argument("--backend", choices=("gloo", "nccl"), default="gloo")
     args = parser.parse_args()
-    worker(args.save_dir, args.out, args.feed, args.stop_after)
+    worker(args.save_dir, args.out, args.feed, args.stop_after, args.backend)

@@ -27,10 +27,12 @@ SETTINGS = dict(proj_dim=32, score_tile=(6, 4))  # 10 x 3 = 30 score tiles
 TIMEOUT_S = 120
 
 
-def run_pipeline(save_dir, slow_batches=0.0, slow_tiles=0.0):
+def run_pipeline(save_dir, slow_batches=0.0, slow_tiles=0.0, device=None):
     """The TRAK pipeline, written the way a traker user writes it (restartable as is)."""
     model, checkpoints, train, targets = make_problem()
-    traker = trak_core.TRAKer(model, "classification", N_TRAIN, save_dir=save_dir, quiet=True, **SETTINGS)
+    settings = {**SETTINGS, **({"device": device} if device else {})}
+    model.to(device or "cpu")  # as a traker user does: the model on the device it runs on
+    traker = trak_core.TRAKer(model, "classification", N_TRAIN, save_dir=save_dir, quiet=True, **settings)
     for model_id, ckpt in enumerate(checkpoints):
         traker.load_checkpoint(ckpt, model_id)
         for start in range(0, N_TRAIN, BATCH):

@@ -139,6 +139,28 @@ def index_add_stored(shape: Shape, device: str):
     return run
 
 
+def sjlt_peer(shape: Shape, device: str):
+    """The ``sjlt`` package (TRAIS-Lab, GraSS), as dattri calls it: ``SJLTProjection(D, K, c=s)``
+    with its own stored buckets and signs (drawn by torch's RNG at setup, not timed), float32
+    atomics into the output.  A trial call on the benchmark's dtype at setup turns an unsupported
+    dtype into a reason instead of a crash mid-table."""
+    if not shape.sparse:
+        raise Unavailable("sjlt has the sparse kind only")
+    if device != "cuda":
+        raise Unavailable("the sjlt package runs on CUDA only")
+    try:
+        import sjlt
+    except ImportError as exc:
+        raise Unavailable(f"sjlt is not installed ({exc})") from None
+    try:
+        proj = sjlt.SJLTProjection(shape.dim, shape.proj_dim, c=shape.sparsity, device=device)
+        proj(torch.randn(2, shape.dim, device=device, dtype=shape.dtype))
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 -- any failure of the peer is a reason to print
+        raise Unavailable(f"sjlt failed on {shape.dtype}: {exc}") from None
+    return proj
+
+
 CONTENDERS = {
     "fastjl-cuda": fastjl_backend("cuda"),
     "fastjl-triton": fastjl_backend("triton"),
@@ -147,4 +169,5 @@ CONTENDERS = {
     "dense-stored": dense_stored,
     "dense-generated": dense_generated,
     "index-add": index_add_stored,
+    "sjlt": sjlt_peer,
 }

@@ -26,17 +26,28 @@ from ..model_output import ClassificationMargin, resolve_task
 from .models import GPT, mlp
 
 
-def hf_gpt2_tiny():
-    """A Hugging Face GPT-2 built from a config (no download): HF Conv1D layers, learned positions,
-    token embedding tied to the output head -- every parameter on the hooks path."""
+def hf_gpt2(vocab_size: int, width: int, layers: int, heads: int, positions: int):
+    """A Hugging Face GPT-2 built from a config (no download, random weights): HF Conv1D layers,
+    learned positions, token embedding tied to the output head -- every parameter on the hooks
+    path."""
     try:
         import transformers
     except ImportError as err:
-        raise SystemExit(f"--preset gpt2-tiny needs transformers (pip install 'fastjl[lm]'): {err}") from None
+        raise SystemExit(f"the gpt2 presets need transformers (pip install 'fastjl[lm]'): {err}") from None
     config = transformers.GPT2Config(
-        vocab_size=2000, n_embd=64, n_layer=4, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0
-    )
+        vocab_size=vocab_size, n_embd=width, n_layer=layers, n_head=heads, n_positions=positions,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
     return transformers.GPT2LMHeadModel(config)
+
+
+def hf_gpt2_tiny():
+    return hf_gpt2(2000, 64, 4, 4, 128)
+
+
+def hf_gpt2_small():
+    """GPT-2 small's shape (124M parameters, 50257-token vocabulary, tied embeddings)."""
+    return hf_gpt2(50257, 768, 12, 12, 1024)
 
 
 # name -> model factory, inputs (("dense", features, classes), ("tokens", vocab, tokens): token
@@ -56,13 +67,7 @@ PRESETS = {
     ),
     # A tied-embedding causal LM, every parameter included (embeddings through fastjl.project_rows).
     "gpt2-tiny": dict(model=hf_gpt2_tiny, inputs=("lm", 2000, 64), batch=8, proj_dim=1024, task="causal_lm"),
-    "gpt2-small": dict(
-        model=lambda: GPT(50257, 768, 12, 12, 256, 50257),
-        inputs=("tokens", 50257, 256),
-        batch=8,
-        proj_dim=2048,
-        skip=("wte.", "wpe."),
-    ),
+    "gpt2-small": dict(model=hf_gpt2_small, inputs=("lm", 50257, 256), batch=8, proj_dim=2048, task="causal_lm"),
 }
 PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker")
 
