@@ -24,6 +24,7 @@ import os
 import torch
 
 from ..spec import KIND_CODES
+from . import linear_chunked
 
 NAME = "triton"
 
@@ -179,8 +180,13 @@ def project_linear(
     ``D = d_out * d_in (+ d_out)``, without writing G or anything of its size to memory.
 
     ``a`` (B, T, d_in) and ``g`` (B, T, d_out): same dtype (float32/float16/bfloat16) and
-    device, any strides; arguments arrive validated.
+    device, any strides; arguments arrive validated.  Sequences (T > 1) on a GPU go through bounded
+    chunks of ``G`` projected by :func:`project` (:mod:`.linear_chunked`: the fused producer
+    measured 40x slower there).
     """
+    if linear_chunked.use_chunks(a.shape[1], a.device):  # sequences: see linear_chunked
+        linear_chunked.project_linear(project, a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
+        return
     k = _linear_kernels()
     batch, steps, d_in = a.shape
     d_out = g.shape[2]
