@@ -5,7 +5,9 @@
 #
 # Stages run in order of value; each has its own time limit and log, and a failing stage never
 # stops the next.  The whole script stops starting stages after GPU_CHECK_BUDGET_S seconds
-# (default 500), so it ends inside a device call of timeout_s 560.  At most 8 files land in
+# (default 500), so it ends inside a device call of timeout_s 560.  A follow-up run can name
+# its stages, GPU_CHECK_ONLY=env,build,pytest_gpu,... (the names in summary.txt), and the tests
+# of the pytest_gpu stage, GPU_TESTS="tests/test_a.py tests/test_b.py".  At most 8 files land in
 # $OUT (the device tool returns 8).  Without a GPU every GPU stage reports its absence and the
 # CPU stages (build, compile reports) still run: that is the dry run CI-class machines can do.
 #
@@ -22,6 +24,7 @@ DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 HAVE_GPU=$(nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 stage() {  # stage NAME LIMIT_S LOG CMD   (the limit shrinks to what is left before DEADLINE)
   local name=$1 limit=$2 log=$3; shift 3
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ ",$GPU_CHECK_ONLY," != *",$name,"* ]]; then return; fi
   local t0=$SECONDS left=$((DEADLINE - SECONDS))
   (( left < limit )) && limit=$left
   if (( limit < 10 )); then echo "$name SKIPPED (budget spent)" | tee -a "$SUM"; return; fi
@@ -68,7 +71,7 @@ stage build 150 "$L0" "rm -rf /tmp/fjl-build; cmake -S . -B /tmp/fjl-build -G Ni
 L1=$OUT/1_correctness.log
 gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
 gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
-gpu_stage pytest_gpu 130 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider tests"
+gpu_stage pytest_gpu 130 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider ${GPU_TESTS:-tests}"
 # 2. timings: fastjl.bench (cuda, triton and, for fp16, TRAK's fast_jl) per kind and dtype
 #    -> log + JSON; the launch-plan probe; the sparse kinds; trak_core on a GPT-2-small shape
 L2=$OUT/2_bench.log

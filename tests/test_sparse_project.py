@@ -34,10 +34,10 @@ def opts(kind, s, rate, seed=5, offset=OFFSET):
     return dict(seed=seed, kind=kind, offset=offset, sparsity=s, mask_rate=rate)
 
 
-@pytest.fixture(params=["csr", "dense"])
+@pytest.fixture(params=["csr", "segments"])
 def path(request, monkeypatch):
-    """Both products of the torch backend: the CSR gather (CPU) and the dense blocks (other devices)."""
-    if request.param == "dense":
+    """Both products of the torch backend: the CSR gather (CPU) and the segmented sums (other devices)."""
+    if request.param == "segments":
         monkeypatch.setattr(sparse_torch, "CSR_DEVICE_TYPES", ())
     return request.param
 
