@@ -78,7 +78,7 @@ def project_linear(
     scale = check_scale(scale)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
-    module = _backends.select(backend, a.device, op="project_linear")
+    module = _backends.select(backend, a.device, op="project_linear", dtype=a.dtype)
     if a.dtype == torch.float64 and module.NAME != "torch":
         raise TypeError(f"a and g of dtype float64 are supported by backend='torch' only, not {module.NAME!r}")
     if kind == "kronecker":

@@ -22,8 +22,15 @@ _BACKENDS = {m.NAME: m for m in (cuda_backend, triton_backend, torch_backend)}
 SPARSE_OPS = ("project_sparse", "transpose_sparse")
 SPARSE_MODULES = {m.NAME: m for m in (sparse_torch,)}
 BACKEND_NAMES = tuple(_BACKENDS)
-# Preference of backend="auto" on CUDA tensors; CPU tensors always get torch.
+# Preference of backend="auto" on CUDA tensors; CPU tensors always get torch.  By input dtype,
+# from the H100 measurements of 2026-11-27 (bench/results/gpu-h100-20261127-run3, -run4):
+# 16-bit inputs give both kernels the same precision, and Triton was 1.7-2x faster than the
+# CUDA kernel at every rademacher shape (and for project_linear); float32 inputs keep the CUDA
+# kernel first for precision (it carries x as two bf16 halves, ~1e-5 at D = 10^6, where
+# Triton's default tf32 dot measured 4e-4 to 8e-4).
 AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
+AUTO_ORDER_CUDA_16BIT = ("triton", "cuda", "torch")
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 ENV_VAR = "FASTJL_BACKEND"
 
 
@@ -78,8 +85,16 @@ def _unavailable(module, device: torch.device, op: str) -> str | None:
     return reason
 
 
-def select(backend: str, device: torch.device, op: str = "project"):
-    """The backend module for ``backend`` ("auto" or a name) that runs ``op`` on ``device``.
+def auto_order(device: torch.device, dtype: torch.dtype | None = None) -> tuple[str, ...]:
+    """The backends "auto" tries, in order, for inputs of ``dtype`` on ``device``."""
+    if device.type != "cuda":
+        return ("torch",)
+    return AUTO_ORDER_CUDA_16BIT if dtype in SIXTEEN_BIT else AUTO_ORDER_CUDA
+
+
+def select(backend: str, device: torch.device, op: str = "project", dtype: torch.dtype | None = None):
+    """The backend module for ``backend`` ("auto" or a name) that runs ``op`` on ``device`` for
+    inputs of ``dtype`` (which orders "auto"'s preference on CUDA tensors; see AUTO_ORDER_CUDA).
 
     ``FASTJL_BACKEND`` overrides "auto".  An explicitly requested backend that cannot run
     raises RuntimeError with the reason; "auto" never picks an unavailable one.
@@ -88,7 +103,7 @@ def select(backend: str, device: torch.device, op: str = "project"):
     if backend == "auto":
         backend = _check_name(os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}")
     if backend == "auto":
-        order = AUTO_ORDER_CUDA if device.type == "cuda" else ("torch",)
+        order = auto_order(device, dtype)
         for name in order:
             if _unavailable(_module(name, op), device, op) is None:
                 return _module(name, op)
