@@ -18,7 +18,9 @@ a sum in a fixed order, the same run after run.
   ``K / s`` times the work, and at D = 10^7, K = 4096 on an H100 it outran the benchmark's 45 s.
 
 Memory: the converted block of ``x``, the gathered columns and the generator's temporaries stay
-within :func:`.cpu_workers.block_bytes`.
+within :func:`.cpu_workers.block_bytes`.  Each block's sorted structure (CSR matrix, or sorted
+rows, signs and run lengths) is kept for the next call with the same matrix, up to
+``FASTJL_SPARSE_CACHE_MB`` (:mod:`.sparse_cache`).
 The transpose ``dx = dy @ Pᵀ`` gathers ``dy``'s columns for a block of rows at a time.
 """
 
@@ -29,6 +31,7 @@ import warnings
 import torch
 
 from ..sparse_blocks import grass_keep_block, sjlt_block
+from . import sparse_cache
 from .cpu_workers import block_bytes
 from .torch_backend import block_budget, sum_blocks_into
 
@@ -110,26 +113,27 @@ def project_sparse(
     if sparse_path:
         _spend_csr_beta_warning()
 
-    def work(job, _state) -> torch.Tensor:
-        r0, r1 = job.rows
+    def structure(r0, r1):
+        """The block's sorted nonzeros (see sparse_cache: the part of the work that x does not change)."""
         local, columns, values = _nonzeros(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, compute, device)
         if sparse_path:
+            return _csr_transposed(local, columns, values, r1 - r0, proj_dim)
+        order = torch.argsort(columns, stable=True)  # rows ascend within a column
+        return local[order], values[order], torch.bincount(columns, minlength=proj_dim)
+
+    def work(job, _state) -> torch.Tensor:
+        r0, r1 = job.rows
+        key = ("sparse", str(device), compute, seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, sparse_path)
+        block = sparse_cache.get_or_build(key, lambda: structure(r0, r1))
+        if sparse_path:
             xt = x[:, r0:r1].t().to(compute).contiguous()  # (rows, B): the fast layout of the CSR product
-            pt = _csr_transposed(local, columns, values, r1 - r0, proj_dim)
-            return torch.sparse.mm(pt, xt).t()
-        return _segment_sums(x[:, r0:r1], local, columns, values, batch, proj_dim, compute)
+            return torch.sparse.mm(block, xt).t()
+        rows_sorted, values_sorted, lengths = block
+        gathered = x[:, r0:r1].index_select(1, rows_sorted).to(compute) * values_sorted
+        return torch.segment_reduce(gathered, "sum", lengths=lengths.expand(batch, proj_dim), axis=1)
 
     # One column tile (all K columns), row blocks summed in order on the CPU workers.
     sum_blocks_into(out, proj_dim, [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)], work)
-
-
-def _segment_sums(x_block, local, columns, values, batch, proj_dim, compute) -> torch.Tensor:
-    """``(B, K)``: column c is the sum of ``values · x_block[:, local]`` over the block's nonzeros in
-    column c, in row order (a stable sort by column keeps rows ascending within a column)."""
-    order = torch.argsort(columns, stable=True)
-    lengths = torch.bincount(columns, minlength=proj_dim)
-    gathered = x_block.index_select(1, local[order]).to(compute) * values[order]
-    return torch.segment_reduce(gathered, "sum", lengths=lengths.expand(batch, proj_dim), axis=1)
 
 
 def transpose_sparse(
