@@ -71,6 +71,24 @@ def install_kill(rank: int, at: str, after: int) -> None:
     setattr(ShardedTRAKer, at, counted)
 
 
+def count_rows(prefix: str) -> None:
+    """Appends ``model_id rows`` to ``PREFIX.RANK`` after every featurize call that computed rows
+    (before a kill installed later: the killed call is counted too), so a test can add up every
+    row computed over all launches."""
+    from trak_core.sharded_traker import ShardedTRAKer
+
+    featurize = ShardedTRAKer.featurize
+
+    def counted(self, *args, **kwargs):
+        computed = featurize(self, *args, **kwargs)
+        if computed:
+            with open(f"{prefix}.{os.environ.get('RANK', '0')}", "a") as file:
+                file.write(f"{self._train['model_id']} {computed}\n")
+        return computed
+
+    ShardedTRAKer.featurize = counted
+
+
 def open_only(save_dir: str, fresh: bool) -> None:
     """Builds the TRAKer and closes it; a rank that fails prints ``rank R: Error: message`` and
     exits 1 only after every rank got this far (a barrier), so torchrun cannot stop a rank
@@ -112,15 +130,15 @@ def log(done: subprocess.CompletedProcess) -> str:
     return f"rc {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 
-def killed(ranks: int, save_dir, rank: int, at: str, after: int) -> None:
-    options = ("--kill-rank", str(rank), "--kill-at", at, "--kill-after", str(after))
+def killed(ranks: int, save_dir, rank: int, at: str, after: int, *options) -> None:
+    options = ("--kill-rank", str(rank), "--kill-at", at, "--kill-after", str(after), *options)
     done = torchrun(ranks, save_dir, save_dir.parent / "unused.npy", *options)
     assert done.returncode != 0, "the job was not killed: " + log(done)
     assert "Signal 9 (SIGKILL)" in done.stderr or "exitcode  : -9" in done.stderr, log(done)
 
 
-def finished(ranks: int, save_dir, out) -> np.ndarray:
-    done = torchrun(ranks, save_dir, out)
+def finished(ranks: int, save_dir, out, *options) -> np.ndarray:
+    done = torchrun(ranks, save_dir, out, *options)
     assert done.returncode == 0, log(done)
     return np.load(out)
 
@@ -237,6 +255,64 @@ def test_rank_killed_mid_target_batches_one_process_takes_over(tmp_path, referen
     assert_committed_once(save_dir, 2)
 
 
+def rows_computed(prefix) -> dict[int, int]:
+    """Rows computed per checkpoint over every launch and rank that logged to ``prefix`` (see count_rows)."""
+    total = {}
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        for line in path.read_text().split("\n"):
+            if line:
+                model_id, computed = map(int, line.split())
+                total[model_id] = total.get(model_id, 0) + computed
+    return total
+
+
+def inbox_counts(save_dir, num_shards: int, model_id: int) -> list[np.ndarray]:
+    """The train commit counts of checkpoint ``model_id`` in every inbox of every shard."""
+    counts = []
+    for path in sorted(save_dir.glob(f"shards/*-of-{num_shards}/inbox/*")):
+        try:
+            counts.append(trak_core.Store.open(path).train_commits(model_id, mode="r").counts())
+        except FileNotFoundError:  # nothing of this checkpoint went through that inbox
+            pass
+    return counts
+
+
+def rows_committed(save_dir, num_shards: int) -> dict[int, int]:
+    """Rows committed per checkpoint, in the shards and their inboxes."""
+    return {
+        model_id: sum(int(s.train_commits(model_id, mode="r").num_done()) for s in shard_stores(save_dir, num_shards))
+        + sum(int(np.count_nonzero(c)) for c in inbox_counts(save_dir, num_shards, model_id))
+        for model_id in (0, 1)
+    }
+
+
+@pytest.mark.parametrize("first, then", [(3, 2), (2, 3)], ids=["3-then-2-ranks", "2-then-3-ranks"])
+def test_sampler_shares_resume_on_another_number_of_ranks(tmp_path, reference, first, then):
+    """Each rank fed its DistributedSampler(shuffle=False) share: ``first`` ranks featurize until
+    rank 1 is killed (checkpoint 0 done, 2 batches of checkpoint 1), then ``then`` ranks, fed
+    their shares of the new world, finish.  A rank of the new job computes rows of shards it does
+    not own; they go through its inboxes into the owning shard: the same scores, every row
+    computed once over both launches (the rows the first job committed plus those the second
+    computed: a count, since torchrun may stop a peer of the killed rank between a commit and any
+    log line), every shard row committed once."""
+    save_dir, prefix = tmp_path / "store", tmp_path / "computed"
+    per_rank = -(-N_TRAIN // first // BATCH)  # featurize calls per checkpoint and rank (the last one short)
+    killed(first, save_dir, 1, "featurize", per_rank + 2, "--feed", "sampler")
+    verify(save_dir, first)
+    assert shard_stores(save_dir, first)[1].train_commits(1, mode="r").num_done() == 2 * BATCH
+    committed = rows_committed(save_dir, first)
+
+    scores = finished(then, save_dir, tmp_path / "scores.npy", "--feed", "sampler", "--count-rows", str(prefix))
+    assert_scores(scores, reference)
+    verify(save_dir, first)
+    assert_committed_once(save_dir, first)
+    computed = rows_computed(prefix)
+    assert {m: committed[m] + computed.get(m, 0) for m in (0, 1)} == {0: N_TRAIN, 1: N_TRAIN}, (committed, computed)
+    inboxes = inbox_counts(save_dir, first, 1)
+    assert inboxes and all(((counts == 1) | (counts == 0)).all() for counts in inboxes)
+    assert sum(int(counts.sum()) for counts in inboxes) > 0, "rows of other ranks' shards went through inboxes"
+
+
 # ---- 2. one writer per shard ---------------------------------------------------------------------
 
 
@@ -296,15 +372,19 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int)
     parser.add_argument("--open-only", action="store_true")
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--feed", choices=("all", "sampler"), default="all")
+    parser.add_argument("--count-rows", metavar="PREFIX")
     args = parser.parse_args()
     if args.open_only:
         open_only(args.save_dir, args.fresh)
         return
+    if args.count_rows is not None:
+        count_rows(args.count_rows)
     if args.kill_at is not None:
         install_kill(args.kill_rank, args.kill_at, args.kill_after)
     from .test_trak_distributed import worker
 
-    worker(args.save_dir, args.out, "all", args.stop_after)
+    worker(args.save_dir, args.out, args.feed, args.stop_after)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed, shards
+from . import distributed, shard_inboxes, shards
 from .featurize import finite_rows, take_rows
 from .finalize import store_xtx, write_features
 from .linalg import RegularizedSolver, row_blocks
@@ -42,6 +42,8 @@ class ShardedTRAKer(TRAKer):
         root = Path(save_dir).resolve()
         self.store = None  # no single store: self.shards holds this rank's shard stores
         self.shards = {}
+        self.inboxes = {}  # class c mod L -> the inbox store of rows this rank computes for another's shard
+        self.settings = settings
 
         def prepare():
             if self.rank == 0:
@@ -52,11 +54,18 @@ class ShardedTRAKer(TRAKer):
         def open_owned():
             for s in self.layout.owned(self.rank, self.world):
                 self.shards[s] = shards.open_shard(root, self.layout, settings, s)
+            for c in self.classes:
+                if c % self.layout.num_shards not in self.shards:
+                    self.inboxes[c] = shard_inboxes.open_inbox(root, self.layout, settings, c, self.period)
 
         self._on_every_rank(prepare, root)  # also the barrier: the manifest is complete before anyone reads it
         self.layout = shards.open_manifest(root, settings)
+        self.period, self.classes = shard_inboxes.classes(self.layout, self.rank, self.world)
         self._on_every_rank(open_owned, root)
-        logger.info("rank %d of %d writes shards %s of %s", self.rank, self.world, sorted(self.shards), root)
+        logger.info(
+            "rank %d of %d writes shards %s of %s (and inboxes %s of %d)",
+            self.rank, self.world, sorted(self.shards), root, sorted(self.inboxes), self.period,
+        )  # fmt: skip
         return root
 
     def _on_every_rank(self, step, root: Path) -> None:
@@ -72,8 +81,7 @@ class ShardedTRAKer(TRAKer):
         except Exception as caught:
             error = caught
         if distributed.any_rank(error is not None, self.device):
-            for store in self.shards.values():
-                store.close()
+            self._close_stores()
             if error is not None:
                 raise error
             raise StoreError(f"another rank could not open the sharded store in {root} (its error says why)")
@@ -81,7 +89,10 @@ class ShardedTRAKer(TRAKer):
     def close(self) -> None:
         self._close_bar(self._train)
         self._close_bar(self._target)
-        for store in self.shards.values():
+        self._close_stores()
+
+    def _close_stores(self) -> None:
+        for store in [*self.shards.values(), *self.inboxes.values()]:
             store.close()
 
     def _any_shard(self, shard: int = 0):
@@ -94,33 +105,69 @@ class ShardedTRAKer(TRAKer):
         model_id = int(model_id)
         fingerprint = self._load_weights(checkpoint)
         self._close_bar(self._train)
-        parts = {}
+        parts, targets = {}, {}
         for s, store in self.shards.items():
-            store.register_model(model_id, fingerprint)
-            part = {"store": store, "commits": store.train_commits(model_id)}
-            part["done"] = part["commits"].num_done()
-            part["grads"], part["q"] = store.train_grads(model_id), store.out_to_loss(model_id)
-            parts[s] = part
-            self._mark_featurized(model_id, part)
-        self._train = {"model_id": model_id, "shards": parts, "seconds": 0.0}
+            parts[s] = self._train_part(store, model_id, fingerprint, local=self.layout.local)
+            self._mark_featurized(model_id, parts[s])
+        for c in self.classes:  # each class of rows this rank computes: into its shard, or an inbox
+            if c in self.inboxes:
+                local = lambda rows: rows // self.period  # noqa: E731
+                targets[c] = self._train_part(self.inboxes[c], model_id, fingerprint, local=local)
+            else:
+                targets[c] = parts[c % self.layout.num_shards]
+        # Rows this rank computes that an earlier job (with another number of ranks) committed
+        # elsewhere: in their shard, or in an inbox of it.  A snapshot is enough: in this job no
+        # other rank computes these rows, so nobody commits them but this rank.
+        elsewhere = {}
+        for s in sorted({c % self.layout.num_shards for c in self.classes}):
+            elsewhere[s] = shard_inboxes.done_in_inboxes(
+                self.save_dir, self.layout, self.settings, s, model_id, fingerprint
+            )
+            if s not in self.shards:
+                elsewhere[s] |= self._committed_in_shard(s, model_id)
+        self._train = {
+            "model_id": model_id, "shards": parts, "classes": targets, "elsewhere": elsewhere, "seconds": 0.0
+        }  # fmt: skip
         self._last_ind = 0
 
+    @staticmethod
+    def _train_part(store, model_id: int, fingerprint: str, local) -> dict:
+        """What featurizing ``model_id`` into ``store`` (a shard or an inbox) writes to."""
+        store.register_model(model_id, fingerprint)
+        part = {"store": store, "commits": store.train_commits(model_id), "local": local}
+        part["done"] = part["commits"].num_done()
+        part["grads"], part["q"] = store.train_grads(model_id), store.out_to_loss(model_id)
+        return part
+
+    def _committed_in_shard(self, s: int, model_id: int) -> np.ndarray:
+        """Rows of shard ``s`` (another rank's) committed for ``model_id``, read without its lock."""
+        try:
+            return shards.read_shard(self.save_dir, self.layout, s).train_commits(model_id, mode="r").done()
+        except (FileNotFoundError, StoreError):  # never featurized there
+            return np.zeros(self.layout.size(s), dtype=bool)
+
     def featurize(self, batch, inds=None, num_samples: int | None = None) -> int:
-        """As :meth:`TRAKer.featurize`; rows of shards another rank owns are skipped unseen."""
+        """As :meth:`TRAKer.featurize`; this rank computes the rows ``i ≡ rank (mod world)`` and
+        skips the others unseen (another rank is fed them: see :mod:`trak_core.shard_inboxes`)."""
         state, batch, rows = self._train_batch(batch, inds, num_samples)
         start, computed = time.perf_counter(), 0
-        owner = self.layout.shard_of(rows)
-        for s, part in state["shards"].items():
-            mine = owner == s
+        period = self.period
+        for c, part in state["classes"].items():
+            mine = rows % period == c
             if not mine.any() or part["done"] == part["store"].settings.train_set_size:
                 continue
-            local = self.layout.local(rows[mine])
+            s = c % self.layout.num_shards
+            mine[mine] = ~state["elsewhere"][s][self.layout.local(rows[mine])]
+            if not mine.any():
+                continue
             count = self.writer.write(
-                take_rows(batch, mine), local, state["model_id"], part["grads"], part["commits"], part["q"]
-            )
+                take_rows(batch, mine), part["local"](rows[mine]), state["model_id"], part["grads"],
+                part["commits"], part["q"],
+            )  # fmt: skip
             part["done"] += count
             computed += count
-            self._mark_featurized(state["model_id"], part)
+            if s in self.shards:
+                self._mark_featurized(state["model_id"], part)
         state["seconds"] += time.perf_counter() - start
         return computed
 
@@ -131,18 +178,22 @@ class ShardedTRAKer(TRAKer):
             store.update_model(model_id, featurized=True)
 
     def finalize_features(self, model_ids: Iterable[int] | None = None, del_grads: bool = False) -> None:
-        """As :meth:`TRAKer.finalize_features`; collective: ``XᵀX`` summed over shards in shard order."""
+        """As :meth:`TRAKer.finalize_features`; collective: each shard's owner first copies in the
+        rows other ranks computed for it (their inboxes), then ``XᵀX`` is summed in shard order."""
+        distributed.barrier()  # every rank has featurized: nobody writes an inbox any more
         ids = self._any_shard().model_ids() if model_ids is None else sorted(int(m) for m in model_ids)
         for model_id in ids:
             for s, store in self.shards.items():
                 if store.model(model_id) is None:
                     raise ValueError(f"model_id {model_id} is not in shard {s} of the store; featurize it first")
+                shard_inboxes.merge(self.save_dir, self.layout, self.settings, store, s, model_id)
                 missing = store.settings.train_set_size - store.train_commits(model_id).num_done()
                 if missing:
                     raise ValueError(
                         f"model_id {model_id}: {missing} train examples of shard {s} (rows i with i % "
-                        f"{self.layout.num_shards} == {s}) not featurized; every row must reach the rank that "
-                        "owns it (feed all examples, or a DistributedSampler(shuffle=False) share, with inds)"
+                        f"{self.layout.num_shards} == {s}) not featurized; rank r of W computes the rows "
+                        "i ≡ r (mod W): feed every rank all examples, or its DistributedSampler(shuffle=False) "
+                        "share, with inds"
                     )
                 if not store.model(model_id)["featurized"]:
                     store.update_model(model_id, featurized=True)
@@ -174,9 +225,10 @@ class ShardedTRAKer(TRAKer):
             self.timings[f"finalize model {model_id}"] = time.perf_counter() - start
         if del_grads:
             distributed.barrier()  # every rank has finalized: nobody needs the gradients again
-            for store in self.shards.values():
+            for store in [*self.shards.values(), *self.inboxes.values()]:
                 for model_id in ids:
-                    if not store.model(model_id).get("grads_deleted"):
+                    record = store.model(model_id)
+                    if record is not None and not record.get("grads_deleted"):
                         store.delete_train_grads(model_id)
 
     # ---- scoring -----------------------------------------------------------------------------
@@ -185,7 +237,10 @@ class ShardedTRAKer(TRAKer):
         model_id = int(model_id)
         self._check_scoring_checkpoint(self._any_shard().model(model_id), checkpoint, model_id)
         parts = {}
-        for s, store in self.shards.items():
+        # A rank that owns no shard (more ranks than shards) keeps its target rows in an inbox of
+        # its own, which finalize_scores reads like a shard's.
+        homes = self.shards or dict(list(self.inboxes.items())[:1])
+        for s, store in homes.items():
             store.init_experiment(exp_name, int(num_targets))
             parts[s] = {
                 "commits": store.target_commits(exp_name, model_id),
@@ -196,9 +251,13 @@ class ShardedTRAKer(TRAKer):
 
     def score(self, batch, inds=None, num_samples: int | None = None) -> int:
         """As :meth:`TRAKer.score`: the rank's target rows go into every shard it owns (any rows:
-        ``finalize_scores`` fills each shard's missing ones from the other shards)."""
+        ``finalize_scores`` fills each shard's missing ones from the other shards and inboxes); a
+        rank that owns no shard keeps the rows ``j ≡ rank (mod world)`` in its inbox."""
         state, batch, rows = self._target_batch(batch, inds, num_samples)
         parts = list(state["shards"].values())
+        if not self.shards:  # into an inbox: only the rows i ≡ rank (mod world), as for train rows
+            keep = rows % self.world == self.rank
+            batch, rows = take_rows(batch, keep), rows[keep]
         todo = np.zeros(len(rows), dtype=bool)
         for part in parts:
             todo |= ~part["commits"].done(rows)
@@ -260,8 +319,11 @@ class ShardedTRAKer(TRAKer):
         if commits.all_done():
             return
         grads = store.target_grads(exp_name, model_id)
+        sources = []
         for other in range(self.layout.num_shards):
-            source = shards.read_shard(self.save_dir, self.layout, other)
+            sources.append(shards.read_shard(self.save_dir, self.layout, other))
+            sources.extend(inbox for _, _, inbox in shard_inboxes.inboxes(self.save_dir, self.layout, other))
+        for source in sources:
             if source.root == store.root or source.experiment(exp_name) is None:
                 continue
             try:
