@@ -11,7 +11,7 @@ a sum in a fixed order, the same run after run.
   transposed to ``(rows, B)`` in the compute dtype: every output is a gather over its column's
   rows in row order.  Masked GraSS rows are dropped before the product.
 * Other devices (CUDA tensors on the torch backend): the block's nonzeros are sorted by column
-  (a stable sort), the columns of ``x`` they touch are gathered in that order and signed, and
+  (a stable sort), the rows of ``xᵀ`` they touch are gathered in that order and signed, and
   ``segment_reduce`` sums each output column's run: a gather and a segmented sum, ``s`` reads of
   each input element, no atomics (``index_add_`` on CUDA adds with atomics: its sums change from
   run to run).  An earlier version formed the block of ``P`` densely and multiplied with ``mm``:
@@ -106,9 +106,9 @@ def project_sparse(
     device = x.device
     per_block = block_bytes(device, block_budget())
     sparse_path = device.type in CSR_DEVICE_TYPES
-    # CSR: the block of x in the compute dtype; segments: its gathered columns (s per row) and the
-    # sort's int64 keys, permutation and lengths.
-    per_row = batch * itemsize if sparse_path else sparsity * (batch * itemsize + 40)
+    # CSR: the block of x transposed, in the compute dtype; segments: that too, its gathered rows
+    # (s per row) and the sort's int64 keys, permutation and lengths.
+    per_row = batch * itemsize if sparse_path else batch * itemsize + sparsity * (batch * itemsize + 40)
     rows = _block_rows(batch, dim, per_row, sparsity, per_block, device)
     if sparse_path:
         _spend_csr_beta_warning()
@@ -125,12 +125,14 @@ def project_sparse(
         r0, r1 = job.rows
         key = ("sparse", str(device), compute, seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, sparse_path)
         block = sparse_cache.get_or_build(key, lambda: structure(r0, r1))
+        # (rows, B): the CSR product's fast layout, and for the segments one contiguous run of B
+        # values per gathered row (coalesced on a GPU) instead of B scattered ones.
+        xt = x[:, r0:r1].t().to(compute).contiguous()
         if sparse_path:
-            xt = x[:, r0:r1].t().to(compute).contiguous()  # (rows, B): the fast layout of the CSR product
             return torch.sparse.mm(block, xt).t()
         rows_sorted, values_sorted, lengths = block
-        gathered = x[:, r0:r1].index_select(1, rows_sorted).to(compute) * values_sorted
-        return torch.segment_reduce(gathered, "sum", lengths=lengths.expand(batch, proj_dim), axis=1)
+        gathered = xt.index_select(0, rows_sorted) * values_sorted[:, None]
+        return torch.segment_reduce(gathered, "sum", lengths=lengths, axis=0).t()
 
     # One column tile (all K columns), row blocks summed in order on the CPU workers.
     sum_blocks_into(out, proj_dim, [(r0, min(dim, r0 + rows)) for r0 in range(0, dim, rows)], work)
