@@ -38,6 +38,8 @@ BATCHES = N_TRAIN // BATCH  # featurize calls per checkpoint (15); with --feed a
 def install_kill(rank: int, at: str, after: int) -> None:
     """Makes this process SIGKILL itself at a counted point (see the module docstring)."""
     import trak_core.scoring
+    import trak_core.shard_inboxes
+    import trak_core.sharded_traker
     from trak_core.sharded_traker import ShardedTRAKer
 
     if int(os.environ.get("RANK", "0")) != rank:
@@ -60,6 +62,35 @@ def install_kill(rank: int, at: str, after: int) -> None:
         # Counted at the entry of a tile: the kill at call N+1 leaves exactly N tiles committed.
         after += 1
         trak_core.scoring._score_tile = counted_tile
+        return
+    if at == "xtx":  # finalize_features, at the entry of the N-th shard's XᵀX pass
+        store_xtx = trak_core.sharded_traker.store_xtx
+
+        def counted_xtx(*args, **kwargs):
+            tick(1)
+            return store_xtx(*args, **kwargs)
+
+        trak_core.sharded_traker.store_xtx = counted_xtx
+        return
+    if at == "finalized":  # finalize_features: the N-th shard's features written, not yet recorded
+        update_model = trak_core.Store.update_model
+
+        def counted_update(self, model_id, **fields):
+            if fields.get("finalized"):
+                tick(1)
+            return update_model(self, model_id, **fields)
+
+        trak_core.Store.update_model = counted_update
+        return
+    if at == "merge":  # finalize_features, right after the N-th merge that copied inbox rows in
+        merge = trak_core.shard_inboxes.merge
+
+        def counted_merge(*args, **kwargs):
+            copied = merge(*args, **kwargs)
+            tick(copied)
+            return copied
+
+        trak_core.shard_inboxes.merge = counted_merge
         return
     method = getattr(ShardedTRAKer, at)
 
@@ -313,6 +344,55 @@ def test_sampler_shares_resume_on_another_number_of_ranks(tmp_path, reference, f
     assert sum(int(counts.sum()) for counts in inboxes) > 0, "rows of other ranks' shards went through inboxes"
 
 
+def assert_one_solve(save_dir, num_shards: int) -> None:
+    """Every shard of each checkpoint finalized with the same λ and XᵀX (nothing mixed from two solves)."""
+    for model_id in (0, 1):
+        records = [store.model(model_id) for store in shard_stores(save_dir, num_shards)]
+        assert all(r["finalized"] for r in records), model_id
+        assert len({(r["lambda"], r["xtx_trace"], r["solver"]) for r in records}) == 1, records
+
+
+@pytest.mark.parametrize(
+    "at, then",
+    [("xtx", 2), ("finalized", 3)],
+    ids=["at-checkpoint-1-xtx-same-ranks", "features-written-not-recorded-3-ranks"],
+)
+def test_rank_killed_in_finalize_features_resumes(tmp_path, reference, at, then):
+    """Rank 1 SIGKILLed in finalize_features of checkpoint 1 (its 2nd shard pass), either as its
+    XᵀX pass starts or once its shard's features are written but not recorded as finalized (rank
+    0 may have finished its shard by then: a store finalized on one shard only); relaunched, the
+    unfinished shards are finalized again from the same XᵀX, summed in shard order: one λ for all
+    shards and the uninterrupted scores."""
+    save_dir = tmp_path / "store"
+    killed(2, save_dir, rank=1, at=at, after=2)
+    verify(save_dir, 2)
+    shard0, shard1 = shard_stores(save_dir, 2)
+    assert shard1.model(0)["finalized"] and not shard1.model(1)["finalized"]
+    assert (shard1.train_commits(1, mode="r").counts() == 1).all()
+
+    assert_scores(finished(then, save_dir, tmp_path / "scores.npy"), reference)
+    verify(save_dir, 2)
+    assert_committed_once(save_dir, 2)
+    assert_one_solve(save_dir, 2)
+
+
+def test_rank_killed_while_merging_inboxes_resumes(tmp_path, reference):
+    """3 ranks featurize their sampler shares until rank 1 is killed (2 batches into checkpoint
+    1); 2 ranks take over, rank 0 computing the missing rows of shard 1 into its inbox, and rank 1
+    (shard 1's owner) is SIGKILLed in finalize_features right after merging that inbox; the
+    relaunch finds those rows committed, copies nothing twice and finishes."""
+    save_dir = tmp_path / "store"
+    killed(3, save_dir, 1, "featurize", N_TRAIN // 3 // BATCH + 2, "--feed", "sampler")
+    killed(2, save_dir, 1, "merge", 1, "--feed", "sampler")
+    assert inbox_counts(save_dir, 3, 1), "rank 0 featurized rows of shard 1 into an inbox"
+    assert shard_stores(save_dir, 3)[1].train_commits(1, mode="r").all_done(), "merged before the kill"
+
+    assert_scores(finished(2, save_dir, tmp_path / "scores.npy", "--feed", "sampler"), reference)
+    verify(save_dir, 3)
+    assert_committed_once(save_dir, 3)
+    assert_one_solve(save_dir, 3)
+
+
 # ---- 2. one writer per shard ---------------------------------------------------------------------
 
 
@@ -368,7 +448,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--stop-after", choices=("featurize",))
     parser.add_argument("--kill-rank", type=int)
-    parser.add_argument("--kill-at", choices=("featurize", "score", "tile"))
+    parser.add_argument("--kill-at", choices=("featurize", "score", "tile", "xtx", "finalized", "merge"))
     parser.add_argument("--kill-after", type=int)
     parser.add_argument("--open-only", action="store_true")
     parser.add_argument("--fresh", action="store_true")
