@@ -8,6 +8,7 @@ targets (passed with ``inds=``), ``--feed all`` gives every rank everything (``n
 """
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -159,6 +160,26 @@ def test_opting_out_lets_one_rank_of_a_ddp_job_use_trak_core_alone(tmp_path, one
     torchrun(2, tmp_path / "store", out, "--feed", "rank0-only", env={"TRAK_CORE_DISTRIBUTED": "0"})
     np.testing.assert_array_equal(np.load(out), one_process)
     assert (tmp_path / "store" / "metadata.json").exists() and not (tmp_path / "store" / "shards.json").exists()
+
+
+def test_the_scoring_benchmark_reports_every_rank(tmp_path):
+    """``torchrun -m trak_core.bench.scores``: each rank scores its shard of the train rows and
+    rank 0 saves every rank's peak memory and its first tile's check in one ``-2ranks`` JSON."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "trak_core.bench.scores",
+        "--preset", "scores-small", "--max-tiles", "3", "--save", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-6000:]
+    (path,) = tmp_path.glob("scores-small-cpu-*-2ranks.json")
+    result = json.loads(path.read_text())
+    assert [r["rank"] for r in result["per_rank"]] == [0, 1]
+    assert [r["train"] for r in result["per_rank"]] == [1500, 1500]  # rows i ≡ rank (mod 2) of 3000
+    assert all(r["tiles_computed"] == 3 and r["first_tile_max_rel_error"] < 1e-5 for r in result["per_rank"])
+    assert result["peak_anon_mib_per_rank"] == [r["peak_anon_mib"] for r in result["per_rank"]]
+    assert "peak anonymous memory per rank" in done.stdout
 
 
 def test_a_sharded_store_refuses_other_settings(tmp_path):

@@ -10,6 +10,11 @@ vectors, no allocator or library overhead) next to the measured peak.
 the scorer skips them): the full ``scores-1m`` preset (2·10^6·5·10^4·2048 ≈ 2·10^17 flops, a
 200 GB score file) is a GPU job, while a few of its tiles measure the per-tile rate and the peak
 at the real shape anywhere.  Only the rows those tiles read are filled with random values.
+
+Under ``torchrun`` (``torchrun --nproc_per_node=2 -m trak_core.bench.scores ...``; gloo, or nccl
+with ``--device cuda``) each rank scores its shard of the train rows (``i ≡ rank (mod W)``, as a
+sharded store does) in a store of its own, ``--max-tiles`` per rank; rank 0 reports every rank's
+time and peak memory, and ``--save`` writes one JSON with all ranks (``...-<W>ranks.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
 import tempfile
 import threading
@@ -25,11 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from fastjl.bench.results import save_json
 
+from .. import distributed
 from ..scoring import finalize_scores
 from ..settings import StoreSettings
+from ..shards import ShardLayout
 from ..store import Store
 
 PRESETS = {
@@ -119,7 +128,9 @@ def synthetic_store(root: Path, n: int, t: int, k: int, rows_needed: int, cols_n
 
 
 def run(args) -> dict:
-    n, t, k, (tile_rows, tile_cols) = args.train, args.targets, args.proj_dim, args.tile
+    rank, world = distributed.rank_and_world()
+    n = ShardLayout(args.train, world).size(rank)  # this rank's shard of the train rows
+    t, k, (tile_rows, tile_cols) = args.targets, args.proj_dim, args.tile
     grid = (math.ceil(n / tile_rows), math.ceil(t / tile_cols))
     total = grid[0] * grid[1]
     tiles = min(args.max_tiles or total, total)
@@ -152,6 +163,8 @@ def run(args) -> dict:
     )
     return dict(
         preset=args.preset,
+        rank=rank,
+        ranks=world,
         train=n,
         targets=t,
         proj_dim=k,
@@ -189,10 +202,48 @@ def check_first_tile(store: Store, scores, tile_rows: int, tile_cols: int) -> fl
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if "RANK" in os.environ and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     result = run(args)
+    if not distributed.active():
+        report(result, args.device)
+        if args.save:
+            save_json(args.save, f"{result['preset']}-{args.device}", result)
+        return result
+    results = [None] * dist.get_world_size()
+    dist.all_gather_object(results, result)  # after every rank has finished: the slowest sets the pace
+    if dist.get_rank() == 0:
+        for each in results:
+            report(each, args.device)
+        seconds = max(r["seconds"] for r in results)
+        computed = sum(r["scores_per_s"] * r["seconds"] for r in results)
+        summary = dict(
+            ranks=len(results),
+            seconds=seconds,
+            scores_per_s=computed / seconds,
+            peak_anon_mib_per_rank=[r["peak_anon_mib"] for r in results],
+            per_rank=results,
+        )
+        print(
+            f"{len(results)} ranks: {computed / seconds:.3g} scores/s in all ({seconds:.2f} s, the slowest rank); "
+            "peak anonymous memory per rank: " + ", ".join(f"+{r['peak_anon_mib']:.1f} MiB" for r in results),
+            flush=True,
+        )
+        if args.save:
+            path = save_json(args.save, f"{result['preset']}-{args.device}", summary)
+            path.rename(path.with_name(f"{path.stem}-{len(results)}ranks.json"))
+            print(f"renamed to {path.stem}-{len(results)}ranks.json")
+    dist.destroy_process_group()
+    return result
+
+
+def report(result: dict, device: str) -> None:
+    """One line: the shape, the rate, the peak memory and the check of the first tile."""
+    who = f"rank {result['rank']} of {result['ranks']}: " if result["ranks"] > 1 else ""
     print(
-        f"{result['preset']}: n={result['train']} t={result['targets']} K={result['proj_dim']} tile={result['tile']} "
-        f"on {args.device} ({result['threads']} threads): {result['tiles_computed']}/{result['tiles_total']} tiles in "
+        f"{who}{result['preset']}: n={result['train']} t={result['targets']} K={result['proj_dim']} "
+        f"tile={result['tile']} "
+        f"on {device} ({result['threads']} threads): {result['tiles_computed']}/{result['tiles_total']} tiles in "
         f"{result['seconds']:.2f} s, {result['scores_per_s']:.3g} scores/s, {result['gflop_per_s']:.1f} GFLOP/s; "
         f"peak anonymous memory +{result['peak_anon_mib']:.1f} MiB (tile-shape estimate "
         f"{result['estimate_mib']:.1f} MiB; all "
@@ -200,9 +251,6 @@ def main(argv=None) -> dict:
         f"{result['first_tile_max_rel_error']:.1e}",
         flush=True,
     )
-    if args.save:
-        save_json(args.save, f"{result['preset']}-{args.device}", result)
-    return result
 
 
 if __name__ == "__main__":
