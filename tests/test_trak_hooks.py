@@ -252,7 +252,7 @@ def test_traker_picks_the_hooks_path_when_it_can(tmp_path):
     with pytest.raises(ValueError, match="kronecker.*needs the hooks gradient path"):
         trak_core.TRAKer(mlp(), NoBatchedOutput(), 10, save_dir=tmp_path / "c", proj_dim=16, proj_kind="kronecker")
     with pytest.raises(ValueError, match="proj_kind must be one of"):
-        trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "d", proj_dim=16, proj_kind="sjlt")
+        trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "d", proj_dim=16, proj_kind="dense")
     traker = trak_core.TRAKer(mlp(), "classification", 10, save_dir=tmp_path / "e", proj_dim=16, proj_kind="kronecker")
     assert traker.store.settings.kind == "kronecker"
 

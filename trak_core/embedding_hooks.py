@@ -64,16 +64,20 @@ class EmbeddingLayer(HookedLayer):
         total = torch.zeros(self.module.num_embeddings, self.d_in, dtype=torch.float32, device=g.device)
         return {self.weight: total.index_add_(0, tokens, grads)}
 
+    def token_rows(self, ids: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(distinct, H)``: the sorted distinct token ids that count and ``H`` ``(B, n, d)``
+        float32, ``H[b, j] = Σ_{t: x_bt = distinct[j]} g_bt`` (example b's gradient rows)."""
+        example, tokens, grads = self._kept(ids, g)
+        distinct, slot = torch.unique(tokens, return_inverse=True)
+        rows = torch.zeros(ids.shape[0], len(distinct), self.d_in, dtype=torch.float32, device=g.device)
+        return distinct, rows.index_put_((example, slot), grads, accumulate=True)
+
     def project(self, ids, g, proj_dim: int, *, seed: int, kind: str, offset: int, backend: str, scale) -> torch.Tensor:
         """``(B, K)`` float32: the projected per-example weight gradients (dense kinds)."""
         batch, d = ids.shape[0], self.d_in
-        result = torch.zeros(batch, proj_dim, dtype=torch.float32, device=g.device)
-        example, tokens, grads = self._kept(ids, g)
-        if tokens.numel() == 0:
-            return result
-        distinct, slot = torch.unique(tokens, return_inverse=True)
-        rows = torch.zeros(batch, len(distinct), d, dtype=torch.float32, device=g.device)
-        rows.index_put_((example, slot), grads, accumulate=True)  # H_b[v], in float32
+        distinct, rows = self.token_rows(ids, g)
+        if distinct.numel() == 0:
+            return torch.zeros(batch, proj_dim, dtype=torch.float32, device=g.device)
         # Rows v*d .. v*d + d-1 of the weight (at `offset`) for each distinct token v: one call
         # generates exactly those rows of P (with the torch generator on g's device, whatever
         # `backend` names: every backend draws the same P).

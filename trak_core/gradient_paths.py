@@ -11,7 +11,7 @@ from .hooked_gradients import LinearHooksGradientComputer, hooks_unavailable
 
 logger = logging.getLogger("trak_core")
 
-PROJ_KINDS = ("rademacher", "gaussian", "kronecker")
+PROJ_KINDS = ("rademacher", "gaussian", "kronecker", "sjlt", "grass")
 
 
 def make_gradient_computer(choice, model: torch.nn.Module, task, grad_wrt, proj_kind: str) -> GradientComputer:
@@ -20,6 +20,9 @@ def make_gradient_computer(choice, model: torch.nn.Module, task, grad_wrt, proj_
     ``"auto"`` takes :class:`LinearHooksGradientComputer` when the model has hookable
     ``nn.Linear`` layers and the task computes f for a whole batch, and
     :class:`FunctionalGradientComputer` otherwise.  ``proj_kind="kronecker"`` needs the hooks path.
+    The sparse kinds (``"sjlt"``, ``"grass"``) take either path with the same features: the hooks
+    path forms their Linear layers' gradients one bounded block at a time
+    (:mod:`trak_core.sparse_hooks`).
     """
     if proj_kind not in PROJ_KINDS:
         raise ValueError(f"proj_kind must be one of {PROJ_KINDS}, got {proj_kind!r}")

@@ -14,6 +14,10 @@ costs a ``torch.func`` pass over the whole model, so the hooks path pays off mos
 are few or excluded with ``grad_wrt``.  For the dense kinds the features therefore equal
 :class:`FunctionalGradientComputer`'s to float32 rounding; per-example gradients of the hooked
 layers are never materialized, so batches need no ``proj_max_batch_size`` limit for them.
+The sparse kinds (``sjlt``, ``grass``) have no ``project_linear``: their Linear layers'
+gradients are formed one bounded block of rows at a time and projected at the block's offset
+(:mod:`trak_core.sparse_hooks`), so their features also equal the ``torch.func`` path's and
+memory stays bounded, but the cost of forming ``B·d_out·d_in`` entries is paid.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import logging
 import torch
 
 import fastjl
+from fastjl.sparse_spec import SPARSE_KINDS
 
 from .embedding_hooks import EmbeddingLayer
 from .featurize import batch_size
 from .gradients import FunctionalGradientComputer
 from .layer_hooks import UNBATCHED, LayerCapture, LinearLayer, drop_layers_using, find_hooked_layers
 from .model_output import has_batched_outputs
+from .projection import projection_options
+from .sparse_hooks import project_linear_formed, project_token_rows
 
 logger = logging.getLogger("trak_core")
 
@@ -114,6 +121,8 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         """``(B, K)``: the layer's per-example weight (and bias) gradients, projected unformed."""
         opts = dict(seed=seed, backend=projector.backend, scale=projector.scale)
         offset = self.offsets[layer.weight]
+        if projector.kind in SPARSE_KINDS:  # no sparse project_linear: G formed in bounded blocks
+            return self._project_formed_linear(layer, a, g, projector, seed)
         if getattr(layer, "transposed", False) and self.linear_kind != "kronecker":
             # Conv1D: weight (d_in, d_out), per-example gradient Σ_t a gᵀ in flatten order.
             part = fastjl.project_linear(g, a, projector.proj_dim, kind=projector.kind, offset=offset, **opts)
@@ -134,9 +143,23 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
             part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
         return part
 
+    def _project_formed_linear(self, layer: LinearLayer, a, g, projector, seed: int) -> torch.Tensor:
+        """``(B, K)``: a Linear layer's per-example gradients with a sparse kind, formed block by
+        block (:mod:`trak_core.sparse_hooks`); the bias is projected at its own offset."""
+        opts = dict(seed=seed, **projection_options(projector))
+        first, second = (g, a) if getattr(layer, "transposed", False) else (a, g)  # Conv1D: Σ_t a gᵀ
+        part = project_linear_formed(first, second, projector.proj_dim, offset=self.offsets[layer.weight], **opts)
+        if layer.bias is not None:
+            part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
+        return part
+
     def _project_embedding(self, layer: EmbeddingLayer, ids, g, projector, seed: int) -> torch.Tensor:
         """``(B, K)``: the embedding's per-example gradients, projected through the rows they touch."""
         offset = self.offsets[layer.weight]
+        if projector.kind in SPARSE_KINDS:
+            distinct, rows = layer.token_rows(ids, g)
+            opts = dict(seed=seed, **projection_options(projector))
+            return project_token_rows(distinct, rows, projector.proj_dim, offset=offset, width=layer.d_in, **opts)
         if self.linear_kind == "kronecker":  # consistent with a tied nn.Linear output layer's sketch
             return layer.project_kronecker(ids, g, projector.proj_dim, seed=seed, offset=offset, scale=projector.scale)
         return layer.project(ids, g, projector.proj_dim, seed=seed, kind=projector.kind, offset=offset,
@@ -146,10 +169,10 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         """``(B, K)``: materialized per-example gradients ``{name: (B, ...)}``, each projected
         with the projector's dense kind at the parameter's offset."""
         result = None
+        opts = projection_options(projector)
         for name, grad in grads.items():
             flat = grad.reshape(grad.shape[0], -1)
-            part = fastjl.project(flat, projector.proj_dim, seed=seed, kind=projector.kind, offset=self.offsets[name],
-                                  backend=projector.backend, scale=projector.scale)  # fmt: skip
+            part = fastjl.project(flat, projector.proj_dim, seed=seed, offset=self.offsets[name], **opts)
             result = part if result is None else result.add_(part)
         return result
 

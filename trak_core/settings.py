@@ -23,6 +23,11 @@ class StoreSettings:
         model: fingerprint of the architecture (names and shapes of those parameters).
         task: the model output function (class name).
         lambda_reg: the regularization rule, e.g. ``"default(scale=0.5)"`` or ``"0.0"``.
+        sparsity: nonzeros per row of P for ``kind="sjlt"``/``"grass"``; None for the other kinds.
+        mask_rate: GraSS's keep rate for ``kind="grass"``; None for the other kinds.
+
+    The last two default to None so that stores written before the sparse kinds existed (whose
+    settings lack them) still open with the dense kinds.
     """
 
     train_set_size: int
@@ -36,6 +41,8 @@ class StoreSettings:
     model: str
     task: str
     lambda_reg: str
+    sparsity: int | None = None
+    mask_rate: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

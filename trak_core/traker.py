@@ -76,7 +76,13 @@ class TRAKer:
         lambda_scale: multiplier of the default λ rule.
         proj_kind: ``"rademacher"`` (default) or ``"gaussian"`` (dense, passed to
             ``fastjl.Projector``), or ``"kronecker"``: Linear layers get LoGra-style Kronecker
-            projections (needs the hooks path), the other parameters dense gaussian ones.
+            projections (needs the hooks path), the other parameters dense gaussian ones; or the
+            sparse kinds ``"sjlt"`` (``sparsity`` ±1 per row of P) and ``"grass"`` (GraSS: rows
+            kept with probability ``mask_rate``, then sjlt), on either gradient path (the hooks
+            path forms a Linear layer's per-example gradient one bounded block at a time for
+            them: there is no sparse ``project_linear``).
+        sparsity: nonzeros per row of P for ``proj_kind="sjlt"``/``"grass"``: 1 (default), 2, 4, 8.
+        mask_rate: GraSS's keep rate in (0, 1], required by ``proj_kind="grass"`` only.
         proj_backend: passed to ``fastjl.Projector``.
         xtx_dtype: ``"float64"`` (default) or ``"float32"``: accumulation and solve of ``XᵀX``.
         block_rows: rows streamed at a time through ``XᵀX`` and the solve.
@@ -109,6 +115,8 @@ class TRAKer:
         *,
         lambda_scale: float = DEFAULT_LAMBDA_SCALE,
         proj_kind: str = "rademacher",
+        sparsity: int = 1,
+        mask_rate: float | None = None,
         proj_backend: str = "auto",
         xtx_dtype: str = "float64",
         block_rows: int = 8192,
@@ -137,21 +145,24 @@ class TRAKer:
         self.gradient_computer = make_gradient_computer(gradient_computer, model, self.task, grad_wrt, proj_kind)
         self.num_params = self.gradient_computer.num_params
         dense_kind = "gaussian" if proj_kind == "kronecker" else proj_kind
-        self.projector = build_projector(projector, self.num_params, proj_dim, projector_seed, dense_kind, proj_backend)
+        if proj_kind == "kronecker" and (sparsity != 1 or mask_rate is not None):
+            raise ValueError("sparsity and mask_rate apply to proj_kind='sjlt' or 'grass' only, not 'kronecker'")
+        self.projector = build_projector(
+            projector, self.num_params, proj_dim, projector_seed, dense_kind, proj_backend, sparsity, mask_rate
+        )
         self.proj_dim = int(self.projector.proj_dim)
         self.lambda_reg, self.lambda_scale = lambda_reg, lambda_scale
         self.xtx_dtype = DTYPES[xtx_dtype]
         self.block_rows, self.score_tile, self.quiet = block_rows, tuple(score_tile), quiet
         self.writer = RowWriter(self.gradient_computer, self.projector, proj_max_batch_size, nonfinite)
 
-        name, seed, kind = projector_description(self.projector)
-        kind = "kronecker" if proj_kind == "kronecker" else kind
+        described = projector_description(self.projector)
+        if proj_kind == "kronecker":
+            described["kind"] = "kronecker"
         settings = StoreSettings(
             train_set_size=self.train_set_size,
             proj_dim=self.proj_dim,
-            projector=name,
-            seed=seed,
-            kind=kind,
+            **described,
             dtype="float32",
             xtx_dtype=xtx_dtype,
             num_params=self.num_params,

@@ -1,4 +1,5 @@
-"""``python -m trak_core.demo``: TRAK on the digits, LDS at K < n and K >= n, a figure."""
+"""``python -m trak_core.demo``: TRAK on the digits, LDS at K < n and K >= n (rademacher, kronecker,
+sjlt and grass features), a figure."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def parse_args(argv=None) -> DemoConfig:
     )
     p.add_argument("--no-trak-comparison", dest="compare_trak", action="store_false", help="skip the λ = 0 runs")
     p.add_argument("--no-kronecker", dest="kronecker", action="store_false", help="skip the kronecker-kind runs")
+    p.add_argument("--no-sparse", dest="sparse", action="store_false", help="skip the sjlt and grass runs")
+    p.add_argument("--sparsity", type=int, default=defaults.sparsity, help="nonzeros per row of P for sjlt/grass")
+    p.add_argument(
+        "--grass-multiplier",
+        type=int,
+        default=defaults.grass_multiplier,
+        help="grass keeps about this many times K of the D coordinates (dattri's grass_N)",
+    )
     p.add_argument("--lambda-scale", type=float, default=DEFAULT_LAMBDA_SCALE, help="scale of the default λ rule")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--device", default=defaults.device, help="cpu or cuda")

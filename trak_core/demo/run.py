@@ -40,6 +40,9 @@ class DemoConfig:
     proj_dims: tuple[int, ...] = (256, 2048)
     compare_trak: bool = True
     kronecker: bool = True  # also score with proj_kind="kronecker" (default λ) at every K
+    sparse: bool = True  # also score with proj_kind="sjlt" and "grass" (default λ) at every K
+    sparsity: int = 1  # nonzeros per row of P for sjlt and grass (dattri's and the sjlt package's c = 1)
+    grass_multiplier: int = 4  # GraSS keeps about grass_multiplier·K of the D coordinates (dattri's grass_4)
     lambda_scale: float = DEFAULT_LAMBDA_SCALE
     batch_size: int = 250
     device: str = "cpu"
@@ -63,6 +66,7 @@ class ScoreRun:
     lds_low: float
     lds_high: float
     seconds: float
+    options: str = ""  # the sparse kinds' sparsity and mask rate, e.g. "s=1, mask_rate=0.425"
 
 
 @dataclass
@@ -121,12 +125,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result = DemoResult(config, sum(p.numel() for p in model.parameters()), checkpoint_accuracy)
     figure_scores = None
     for proj_dim in config.proj_dims:
-        variants = [("rademacher", None)] + [("rademacher", 0.0)] * config.compare_trak
-        variants += [("kronecker", None)] * config.kronecker
-        for kind, lambda_reg in variants:
+        variants = [("rademacher", None, {})] + [("rademacher", 0.0, {})] * config.compare_trak
+        variants += [("kronecker", None, {})] * config.kronecker
+        variants += sparse_variants(config, proj_dim, result.num_params) * config.sparse
+        for kind, lambda_reg, kind_options in variants:
             rule = f"default ({config.lambda_scale:g}·mean‖φ‖²)" if lambda_reg is None else "0 (TRAK)"
             tag = "default" if lambda_reg is None else "lambda0"
-            name = f"TRAK K={proj_dim} {kind} λ={'default' if lambda_reg is None else '0'}"
+            options = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in kind_options.items())
+            label = f"{kind} ({options})" if options else kind
+            name = f"TRAK K={proj_dim} {label} λ={'default' if lambda_reg is None else '0'}"
             store_dir = out_dir / "stores" / f"K{proj_dim}_{kind}_{tag}"
             with log_time(name, timings):
                 scores = attribute(
@@ -136,6 +143,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                     target_loader,
                     proj_dim=proj_dim,
                     proj_kind=kind,
+                    **kind_options,
                     lambda_reg=lambda_reg,
                     lambda_scale=config.lambda_scale,
                     save_dir=store_dir,
@@ -149,7 +157,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             store = Store.open(store_dir)
             lambda_mean = float(np.mean([store.model(m)["lambda"] for m in store.model_ids()]))
             result.runs.append(
-                ScoreRun(proj_dim, kind, rule, lambda_mean, lds.mean, lds.low, lds.high, timings[name])
+                ScoreRun(proj_dim, kind, rule, lambda_mean, lds.mean, lds.low, lds.high, timings[name], options)
             )
             if lambda_reg is None and kind == "rademacher":
                 figure_scores = scores  # the last (largest) K with the default λ
@@ -181,6 +189,22 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result.timings = timings
     _write_json(out_dir / "results.json", result)
     return result
+
+
+def grass_mask_rate(proj_dim: int, num_params: int, multiplier: int) -> float:
+    """GraSS's keep rate with dattri's convention: about ``multiplier · K`` of the D coordinates
+    survive the mask (dattri keeps exactly ``min(multiplier · K, D)``; fastjl's mask keeps each
+    row independently, so the count varies around that)."""
+    return min(1.0, multiplier * proj_dim / num_params)
+
+
+def sparse_variants(config: DemoConfig, proj_dim: int, num_params: int) -> list[tuple[str, None, dict]]:
+    """The sjlt and grass runs at ``proj_dim`` (default λ): ``(kind, λ, TRAKer keywords)``."""
+    rate = grass_mask_rate(proj_dim, num_params, config.grass_multiplier)
+    return [
+        ("sjlt", None, {"sparsity": config.sparsity}),
+        ("grass", None, {"sparsity": config.sparsity, "mask_rate": rate}),
+    ]
 
 
 def _disk_bytes(folder: Path) -> int:
@@ -215,14 +239,14 @@ def format_report(result: DemoResult) -> str:
         f"LDS: Spearman over {c.subsets} random 50% subsets (margins averaged over {c.retrains} model(s) per "
         "subset), mean over targets, 95% bootstrap CI over targets",
         "",
-        f"{'K':>6}  {'regime':<7}  {'kind':<10}  {'λ rule':<28}  {'mean λ':>9}  {'LDS [95% CI]':<22}  "
-        f"{'time':>7}",
+        f"{'K':>6}  {'regime':<7}  {'kind':<38}  {'λ rule':<28}  {'mean λ':>9}  {'LDS [95% CI]':<22}  {'time':>7}",
     ]
     for run in result.runs:
         regime = "K < n" if run.proj_dim < c.n_train else "K >= n"
         lds = f"{run.lds:.3f} [{run.lds_low:.3f}, {run.lds_high:.3f}]"
+        kind = f"{run.kind} ({run.options})" if run.options else run.kind
         lines.append(
-            f"{run.proj_dim:>6}  {regime:<7}  {run.kind:<10}  {run.lambda_rule:<28}  {run.lambda_mean:>9.3g}  "
+            f"{run.proj_dim:>6}  {regime:<7}  {kind:<38}  {run.lambda_rule:<28}  {run.lambda_mean:>9.3g}  "
             f"{lds:<22}  {run.seconds:>6.1f}s"
         )
     lines += ["", "stage timings:"]

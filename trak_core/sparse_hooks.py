@@ -1,0 +1,80 @@
+"""The sparse kinds (``sjlt``, ``grass``) on the hooks path: gradients formed one bounded block at a time.
+
+``fastjl.project_linear`` serves the dense and kronecker kinds only: there is no sparse kernel
+that projects ``G_b = Σ_t g_bt a_btᵀ`` from ``a`` and ``g``.  The sparse kinds are cheap to
+apply (one signed add per nonzero of P, reading G once), so the hooks path forms G instead,
+in blocks of whole rows holding at most :func:`fastjl.block_budget` bytes (the torch
+backend's budget, ``FASTJL_TORCH_BLOCK_MB``, 64 MiB by default), and projects each
+block with :func:`fastjl.project` at its row offset; the blocks' projections add up to the
+projection of the whole gradient (offsets work as for the dense kinds), so the features equal
+the ``torch.func`` path's to float32 rounding.  The per-example gradient of a layer never
+exists whole: memory stays bounded for any layer size, at the cost of one ``bmm`` over the
+layer's ``B·d_out·d_in`` entries.  An embedding's gradient is nonzero only in the rows of the
+tokens it looked up; each run of consecutive looked-up token ids is projected at its offset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import fastjl
+
+
+def formed_block_bytes() -> int:
+    """Bytes of G formed at once: the torch backend's budget (``FASTJL_TORCH_BLOCK_MB``)."""
+    return fastjl.block_budget()
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    return t.double() if t.dtype == torch.float64 else t.float()
+
+
+def project_linear_formed(a: torch.Tensor, g: torch.Tensor, proj_dim: int, *, offset: int, **options) -> torch.Tensor:
+    """``(B, K)``: ``fastjl.project(G.flatten(1), proj_dim, offset=offset, **options)`` with
+    ``G_b = Σ_t g[b, t] a[b, t]ᵀ`` (``(d_g, d_a)``, as ``fastjl.project_linear(a, g)`` defines
+    it), G formed in blocks of at most :func:`formed_block_bytes` bytes.
+
+    Args:
+        a: ``(B, T, d_a)`` inputs of the layer (or its output gradients, for a transposed weight).
+        g: ``(B, T, d_g)``.
+        offset: the weight's first row of P.
+        options: ``seed``, ``kind``, ``backend``, ``scale``, ``sparsity``, ``mask_rate``.
+    """
+    a, g = _float32(a), _float32(g)
+    batch, _, d_a = a.shape
+    d_g = g.shape[2]
+    budget = max(1, formed_block_bytes() // a.element_size())  # entries of G per block
+    examples = max(1, min(batch, budget // d_a))  # a block is examples × rows × d_a
+    rows = max(1, min(d_g, budget // (examples * d_a)))
+    result = torch.zeros(batch, proj_dim, dtype=torch.float32, device=a.device)
+    for b0 in range(0, batch, examples):
+        gt = g[b0 : b0 + examples].transpose(1, 2)  # (b, d_g, T)
+        ab = a[b0 : b0 + examples]
+        for r0 in range(0, d_g, rows):
+            block = torch.bmm(gt[:, r0 : r0 + rows], ab)  # rows r0.. of G for these examples
+            part = fastjl.project(block.reshape(block.shape[0], -1), proj_dim, offset=offset + r0 * d_a, **options)
+            result[b0 : b0 + examples] += part
+    return result
+
+
+def project_token_rows(
+    distinct: torch.Tensor, rows: torch.Tensor, proj_dim: int, *, offset: int, width: int, **options
+) -> torch.Tensor:
+    """``(B, K)``: the projection of gradients nonzero only in the rows ``distinct`` of a
+    ``(V, width)`` weight at ``offset``.
+
+    Args:
+        distinct: ``(n,)`` sorted distinct row (token) ids.
+        rows: ``(B, n, width)`` float32: example b's gradient in row ``distinct[j]``.
+        options: as in :func:`project_linear_formed`.
+    """
+    batch = rows.shape[0]
+    result = torch.zeros(batch, proj_dim, dtype=torch.float32, device=rows.device)
+    if distinct.numel() == 0:
+        return result
+    # Runs of consecutive ids are contiguous rows of P: one fastjl.project call each.
+    breaks = (torch.nonzero(distinct[1:] != distinct[:-1] + 1).reshape(-1) + 1).tolist()
+    for start, stop in zip([0] + breaks, breaks + [distinct.numel()]):
+        run = rows[:, start:stop].reshape(batch, -1)
+        result += fastjl.project(run, proj_dim, offset=offset + int(distinct[start]) * width, **options)
+    return result
