@@ -27,10 +27,24 @@ Every projection type dattri 0.3 accepts works.  The dense ones (``"normal"``, `
 are projected by fastjl's kernels (spec v1's matrix: same distribution as dattri's, different
 draws, identical on every device), and so is ``"sjlt"`` (fastjl's ``kind="sjlt"`` with one
 nonzero ±1 per input row, dattri's ``c = 1``, unscaled as dattri's: on every device, where
-dattri's needs the CUDA-only ``sjlt`` package).  The others (``"identity"``, ``"random_mask"``,
-``"grass"``, ``"grass_N"``) are handed back to dattri's own implementation with the same
-arguments, so they behave (and fail, e.g. ``"grass"`` on a CPU) exactly as in dattri.  Which
-types fastjl serves is the one table ``KINDS``.
+dattri's needs the CUDA-only ``sjlt`` package).
+
+``"grass"`` and ``"grass_N"`` are fastjl's ``kind="grass"`` too.  dattri 0.3.0's GraSS
+(``CudaProjector._gen_randomness_grass``) keeps ``m = min(N·K, D)`` of the D coordinates, a
+uniformly random subset (``randperm``), then applies its sjlt with ``c = 1`` (one ±1 per kept
+coordinate in a uniformly random column, no 1/sqrt scaling) from m to K; ``N`` (default 4) is
+the intermediate dimension's multiple of K.  fastjl's grass keeps each coordinate with
+probability ``mask_rate = m / D`` and gives every kept coordinate one ±1 in a uniformly random
+column, unscaled (sparsity 1, ``scale="jl"`` divides by sqrt(1)).  Given the number of kept
+coordinates the two matrices have the same distribution (a uniform subset of that size, i.i.d.
+signs and columns); they differ only in that count, exactly m in dattri and Binomial(D, m/D)
+in fastjl (relative spread ``sqrt((1 - m/D)/m)``, e.g. 1.6% at m = 4096), so E||xP||² =
+(m/D)||x||² for both.  It is the same projection family, not the same draws, and it runs on
+every device (dattri's own refuses ``"grass"`` on a CPU).
+
+``"identity"`` and ``"random_mask"`` are handed back to dattri's own implementation with the
+same arguments, so they behave exactly as in dattri.  Which types fastjl serves is the one
+table ``KINDS``.
 """
 
 from __future__ import annotations
@@ -42,6 +56,8 @@ import inspect
 import torch
 
 from ..projector import Projector
+from ..spec import MAX_ROWS
+from ..validation import check_int
 from ._common import project_grads, require, route, seed_for
 
 _projection = require("dattri.func.projection", "dattri", "fastjl.integrations.dattri")
@@ -56,7 +72,7 @@ ENSEMBLE_SEED_STRIDE = 100_000
 
 # dattri projection types that fastjl's kernels serve -> fastjl kind.  Every other dattri type
 # is handed back to dattri; fastjl taking over one (issue 13: "sjlt") is one entry here.
-KINDS = {"normal": "gaussian", "gaussian": "gaussian", "rademacher": "rademacher", "sjlt": "sjlt"}
+KINDS = {"normal": "gaussian", "gaussian": "gaussian", "rademacher": "rademacher", "sjlt": "sjlt", "grass": "grass"}
 # dattri's own types (its ProjectionType); its "grass_N" spelling is parsed by parse_grass().
 HOST_TYPES = tuple(t.value for t in ProjectionType)
 
@@ -67,6 +83,12 @@ _CALLERS = (_trak, _tracin, _dvemb, _compressor)
 _dattri_random_project = _projection.random_project
 # dattri's TRAK defaults, copied before any dattri attributor can update them in place.
 _TRAK_DEFAULTS = dict(_trak.DEFAULT_PROJECTOR_KWARGS)
+
+
+def grass_mask_rate(proj_dim: int, feature_dim: int, multiplier: int) -> float:
+    """fastjl's keep rate for dattri's ``"grass_N"``: dattri keeps ``min(N·K, D)`` of the D
+    coordinates, fastjl each one with probability ``min(N·K, D) / D`` (see the module docstring)."""
+    return min(multiplier * proj_dim, feature_dim) / feature_dim
 
 
 def parse_grass(proj_type, default: int = 4) -> tuple[object, int]:
@@ -91,8 +113,8 @@ class FastJLProjector(_projection.AbstractProjector):
         proj_dim: K >= 1.
         seed: base seed; ensemble ``e`` uses ``seed + 10^5 * e``.
         proj_type: any dattri type (str or ``ProjectionType``): ``"normal"`` (alias
-            ``"gaussian"``) and ``"rademacher"`` run on fastjl; ``"identity"``,
-            ``"random_mask"``, ``"sjlt"``, ``"grass"``, ``"grass_N"`` on dattri's own projector
+            ``"gaussian"``), ``"rademacher"``, ``"sjlt"``, ``"grass"`` and ``"grass_N"`` run on
+            fastjl; ``"identity"`` and ``"random_mask"`` on dattri's own projector
             (``BasicProjector`` on a CPU, ``CudaProjector`` on a GPU, as dattri chooses).
         device: where to project (features are moved there chunk by chunk); None: where the
             features are.
@@ -101,7 +123,8 @@ class FastJLProjector(_projection.AbstractProjector):
         dtype: dtype of the projected output (dattri: of the projection and its result);
             fastjl accumulates in float32 whatever it is.  Default float32, as dattri.
         ensemble_id: the ensemble member ``project`` uses when called without one.
-        grass_multiplier: dattri's GraSS intermediate-dimension factor (``"grass"`` only).
+        grass_multiplier: dattri's GraSS intermediate-dimension factor N (``"grass"`` only;
+            ``"grass_N"`` sets it): about ``min(N·K, D)`` coordinates are kept.
         backend: fastjl backend, ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
         scale: ``"jl"`` (dattri's convention: divide by sqrt(K)) or None (entries as drawn).
     """
@@ -127,7 +150,7 @@ class FastJLProjector(_projection.AbstractProjector):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         seed_for(0, ensemble_id, 0, "ensemble_id")  # validates it
         device = torch.device(device) if isinstance(device, str) else device
-        if self.kind is None:
+        if self.kind in (None, "sjlt", "grass"):
             proj_type = ProjectionType(getattr(proj_type, "value", proj_type))
         else:
             proj_type = ProjectionType.rademacher if self.kind == "rademacher" else ProjectionType.normal
@@ -135,9 +158,15 @@ class FastJLProjector(_projection.AbstractProjector):
         self.block_size, self.dtype, self.ensemble_id = block_size, dtype, ensemble_id
         self.grass_multiplier, self.backend, self.scale = grass_multiplier, backend, scale
         self._host = {}  # device -> dattri's projector, for the handed-back types
+        self._sparse = {}  # fastjl's options for grass (dattri's c = 1 is fastjl's default sparsity 1)
         if self.kind is not None:
-            checked = Projector(feature_dim, proj_dim, seed=seed, kind=self.kind, backend=backend, scale=scale)
+            placeholder = {"mask_rate": 1.0} if self.kind == "grass" else {}  # checks D and K first
+            checked = Projector(feature_dim, proj_dim, seed=seed, kind=self.kind, backend=backend, scale=scale,
+                                **placeholder)  # fmt: skip
             self.feature_dim, self.proj_dim, self.seed = checked.grad_dim, checked.proj_dim, checked.seed
+            if self.kind == "grass":
+                multiplier = check_int(grass_multiplier, "grass_multiplier", low=1, high=MAX_ROWS)
+                self._sparse = {"mask_rate": grass_mask_rate(self.proj_dim, self.feature_dim, multiplier)}
 
     def __repr__(self) -> str:
         return (
@@ -161,7 +190,7 @@ class FastJLProjector(_projection.AbstractProjector):
         if self.kind is None:
             return self._host_projector(features).project(features, ensemble_id)
         seed = seed_for(self.seed, ensemble_id, ENSEMBLE_SEED_STRIDE, "ensemble_id")
-        opts = dict(seed=seed, kind=self.kind, backend=self.backend, scale=self.scale)
+        opts = dict(seed=seed, kind=self.kind, backend=self.backend, scale=self.scale, **self._sparse)
         out = project_grads(features, self.proj_dim, grad_dim=self.feature_dim, device=self.device, **opts)
         return out.to(self.dtype)
 
