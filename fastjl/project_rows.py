@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _backends
 from ._backends import torch_backend
 from .autograd import jl_factor
 from .spec import MAX_ROWS, check_kind, check_seed
@@ -24,6 +25,7 @@ def project_rows(
     seed: int = 0,
     kind: str = "rademacher",
     scale: str | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """``x @ P[rows, :proj_dim]`` with spec v1's matrix (the dense kinds), on x's device.
 
@@ -33,10 +35,14 @@ def project_rows(
             each in ``[0, 2^48)``: column d of ``x`` multiplies row ``rows[d]``.
         proj_dim, seed, kind, scale: as in :func:`fastjl.project` (kind: ``"rademacher"`` or
             ``"gaussian"``).
+        backend: ``"auto"`` (Triton's kernel, reading each row's index, for CUDA tensors where
+            Triton runs, else torch; ``FASTJL_BACKEND=torch`` forces torch), ``"triton"`` or
+            ``"torch"``.  The CUDA kernel has no row index: ``"cuda"`` raises ValueError.
     Returns:
-        ``(B, proj_dim)`` float32 (float64 for float64 ``x``).  Computed by the torch backend's
-        generator (the same bits as every backend), not differentiable: ``x`` must not
-        require grad while grad mode is on.
+        ``(B, proj_dim)`` float32 (float64 for float64 ``x``; torch backend only), the same P
+        on every backend (Triton's float32 ``x`` goes through its tf32 dot as in
+        :func:`fastjl.project`).  Not differentiable: ``x`` must not require grad while grad
+        mode is on.
     """
     x = check_input(x, allow_float64=True)
     proj_dim = check_proj_dim(proj_dim)
@@ -54,7 +60,11 @@ def project_rows(
         raise RuntimeError("project_rows is not differentiable: call it on x.detach() or under torch.no_grad()")
     out = torch.empty(x.shape[0], proj_dim, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                       device=x.device)  # fmt: skip
-    torch_backend.project(x, out, seed=seed, kind=kind, offset=0, row_index=rows)
+    module = _row_backend(backend, x)
+    if x.shape[0] and x.shape[1]:
+        module.project(x, out, seed=seed, kind=kind, offset=0, row_index=rows)
+    else:
+        out.zero_()
     factor = jl_factor(scale, proj_dim)
     return out.mul_(factor) if factor != 1.0 else out
 
@@ -63,3 +73,16 @@ def _describe(rows) -> str:
     if isinstance(rows, torch.Tensor):
         return f"a {rows.dim()}-D tensor of shape {tuple(rows.shape)}"
     return type(rows).__name__
+
+
+def _row_backend(backend: str, x: torch.Tensor):
+    """The module computing ``project_rows`` for ``backend`` on ``x``'s device and dtype."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton' for project_rows, got {backend!r}")
+    if backend == "auto":
+        auto = _backends.select("auto", x.device, dtype=x.dtype)  # honours FASTJL_BACKEND
+        usable = auto.NAME != "torch" and x.dtype != torch.float64
+        backend = "triton" if usable and _backends.backends(x.device)["triton"].available else "torch"
+    if backend == "triton" and x.dtype == torch.float64:
+        raise TypeError("x of dtype float64 is supported by backend='torch' only, not 'triton'")
+    return _backends.select(backend, x.device)

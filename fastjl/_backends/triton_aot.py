@@ -21,7 +21,7 @@ _PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 @dataclass(frozen=True)
 class KernelConfig:
-    op: str  # "project", "project_linear" or "sum_splits"
+    op: str  # "project", "project_rows" (the same kernel reading row indices), "project_linear" or "sum_splits"
     kind: str = "rademacher"
     dtype: str = "float32"  # the input's dtype
     block_b: int = 16
@@ -63,7 +63,7 @@ def block_sizes(op: str = "project") -> tuple[int, ...]:
 
 def configs() -> list[KernelConfig]:
     out = []
-    for op in ("project", "project_linear"):
+    for op in ("project", "project_rows", "project_linear"):
         for kind in ("rademacher", "gaussian"):
             for dtype in ("float32", "float16", "bfloat16"):
                 for block_b in block_sizes(op):
@@ -103,12 +103,14 @@ def _source(cfg: KernelConfig):
     consts = dict(launch, KIND=KIND_CODES[cfg.kind], PRECISION=triton_backend.FP32_PRECISION)
     common = {"seed": "i64", "offset": "i64", "d_per_split": "i64"}
     dest = {"stride_ds": "i32", "stride_db": "i32", "stride_dk": "i32"}
-    if cfg.op == "project":
+    if cfg.op in ("project", "project_rows"):
         fn = triton_kernels._project_kernel
         compute = {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16}[cfg.dtype]
-        consts.update(COMPUTE=compute, GAUSS=cfg.kind == "gaussian", EMULATE=False)
+        rows = cfg.op == "project_rows"
+        consts.update(COMPUTE=compute, GAUSS=cfg.kind == "gaussian", EMULATE=False, ROW_INDEX=rows)
         sig = {"x_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32", "B": "i32", "D": "i32", "K": "i32",
-               "stride_xb": "i32", "stride_xd": "i32", **dest, **common}
+               "stride_xb": "i32", "stride_xd": "i32", **dest, **common,
+               "row_index_ptr": "*i64" if rows else _PTR[cfg.dtype]}
     else:
         fn = triton_linear_kernels._project_linear_kernel
         consts["EMULATE"] = False

@@ -121,12 +121,19 @@ def _num_splits(programs: int, dim: int, block_d: int, device: torch.device) -> 
     return max(1, min(one_wave_splits(programs, 2 * sms), dim // (8 * block_d)))
 
 
-def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> None:
-    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)`` float32, any strides)."""
+def project(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int, row_index: torch.Tensor | None = None
+) -> None:
+    """Writes ``x @ P[offset:offset+D, :K]`` into ``out`` (``(B, K)`` float32, any strides); with
+    ``row_index`` (1-D int64, length D, on x's device), ``x @ P[offset + row_index, :K]``."""
     k = _kernels()
     batch, dim = x.shape
     proj_dim = out.shape[1]
     cfg, splits, d_per_split = _plan(batch, dim, proj_dim, x.device, **project_tiles(kind))
+    if row_index is not None:  # padded to whole splits: the kernel's index loads need no mask
+        padded = torch.zeros(splits * d_per_split, dtype=torch.int64, device=x.device)
+        padded[:dim] = row_index
+        row_index = padded
     launch = {n: cfg.pop(n) for n in ("num_warps", "num_stages") if n in cfg}
     grid_b = -(-batch // cfg["BLOCK_B"])
     grid_k = -(-proj_dim // cfg["BLOCK_K"])
@@ -148,7 +155,9 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
         seed,
         offset,
         d_per_split,
+        row_index if row_index is not None else x,  # unread without ROW_INDEX
         KIND=KIND_CODES[kind],
+        ROW_INDEX=row_index is not None,
         COMPUTE=compute,
         GAUSS=kind == "gaussian",
         PRECISION=FP32_PRECISION,

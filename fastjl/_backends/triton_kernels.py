@@ -35,9 +35,18 @@ def _rademacher_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.conste
     (~100 calls per thread per tile instead of ~1; tests/test_gpu_compile.py counts them).
     """
     GROUPS: tl.constexpr = BLOCK_K // 128
-    WORDS: tl.constexpr = 4 * GROUPS
     flat = tl.arange(0, BLOCK_D * GROUPS)
     rows = row0 + (flat // GROUPS).to(tl.int64)
+    return _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+
+
+@triton.jit
+def _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The rademacher tile of ``rows`` ``(BLOCK_D * BLOCK_K // 128,)`` int64: the global row of
+    each (row, 128 columns) group, row-major (see ``_rademacher_tile``)."""
+    GROUPS: tl.constexpr = BLOCK_K // 128
+    WORDS: tl.constexpr = 4 * GROUPS
+    flat = tl.arange(0, BLOCK_D * GROUPS)
     group = (col0 // 128 + flat % GROUPS).to(tl.uint32)
     zero = tl.zeros((BLOCK_D * GROUPS,), dtype=tl.uint32)
     r0, r1, r2, r3 = tl.philox(seed, (rows & _MASK32).to(tl.uint32), (rows >> 32).to(tl.uint32), group, zero)
@@ -62,6 +71,15 @@ def _gaussian_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexp
     GROUPS: tl.constexpr = BLOCK_K // 4
     flat = tl.arange(0, BLOCK_D * GROUPS)
     rows = row0 + (flat // GROUPS).to(tl.int64)
+    return _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+
+
+@triton.jit
+def _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The gaussian tile of ``rows`` ``(BLOCK_D * BLOCK_K // 4,)`` int64: the global row of each
+    (row, 4 columns) group, row-major (see ``_gaussian_tile``)."""
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    flat = tl.arange(0, BLOCK_D * GROUPS)
     group = (col0 // 4 + flat % GROUPS).to(tl.uint32)
     one = tl.full((BLOCK_D * GROUPS,), 1, dtype=tl.uint32)
     r0, r1, r2, r3 = tl.philox(seed, (rows & _MASK32).to(tl.uint32), (rows >> 32).to(tl.uint32), group, one)
@@ -91,6 +109,24 @@ def _p_tile(seed, row0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K
     if KIND == 0:
         return _rademacher_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
     return _gaussian_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
+
+
+@triton.jit
+def _p_tile_indexed(
+    seed, offset, row_index_ptr, d0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    """The tile of P whose local row d is global row ``offset + row_index[d0 + d]``
+    (``fastjl.project_rows``); the index array is padded on the host to whole splits, so no load
+    is masked."""
+    if KIND == 0:
+        GROUPS_R: tl.constexpr = BLOCK_K // 128
+        flat = tl.arange(0, BLOCK_D * GROUPS_R)
+        rows = offset + tl.load(row_index_ptr + d0 + (flat // GROUPS_R).to(tl.int64))
+        return _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+    GROUPS_G: tl.constexpr = BLOCK_K // 4
+    flat = tl.arange(0, BLOCK_D * GROUPS_G)
+    rows = offset + tl.load(row_index_ptr + d0 + (flat // GROUPS_G).to(tl.int64))
+    return _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
 
 
 @triton.jit
@@ -154,7 +190,9 @@ def _project_kernel(
     seed,
     offset,
     d_per_split,
+    row_index_ptr,  # ROW_INDEX: int64 global rows of P, one per column of x (padded to whole splits)
     KIND: tl.constexpr,  # 0 rademacher, 1 gaussian
+    ROW_INDEX: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -178,7 +216,10 @@ def _project_kernel(
         offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         # Rows past D load zeros, so the (valid but unused) entries of P there add nothing.
         x = tl.load(x_rows + offs_d[None, :] * stride_xd, mask=b_mask[:, None] & (offs_d[None, :] < d_stop), other=0.0)
-        p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
+        if ROW_INDEX:
+            p = _p_tile_indexed(seed, offset, row_index_ptr, d0, col0, KIND, BLOCK_D, BLOCK_K)
+        else:
+            p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
         acc = _dot_tile(x.to(COMPUTE), p, acc, COMPUTE, GAUSS, PRECISION, EMULATE)
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
     tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & (offs_k[None, :] < K))
