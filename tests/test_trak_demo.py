@@ -18,6 +18,12 @@ def test_demo_lds_is_clearly_positive_for_small_and_large_k(tmp_path):
     assert sorted(kronecker) == [64, 512]
     for proj_dim in (64, 512):
         assert kronecker[proj_dim].lds_low > 0.3, kronecker[proj_dim]
+    # So do the sparse kinds (sjlt, and grass keeping about 4K of the D coordinates).
+    sparse = {(r.kind, r.proj_dim): r for r in result.runs if r.kind in ("sjlt", "grass")}
+    assert sorted(sparse) == [("grass", 64), ("grass", 512), ("sjlt", 64), ("sjlt", 512)]
+    assert sparse["grass", 64].options == f"sparsity=1, mask_rate={256 / result.num_params:.3g}"
+    for run in sparse.values():
+        assert run.lds_low > 0.3, run
     # The default λ: LDS clearly positive (lower end of the 95% interval) below and above K = n.
     for proj_dim in (64, 512):
         assert runs[proj_dim, True].lds_low > 0.3, runs[proj_dim, True]
@@ -37,4 +43,6 @@ def test_command_line_options_reach_the_config():
     argv = ["--proj-dims", "32,4096", "--no-trak-comparison", "--no-kronecker", "--device", "cpu", "--quiet"]
     config = parse_args(argv)
     assert config.proj_dims == (32, 4096) and not config.compare_trak and not config.kronecker and config.quiet
+    config = parse_args(["--no-sparse", "--sparsity", "4", "--grass-multiplier", "2"])
+    assert (config.sparse, config.sparsity, config.grass_multiplier) == (False, 4, 2)
     assert parse_args([]) == DemoConfig()
