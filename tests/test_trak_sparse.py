@@ -177,3 +177,17 @@ def test_sparse_options_with_a_custom_projector_are_refused(tmp_path):
     # A fastjl.Projector given as projector= records its own sparse options.
     traker = trak_core.TRAKer(model, "classification", 60, save_dir=tmp_path, projector=projector, quiet=True)
     assert (traker.store.settings.kind, traker.store.settings.sparsity) == ("sjlt", 2)
+
+
+@pytest.mark.parametrize("grad_wrt", [["0.weight", "4.bias"], ["2"], ["0.bias", "2.weight"]])
+def test_parameter_subsets_project_alike_on_both_paths(small_blocks, grad_wrt):
+    """A bias without its weight (or the reverse) is projected at its own offset."""
+    torch.manual_seed(0)
+    model = mlp().eval()
+    batch = batch_for(model, tokens=1)
+    got = []
+    for cls in (FunctionalGradientComputer, LinearHooksGradientComputer):
+        computer = cls(model=model, task=ClassificationMargin(), grad_wrt=grad_wrt)
+        projector = fastjl.Projector(computer.num_params, 40, kind="grass", sparsity=2, mask_rate=0.6)
+        got.append(computer.projected_per_sample_grad(batch, projector, 0))
+    assert got[0].abs().max() > 0 and relative_error(*got) < TOLERANCE
