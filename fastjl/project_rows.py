@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from . import _backends
-from ._backends import torch_backend
 from .autograd import jl_factor
 from .spec import MAX_ROWS, check_kind, check_seed
 from .validation import check_input, check_proj_dim, check_scale
