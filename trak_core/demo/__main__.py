@@ -18,7 +18,7 @@ def parse_args(argv=None) -> DemoConfig:
     p = argparse.ArgumentParser(
         prog="python -m trak_core.demo",
         description=__doc__.replace("``", ""),
-        epilog="Writes results.json, trak_digits.png and stores/ (one TRAK store per run, about 300 MiB "
+        epilog="Writes results.json, trak_digits.png and stores/ (one TRAK store per run, about 490 MiB "
         "with the defaults) into --out-dir.  The stores are kept for inspection and never reused by the "
         "demo: the last lines printed say where they are and how large; --remove-stores deletes them "
         "at the end.",
