@@ -29,6 +29,17 @@ SPILL_ALLOWANCE = {
     # sm_90, batch tile 16 (4 warps): Triton caps these at 128 registers.
     ("project-gaussian-float16-B16", 90): 16,
     ("project-gaussian-bfloat16-B16", 90): 16,
+    # project_rows (the same kernel loading each tile row's index; Triton 3.9, 2026-11-27): the
+    # project entries' spills, plus a few bytes where the index vector takes registers.
+    ("project_rows-rademacher-float32-B128", 80): 268,
+    ("project_rows-rademacher-bfloat16-B128", 80): 24,
+    ("project_rows-rademacher-float16-B128", 80): 24,
+    ("project_rows-gaussian-float16-B128", 80): 56,
+    ("project_rows-gaussian-bfloat16-B128", 80): 56,
+    ("project_rows-rademacher-float32-B64", 80): 4,
+    ("project_rows-rademacher-float32-B16", 90): 4,
+    ("project_rows-gaussian-float16-B16", 90): 24,
+    ("project_rows-gaussian-bfloat16-B16", 90): 24,
 }
 # Philox calls (10 mul.hi.u32 each in the PTX) per thread per loop step, counted over the
 # kernel: rademacher makes one call per (row, 128 columns), so a 64-row tile over 128
