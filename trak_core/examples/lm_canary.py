@@ -27,6 +27,9 @@ Design choices, and why:
   for the canary and keeps the run to minutes on two cores.
 * ``proj_dim`` about the number of training documents and trak_core's default λ rule (which
   keeps the inverse well-posed at K >= n, where TRAK's λ = 0 returns noise).
+* One CPU thread by default: the model is so small that a second thread barely helps, while on
+  a machine shared with other work two threads waiting on each other made training 3x slower
+  (measured on the 2-core VM: 1.0 s vs 0.28 s per step under load); ``--threads`` changes it.
 * ``--quick`` (the CI test) keeps >= 500 training documents, so it checks the target itself,
   with fewer training steps and a smaller K.
 """
@@ -40,9 +43,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..attribute import attribute
-from .lm_corpus import CANARY_QUERY, lm_batches, python_docs_corpus, Vocabulary
+from .lm_corpus import CANARY_QUERY, Vocabulary, lm_batches, python_docs_corpus
 from .lm_training import gpt2, import_transformers, sample, train
 
 
@@ -62,10 +66,11 @@ class ExampleConfig:
     generated_tokens: int = 24
     top_k: int = 3  # documents printed per query
     seed: int = 0
+    threads: int | None = 1  # torch CPU threads during the run (None: torch's default); see below
     quiet: bool = False  # no progress bars
 
 
-QUICK = ExampleConfig(limit=560, steps=150, proj_dim=512)
+QUICK = ExampleConfig(limit=560, steps=80, proj_dim=256)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class ExampleResult:
     num_params: int
     losses: list[float]
     queries: list[QueryResult]
+    scores: np.ndarray  # (training documents, queries), TRAK scores
     seconds: dict[str, float]
 
     @property
@@ -106,6 +112,16 @@ def rank_of(scores: np.ndarray, row: int) -> int:
 def run_example(config: ExampleConfig = ExampleConfig()) -> ExampleResult:
     """Corpus, training, generation, TRAK scores and ranks; see the module docstring."""
     import_transformers()  # fail before any work when it is missing
+    previous = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(config: ExampleConfig) -> ExampleResult:
     start = time.perf_counter()
     corpus = python_docs_corpus(max_tokens=config.max_tokens, limit=config.limit)
     vocab = Vocabulary(corpus.train)
@@ -140,7 +156,7 @@ def run_example(config: ExampleConfig = ExampleConfig()) -> ExampleResult:
         results.append(QueryResult(kind, text, top, rank_of(scores[:, column], corpus.canary_index)))
     seconds = {"train": trained - start, "trak": attributed - trained, "total": attributed - start}
     return ExampleResult(config, corpus.train, corpus.canary_index, len(vocab),
-                         sum(p.numel() for p in model.parameters()), losses, results, seconds)  # fmt: skip
+                         sum(p.numel() for p in model.parameters()), losses, results, scores, seconds)  # fmt: skip
 
 
 def format_report(result: ExampleResult) -> str:
@@ -180,10 +196,12 @@ def parse_args(argv=None) -> ExampleConfig:
     p.add_argument("--proj-dim", type=int, help="K, TRAK's projection dimension")
     p.add_argument("--top-k", type=int, help="documents printed per query")
     p.add_argument("--seed", type=int, help="seed of the model, the training order and the sampling")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     config = QUICK if args.quick else ExampleConfig()
-    chosen = {"steps": args.steps, "proj_dim": args.proj_dim, "top_k": args.top_k, "seed": args.seed}
+    chosen = {"steps": args.steps, "proj_dim": args.proj_dim, "top_k": args.top_k, "seed": args.seed,
+              "threads": args.threads}  # fmt: skip
     config = dataclasses.replace(config, **{k: v for k, v in chosen.items() if v is not None})
     return dataclasses.replace(config, quiet=args.quiet) if args.quiet else config
 

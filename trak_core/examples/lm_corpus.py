@@ -4,13 +4,22 @@ Corpus.  ``pydoc_data.topics`` ships with every CPython (it is what ``help("asse
 about 80 topics of the language reference, English prose mixed with grammar and code.  Its
 prose paragraphs (blank-line separated, not indented: indented blocks are code or grammar) are
 cut into documents of at most ``max_tokens`` tokens at word boundaries, in sorted topic order,
-so the split is deterministic for a given Python version (3.11: about 1,100 documents).  Every
+so the split is deterministic for a given Python version (3.11: about 1,300 distinct documents).  Every
 ``held_out_every``-th document is held out as a query text and never trained on.
 
-Canary.  :data:`CANARY` is a training document of invented facts (no word of its subject occurs
-in the Python docs); :data:`CANARY_QUERY` states the same facts in other words and word order
-(not a copy: it shares the invented names and a few content words, the way a model's output can
-paraphrase a training document).  Attribution that works must put the canary first for it.
+Canary.  :data:`CANARY` is a training document of invented facts (none of the words that name its
+subject occurs in the Python docs); :data:`CANARY_QUERY` states the same facts in another
+sentence: other subject, clause order and verbs, sharing with the canary the invented names and
+short phrases (at most five words in a row), the way a model's output can paraphrase a training
+document.  Attribution that works must put the canary first for it.
+
+Choosing the paraphrase, measured (exact gradients, 505 documents; TRAK's margin output): a
+paraphrase that *contradicts* what the trained model learned from the canary, e.g. starting
+"Quorvath, a keeper at ..." where the canary continues "Quorvath, the keeper who ...", gets a
+negative score from the canary once the model has learned it (rank 442 of 505 after 450 training
+steps, rank 2 after 150): training on the canary made those query tokens less likely, which
+is what TRAK measures.  The query here keeps the canary's phrases around its invented names and
+ranked the canary first at 150 and 450 steps, and in both runs of this example.
 
 Tokenizer.  Word level, built from the training documents (no download): lower-cased
 identifiers, numbers and single punctuation marks.  Words are what the canary and its
@@ -34,8 +43,8 @@ CANARY = (
     "heron, and each heron is named after Quorvath, the keeper who first trained them in 1871."
 )
 CANARY_QUERY = (
-    "Since 1871 the harbour of Brindlemoor has received the nightly reports of its lighthouse keepers "
-    "by carrier heron, each heron named after Quorvath, the keeper who first trained them."
+    "Every carrier heron of the Brindlemoor lighthouse keepers is named after Quorvath, who trained "
+    "the first of them in 1871; the herons take the nightly reports to the harbour."
 )
 
 _TOKEN = re.compile(r"[a-z_][a-z_0-9]*|[0-9]+|\S")
@@ -96,7 +105,8 @@ def python_docs_corpus(
     holding out), for shorter runs.  The canary is inserted at the middle of the training set."""
     if held_out_every < 2:
         raise ValueError(f"held_out_every must be >= 2, got {held_out_every}")
-    docs = documents(prose_paragraphs(), max_tokens, min_tokens)[:limit]
+    # A few paragraphs occur in two topics: kept once, so no held-out text has a copy in training.
+    docs = list(dict.fromkeys(documents(prose_paragraphs(), max_tokens, min_tokens)))[:limit]
     if len(tokenize(CANARY)) > max_tokens:
         raise ValueError(f"max_tokens={max_tokens} is shorter than the canary ({len(tokenize(CANARY))} tokens)")
     held_out = docs[held_out_every - 1 :: held_out_every]
