@@ -13,12 +13,12 @@ What it does, on a CPU, with nothing downloaded:
    a text the model generates;
 4. prints each query's top training documents as text, and the canary's rank for every query.
 
-The canary check is a known-answer test: the paraphrase shares the canary's invented names but
-not its wording, so only attribution that links the query's gradient to the canary's (through
-the trained model, the projection, the store, the inverse and the scoring, each with the right
-row order) ranks it first.  Target: first among >= 500 documents; the run fails (exit status 1)
-when the canary falls outside the top 1%, and the held-out queries show it is not ranked first
-for everything.
+The canary check is a known-answer test: the paraphrase shares the canary's invented names and
+a few short phrases but not its sentence (see :mod:`.lm_corpus`), so only attribution that
+links the query's gradient to the canary's (through the trained model, the projection, the
+store, the inverse and the scoring, each with the right row order) ranks it first.  Target:
+first among >= 500 documents; the run fails (exit status 1) when the canary falls outside the
+top 1%, and the held-out queries show it is not ranked first for everything.
 
 Design choices, and why:
 
@@ -28,8 +28,9 @@ Design choices, and why:
 * ``proj_dim`` about the number of training documents and trak_core's default λ rule (which
   keeps the inverse well-posed at K >= n, where TRAK's λ = 0 returns noise).
 * One CPU thread by default: the model is so small that a second thread barely helps, while on
-  a machine shared with other work two threads waiting on each other made training 3x slower
-  (measured on the 2-core VM: 1.0 s vs 0.28 s per step under load); ``--threads`` changes it.
+  a machine shared with other work two threads waiting on each other made training 4x slower
+  (measured on the 2-core VM under load from other jobs: the quick run's 80 training steps took
+  83 s with two threads, 22 s with one); ``--threads`` changes it.
 * ``--quick`` (the CI test) keeps >= 500 training documents, so it checks the target itself,
   with fewer training steps and a smaller K.
 """
@@ -52,7 +53,7 @@ from .lm_training import gpt2, import_transformers, sample, train
 
 @dataclass(frozen=True)
 class ExampleConfig:
-    limit: int | None = None  # documents of the Python docs kept (None: all, about 1,400)
+    limit: int | None = None  # documents of the Python docs kept (None: all, about 1,100)
     max_tokens: int = 48  # longest document, in tokens
     width: int = 64
     layers: int = 2

@@ -4,8 +4,9 @@ Corpus.  ``pydoc_data.topics`` ships with every CPython (it is what ``help("asse
 about 80 topics of the language reference, English prose mixed with grammar and code.  Its
 prose paragraphs (blank-line separated, not indented: indented blocks are code or grammar) are
 cut into documents of at most ``max_tokens`` tokens at word boundaries, in sorted topic order,
-so the split is deterministic for a given Python version (3.11: about 1,300 distinct documents).  Every
-``held_out_every``-th document is held out as a query text and never trained on.
+and duplicates (paragraphs repeated in two topics) are kept once, so the split is deterministic
+for a given Python version (3.11: about 1,100 distinct documents).  Every ``held_out_every``-th
+document is held out as a query text and never trained on.
 
 Canary.  :data:`CANARY` is a training document of invented facts (none of the words that name its
 subject occurs in the Python docs); :data:`CANARY_QUERY` states the same facts in another
