@@ -88,10 +88,21 @@ def test_rank_counts_strictly_higher_scores():
     assert [rank_of(scores, row) for row in range(4)] == [2, 1, 2, 4]
 
 
-def test_command_line_options_reach_the_config():
+def test_command_line_options_reach_the_config(capsys):
     assert parse_args([]) == lm_canary.ExampleConfig()
     config = parse_args(["--quick", "--steps", "7", "--proj-dim", "64", "--threads", "2", "--quiet"])
     assert config == dataclasses.replace(QUICK, steps=7, proj_dim=64, threads=2, quiet=True)
+    with pytest.raises(SystemExit):
+        parse_args(["--proj-dim", "0"])
+    assert "--proj-dim: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_help_says_what_it_does_in_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "python -m trak_core.examples.lm_canary" in text and "canary" in text and "--quick" in text
+    assert "``" not in text and ":mod:" not in text, text
 
 
 def test_without_transformers_the_example_says_how_to_install_it(monkeypatch, capsys):

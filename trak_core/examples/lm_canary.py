@@ -191,13 +191,17 @@ def _clip(text: str, width: int) -> str:
 
 
 def parse_args(argv=None) -> ExampleConfig:
-    p = argparse.ArgumentParser(prog="python -m trak_core.examples.lm_canary", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m trak_core.examples.lm_canary",
+        description="TRAK on a small GPT-2 trained on the Python docs' prose: the top training documents of a few "
+        "texts, and a planted canary that a paraphrase of it must rank first (exit status 1 outside the top 1%).",
+    )
     p.add_argument("--quick", action="store_true", help="shorter run (the CI test): 500+ documents, fewer steps")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--proj-dim", type=int, help="K, TRAK's projection dimension")
-    p.add_argument("--top-k", type=int, help="documents printed per query")
-    p.add_argument("--seed", type=int, help="seed of the model, the training order and the sampling")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
+    p.add_argument("--steps", type=_at_least(0), help="training steps")
+    p.add_argument("--proj-dim", type=_at_least(1), help="K, TRAK's projection dimension")
+    p.add_argument("--top-k", type=_at_least(1), help="documents printed per query")
+    p.add_argument("--seed", type=_at_least(0), help="seed of the model, the training order and the sampling")
+    p.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     config = QUICK if args.quick else ExampleConfig()
@@ -205,6 +209,16 @@ def parse_args(argv=None) -> ExampleConfig:
               "threads": args.threads}  # fmt: skip
     config = dataclasses.replace(config, **{k: v for k, v in chosen.items() if v is not None})
     return dataclasses.replace(config, quiet=args.quiet) if args.quiet else config
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv=None) -> int:
