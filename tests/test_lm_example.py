@@ -155,3 +155,13 @@ def test_report_prints_the_top_documents_as_text(quick_result):
     assert report.count("canary rank:") == len(quick_result.queries)
     generated = quick_result.queries[-1].text
     assert generated.startswith("the import statement") and len(generated.split()) > 20
+
+
+def test_exit_status_says_whether_the_canary_check_passed(quick_result, monkeypatch, capsys):
+    n = len(quick_result.train_docs)
+    outside = dataclasses.replace(quick_result.queries[0], canary_rank=n // 100 + 1)
+    failing = dataclasses.replace(quick_result, queries=[outside] + quick_result.queries[1:])
+    for result, status, verdict in ((quick_result, 0, "PASS"), (failing, 1, "FAIL")):
+        monkeypatch.setattr(lm_canary, "run_example", lambda config, result=result: result)
+        assert lm_canary.main(["--quick"]) == status
+        assert f"canary check: {verdict}: rank" in capsys.readouterr().out
