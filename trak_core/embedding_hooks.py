@@ -79,8 +79,8 @@ class EmbeddingLayer(HookedLayer):
         if distinct.numel() == 0:
             return torch.zeros(batch, proj_dim, dtype=torch.float32, device=g.device)
         # Rows v*d .. v*d + d-1 of the weight (at `offset`) for each distinct token v: one call
-        # generates exactly those rows of P (with the torch generator on g's device, whatever
-        # `backend` names: every backend draws the same P).
+        # generates exactly those rows of P (Triton's kernel on CUDA tensors, else the torch
+        # generator, whatever `backend` names: every backend draws the same P).
         p_rows = offset + (distinct[:, None] * d + torch.arange(d, device=g.device)).reshape(-1)
         return fastjl.project_rows(rows.reshape(batch, -1), p_rows, proj_dim, seed=seed, kind=kind, scale=scale)
 
