@@ -64,3 +64,14 @@ def test_gpu_chunks_and_fused_kernel_both_match_the_spec(monkeypatch, backend, d
         # float32 G: CUDA splits it into bf16 hi + lo (~1e-5); Triton's tf32 dot keeps 10 bits of
         # both operands (fastjl.check's bound 2^-9; measured up to 1.2e-3 on small products).
         assert relative_error(out.cpu(), ref) < 2**-8, f"FUSED_MAX_TOKENS={fused_max}"
+
+
+def test_examples_are_split_when_one_row_of_every_example_does_not_fit(monkeypatch):
+    batch, d_in, d_out = 5, 13, 4
+    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", 2 * 4 * d_in)  # 2 examples x 1 row per block
+    a, g = torch.randn(batch, 3, d_in), torch.randn(batch, 3, d_out)
+    blocks = [(b0, b1, o0) for b0, b1, o0, _ in linear_chunked.gradient_blocks(a, g, 2 * 4 * d_in)]
+    assert blocks == [(b, min(b + 2, batch), o) for b in (0, 2, 4) for o in range(d_out)]
+    out = poisoned((batch, 40))
+    linear_chunked.project_linear(torch_backend.project, a, g, out, seed=1, kind="rademacher", offset=7, bias=True)
+    assert relative_error(out, linear_reference(a, g, 40, seed=1, offset=7, bias=True)) < 1e-6

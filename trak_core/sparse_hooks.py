@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 import fastjl
+from fastjl._backends.linear_chunked import gradient_blocks
 
 
 def formed_block_bytes() -> int:
@@ -41,19 +42,10 @@ def project_linear_formed(a: torch.Tensor, g: torch.Tensor, proj_dim: int, *, of
         options: ``seed``, ``kind``, ``backend``, ``scale``, ``sparsity``, ``mask_rate``.
     """
     a, g = _float32(a), _float32(g)
-    batch, _, d_a = a.shape
-    d_g = g.shape[2]
-    budget = max(1, formed_block_bytes() // a.element_size())  # entries of G per block
-    examples = max(1, min(batch, budget // d_a))  # a block is examples × rows × d_a
-    rows = max(1, min(d_g, budget // (examples * d_a)))
-    result = torch.zeros(batch, proj_dim, dtype=torch.float32, device=a.device)
-    for b0 in range(0, batch, examples):
-        gt = g[b0 : b0 + examples].transpose(1, 2)  # (b, d_g, T)
-        ab = a[b0 : b0 + examples]
-        for r0 in range(0, d_g, rows):
-            block = torch.bmm(gt[:, r0 : r0 + rows], ab)  # rows r0.. of G for these examples
-            part = fastjl.project(block.reshape(block.shape[0], -1), proj_dim, offset=offset + r0 * d_a, **options)
-            result[b0 : b0 + examples] += part
+    d_a = a.shape[2]
+    result = torch.zeros(a.shape[0], proj_dim, dtype=torch.float32, device=a.device)
+    for b0, b1, r0, block in gradient_blocks(a, g, formed_block_bytes()):
+        result[b0:b1] += fastjl.project(block, proj_dim, offset=offset + r0 * d_a, **options)
     return result
 
 

@@ -30,28 +30,46 @@ def use_chunks(tokens: int, device: torch.device) -> bool:
     return device.type == "cuda" and tokens > FUSED_MAX_TOKENS
 
 
+def gradient_blocks(a: torch.Tensor, g: torch.Tensor, budget_bytes: int):
+    """Yields ``(b0, b1, o0, block)``: ``block`` ``(b1 - b0, rows · d_in)`` holds rows ``o0 ..
+    o0 + rows - 1`` of ``G_b = Σ_t g_bt a_btᵀ`` for examples ``b0 .. b1 - 1``, formed by one
+    ``bmm`` in a's dtype, at most ``budget_bytes`` of it (whole output rows; examples are split
+    only when one row of every example does not fit).  Rows of a block are the contiguous rows
+    ``offset + o0 · d_in ...`` of P.  Shared by this module and trak_core's sparse hooks."""
+    batch, _, d_in = a.shape
+    d_out = g.shape[2]
+    entries = max(1, budget_bytes // a.element_size())
+    examples = max(1, min(batch, entries // d_in))
+    rows = max(1, min(d_out, entries // (examples * d_in)))
+    for b0 in range(0, batch, examples):
+        b1 = min(batch, b0 + examples)
+        g_t = g[b0:b1].transpose(1, 2)
+        for o0 in range(0, d_out, rows):
+            block = torch.bmm(g_t[:, o0 : o0 + rows], a[b0:b1])
+            yield b0, b1, o0, block.reshape(b1 - b0, -1)
+
+
 def project_linear(project, a, g, out, *, seed: int, kind: str, offset: int, bias: bool) -> None:
     """Writes the projection of the Linear layer's per-example gradients into ``out`` ``(B, K)``
     with ``project(x, out, seed=, kind=, offset=)`` (a backend's dense kernel) on chunks of ``G``.
     Arguments as the backends' ``project_linear``."""
-    batch, _, d_in = a.shape
-    d_out = g.shape[2]
+    d_in, d_out = a.shape[2], g.shape[2]
     a32, g32 = a.float(), g.float()
-    rows = max(1, min(d_out, CHUNK_BYTES // (4 * max(batch, 1) * d_in)))
     partial = None  # the second chunk onwards is projected here, then added to out
-    for o0 in range(0, d_out, rows):
-        o1 = min(d_out, o0 + rows)
-        grad = torch.bmm(g32[:, :, o0:o1].transpose(1, 2), a32).view(batch, (o1 - o0) * d_in)
-        partial = _project_into(project, grad, out, partial, seed, kind, offset + o0 * d_in, first=o0 == 0)
+    for b0, b1, o0, grad in gradient_blocks(a32, g32, CHUNK_BYTES):
+        target = out[b0:b1]
+        partial = _project_into(project, grad, target, partial, seed, kind, offset + o0 * d_in, first=o0 == 0)
     if bias:
         _project_into(project, g32.sum(1), out, partial, seed, kind, offset + d_out * d_in, first=False)
 
 
 def _project_into(project, x, out, partial, seed, kind, offset, *, first):
+    """Projects ``x`` into ``out`` (``first``) or into ``partial`` then adds it to ``out``;
+    returns the partial buffer (reused while its shape fits)."""
     if first:
         project(x, out, seed=seed, kind=kind, offset=offset)
         return partial
-    if partial is None:
+    if partial is None or partial.shape != out.shape:
         partial = torch.empty(out.shape, dtype=torch.float32, device=out.device)
     project(x, partial, seed=seed, kind=kind, offset=offset)
     out.add_(partial)
