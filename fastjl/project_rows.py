@@ -78,10 +78,10 @@ def _row_backend(backend: str, x: torch.Tensor):
     """The module computing ``project_rows`` for ``backend`` on ``x``'s device and dtype."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton' for project_rows, got {backend!r}")
-    if backend == "auto":
-        auto = _backends.select("auto", x.device, dtype=x.dtype)  # honours FASTJL_BACKEND
-        usable = auto.NAME != "torch" and x.dtype != torch.float64
-        backend = "triton" if usable and _backends.backends(x.device)["triton"].available else "torch"
+    if backend == "auto":  # Triton where "auto" would not pick torch (FASTJL_BACKEND honoured) and it runs
+        compiled = _backends.select("auto", x.device, dtype=x.dtype).NAME != "torch" and x.dtype != torch.float64
+        triton_runs = _backends._unavailable(_backends._module("triton", "project"), x.device, "project") is None
+        backend = "triton" if compiled and triton_runs else "torch"
     if backend == "triton" and x.dtype == torch.float64:
         raise TypeError("x of dtype float64 is supported by backend='torch' only, not 'triton'")
     return _backends.select(backend, x.device)
