@@ -17,8 +17,9 @@ cuRAND's Philox4_32_10 and Triton's ``tl.philox`` with 32-bit counters).
   ``(u0, u1)`` gives entries ``4m, 4m+1`` = ``sqrt(-2 ln u0) cos(2 pi u1)``,
   ``sqrt(-2 ln u0) sin(2 pi u1)``; on ``(u2, u3)`` entries ``4m+2, 4m+3``.
 * Counter word ``c3`` is the kind's domain: 0 rademacher, 1 gaussian, 2 sjlt, 4 GraSS's mask
-  (both in :mod:`fastjl.sparse_spec`), and ``c3 = 3 (mod 4)`` for the kronecker factors below
-  (never 0, 1, 2 or 4, so no stream is shared).
+  (both in :mod:`fastjl.sparse_spec`), 5 FactGraSS's factor masks (:mod:`fastjl.factgrass_spec`),
+  and ``c3 = 3 (mod 4)`` for the kronecker factors below (never 0, 1, 2, 4 or 5, so no stream
+  is shared).
 * ``kronecker`` (used by :func:`fastjl.project_linear` only): a layer whose weight gradient
   starts at row ``offset`` of the gradient vector gets two gaussian factor matrices,
   ``F_in (d_in, k_in)`` (factor ``f = 0``) and ``F_out (d_out, k_out)`` (``f = 1``), both drawn
@@ -42,11 +43,14 @@ import torch
 SPEC_VERSION = 1
 
 KINDS = ("rademacher", "gaussian")
-# project_linear also takes the structured kind (a Kronecker product of two small factors).
-LINEAR_KINDS = KINDS + ("kronecker",)
+# project_linear also takes the structured kinds: a Kronecker product of two small factors, and
+# FactGraSS (masked factors, then sjlt; fastjl.factgrass_spec).
+LINEAR_KINDS = KINDS + ("kronecker", "factgrass")
 KIND_CODES = {"rademacher": 0, "gaussian": 1}
-# Counter word c3 separates the kinds' random streams.
-COUNTER_DOMAIN = {"rademacher": 0, "gaussian": 1, "sjlt": 2, "grass_mask": 4}
+# Counter word c3 separates the kinds' random streams.  5: FactGraSS's factor-mask keys, counter
+# (j, offset mod 2^32, (offset >> 32) | (f << 16), 5): c3 = 5 is odd and not 3 mod 4, so it meets
+# none of 0, 1, 2, 4 nor the kronecker factors' 3 + 4m.
+COUNTER_DOMAIN = {"rademacher": 0, "gaussian": 1, "sjlt": 2, "grass_mask": 4, "factgrass_mask": 5}
 # Kronecker factors use c3 = KRONECKER_DOMAIN + 4 * (j // 4): c3 mod 4 == 3 keeps them apart.
 KRONECKER_DOMAIN = 3
 KRONECKER_FACTORS = {"in": 0, "out": 1}
