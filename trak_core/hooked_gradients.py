@@ -99,23 +99,31 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
     def projected_per_sample_grad(self, batch, projector, model_id: int) -> torch.Tensor:
         if not isinstance(projector, fastjl.Projector):  # a custom projector needs the gradients
             return super().projected_per_sample_grad(batch, projector, model_id)
-        seed = projector.seed_for(model_id)
-        captured = self._capture(batch)  # first: on the first batch it may drop layers
         result = None
+        for _, part, _, _ in self.projected_parts(batch, projector, projector.seed_for(model_id)):
+            result = part if result is None else result.add_(part)
+        return result
+
+    def projected_parts(self, batch, projector, seed: int):
+        """Yields ``(names, part, layer, tensors)``: ``part`` ``(B, K)`` projects the per-example
+        gradients of the parameters ``names`` at their offsets (a hooked Linear/embedding layer's
+        weight and bias; one formed parameter); ``layer`` and its captured ``tensors`` are None
+        for ``torch.func`` parameters.  The parts add up to :meth:`projected_per_sample_grad`;
+        per-module features place them by module instead (:mod:`trak_core.module_blocks`)."""
+        captured = self._capture(batch)  # first: on the first batch it may drop layers
         for layer, tensors in zip(self.layers, captured):
             if tensors is None:  # not called in this forward: its weight had no effect on f
                 continue
             if isinstance(layer, LinearLayer):
-                part = self._project_linear_layer(layer, *tensors, projector, seed)
+                yield layer.param_names, self._project_linear_layer(layer, *tensors, projector, seed), layer, tensors
             elif isinstance(layer, EmbeddingLayer):
-                part = self._project_embedding(layer, *tensors, projector, seed)
+                yield layer.param_names, self._project_embedding(layer, *tensors, projector, seed), layer, tensors
             else:
-                part = self._project_gradients(layer.per_example_grads(*tensors), projector, seed)
-            result = part if result is None else result.add_(part)
+                for name, grad in layer.per_example_grads(*tensors).items():
+                    yield [name], self._project_gradients({name: grad}, projector, seed), layer, tensors
         if self._fallback is not None:
-            part = self._project_gradients(self._fallback.compute_per_sample_grad(batch), projector, seed)
-            result = part if result is None else result.add_(part)
-        return result
+            for name, grad in self._fallback.compute_per_sample_grad(batch).items():
+                yield [name], self._project_gradients({name: grad}, projector, seed), None, None
 
     def _project_linear_layer(self, layer: LinearLayer, a, g, projector, seed: int) -> torch.Tensor:
         """``(B, K)``: the layer's per-example weight (and bias) gradients, projected unformed."""
