@@ -25,9 +25,12 @@ class StoreSettings:
         lambda_reg: the regularization rule, e.g. ``"default(scale=0.5)"`` or ``"0.0"``.
         sparsity: nonzeros per row of P for ``kind="sjlt"``/``"grass"``; None for the other kinds.
         mask_rate: GraSS's keep rate for ``kind="grass"``; None for the other kinds.
+        module_columns: per-module features (``TRAKer(per_module=True)``): ``((module, start,
+            stop), ...)``, the columns of each module's block (see :mod:`trak_core.module_blocks`);
+            None for whole-model features.  A store never mixes the two.
 
-    The last two default to None so that stores written before the sparse kinds existed (whose
-    settings lack them) still open with the dense kinds.
+    The last three default to None so that stores written before they existed (whose settings
+    lack them) still open.
     """
 
     train_set_size: int
@@ -43,6 +46,7 @@ class StoreSettings:
     lambda_reg: str
     sparsity: int | None = None
     mask_rate: float | None = None
+    module_columns: tuple[tuple[str, int, int], ...] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,10 +54,19 @@ class StoreSettings:
     @classmethod
     def from_json(cls, data: dict) -> StoreSettings:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("module_columns") is not None:  # JSON lists -> the hashable tuples compared
+            values["module_columns"] = tuple((str(m), int(a), int(b)) for m, a, b in values["module_columns"])
+        return cls(**values)
 
     def mismatches(self, stored: StoreSettings) -> list[str]:
         """Human-readable differences ``"name: store has X, requested Y"``; empty if compatible."""
+        if (self.module_columns is None) != (stored.module_columns is None):
+            granularity = {True: "whole-model features", False: "per-module features (per_module=True)"}
+            return [
+                f"features: store has {granularity[stored.module_columns is None]}, "
+                f"requested {granularity[self.module_columns is None]}"
+            ]
         return [
             f"{f.name}: store has {getattr(stored, f.name)!r}, requested {getattr(self, f.name)!r}"
             for f in fields(self)
