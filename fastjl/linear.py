@@ -6,7 +6,9 @@ import torch
 
 from . import _backends
 from .autograd import jl_factor, needs_grad, project_linear_function
+from .factgrass import project_factgrass
 from .kronecker import kronecker_factors, project_kronecker, split_proj_dim
+from .sparse_spec import check_sparse_proj_dim, check_sparsity
 from .spec import LINEAR_KINDS
 from .validation import check_linear_inputs, check_offset, check_out, check_proj_dim, check_scale, check_seed
 
@@ -24,6 +26,8 @@ def project_linear(
     backend: str = "auto",
     scale: str | None = None,
     check_finite: bool = False,
+    sparsity: int = 1,
+    factor_masks=None,
 ) -> torch.Tensor:
     """Projects the per-example gradients of an ``nn.Linear`` layer from its inputs and output
     gradients, never forming them.
@@ -42,6 +46,14 @@ def project_linear(
       as an int (split by :func:`fastjl.kronecker.split_proj_dim`) or as the pair.  It costs
       ``O(B T (d_out k_out + d_in k_in) + B K)`` instead of ``O(B d_out d_in K)``; it runs as
       torch matrix products whatever the backend.
+    * ``kind="factgrass"`` (GraSS's FactGraSS, :mod:`fastjl.factgrass_spec`): the layer keeps
+      ``factor_masks = (k_out, k_in)`` coordinates of ``g`` and of ``a`` (a uniformly random
+      subset of each, drawn from the seed and ``offset``; with ``bias`` the input factor has a
+      column of ones as coordinate ``d_in``), forms ``G' = g'ᵀ a'`` (``k_out × k_in``) in
+      bounded blocks and projects ``vec(G')`` with spec v1's ``sjlt`` (``sparsity`` nonzeros per
+      row) at rows ``offset ..``; torch operations on any device (``backend`` is passed to the
+      sjlt projection).  Masks are not rescaled: with ``scale="jl"``, ``E||y||^2 =
+      k_out k_in / (d_out (d_in + bias)) ||[G, Σ_t g]||^2``.
 
     Args:
         a: ``(B, d_in)`` or ``(B, T, d_in)`` layer inputs; float32, float16 or bfloat16 (float64
@@ -52,9 +64,12 @@ def project_linear(
         seed, offset: as in :func:`fastjl.project`; ``offset`` is the layer's first row in the
             model's gradient vector (``offset + D <= 2^48``), so layers projected one by one
             sum to the projection of the whole gradient.
-        kind: ``"rademacher"``, ``"gaussian"`` or ``"kronecker"``.
+        kind: ``"rademacher"``, ``"gaussian"``, ``"kronecker"`` or ``"factgrass"``.
         bias: also project the bias gradient ``Σ_t g_bt`` (after the weight's ``d_out·d_in`` rows).
         out, backend, scale, check_finite: as in :func:`fastjl.project`.
+        sparsity: ``kind="factgrass"`` only: nonzeros per row of the sjlt stage, 1, 2, 4 or 8.
+        factor_masks: ``kind="factgrass"`` only (required there): ``(k_out, k_in)``, coordinates
+            kept of ``g`` (at most ``d_out``) and of ``a`` (at most ``d_in``, plus 1 with ``bias``).
     Returns:
         ``(B, K)`` float32 tensor on a's device (float64 for float64 inputs; ``out`` if given).
 
@@ -78,6 +93,11 @@ def project_linear(
     scale = check_scale(scale)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+    if kind == "factgrass":
+        return _project_factgrass(a, g, proj_dim, seed=seed, offset=offset, bias=bias, out=out, backend=backend,
+                                  scale=scale, sparsity=sparsity, factor_masks=factor_masks)  # fmt: skip
+    if sparsity != 1 or factor_masks is not None:
+        raise ValueError(f"sparsity and factor_masks apply to kind='factgrass' only, not kind={kind!r}")
     module = _backends.select(backend, a.device, op="project_linear", dtype=a.dtype)
     if a.dtype == torch.float64 and module.NAME != "torch":
         raise TypeError(f"a and g of dtype float64 are supported by backend='torch' only, not {module.NAME!r}")
@@ -113,6 +133,20 @@ def project_linear(
     if given_out:
         return out.copy_(y)
     return y
+
+
+def _project_factgrass(a, g, proj_dim, *, seed, offset, bias, out, backend, scale, sparsity, factor_masks):
+    """``kind="factgrass"`` (:mod:`fastjl.factgrass`): options checked, result into ``out`` if given."""
+    if factor_masks is None:
+        raise ValueError("kind='factgrass' needs factor_masks=(k_out, k_in), the coordinates kept of g and of a")
+    sparsity = check_sparsity(sparsity)
+    proj_dim = check_sparse_proj_dim(proj_dim, sparsity)
+    d_out, d_in = g.shape[2], a.shape[2]
+    offset = check_offset(offset, d_out * d_in + (d_out if bias else 0))
+    out = check_out(out, a, proj_dim, inputs={"a": a, "g": g}) if out is not None else None
+    y = project_factgrass(a, g, proj_dim, seed=seed, offset=offset, factor_masks=factor_masks, sparsity=sparsity,
+                          bias=bias, backend=backend, scale=scale)  # fmt: skip
+    return y if out is None else out.copy_(y)
 
 
 def _kronecker_differentiable(a, g, *, seed, offset, k_out, k_in, bias, factor) -> torch.Tensor:
