@@ -28,8 +28,10 @@ class StoreSettings:
         module_columns: per-module features (``TRAKer(per_module=True)``): ``((module, start,
             stop), ...)``, the columns of each module's block (see :mod:`trak_core.module_blocks`);
             None for whole-model features.  A store never mixes the two.
+        factor_masks: ``(k_out, k_in)`` of ``kind="factgrass"`` (coordinates kept per factor of
+            each Linear layer); None for the other kinds.
 
-    The last three default to None so that stores written before they existed (whose settings
+    The last four default to None so that stores written before they existed (whose settings
     lack them) still open.
     """
 
@@ -47,6 +49,7 @@ class StoreSettings:
     sparsity: int | None = None
     mask_rate: float | None = None
     module_columns: tuple[tuple[str, int, int], ...] | None = None
+    factor_masks: tuple[int, int] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,6 +60,8 @@ class StoreSettings:
         values = {k: v for k, v in data.items() if k in known}
         if values.get("module_columns") is not None:  # JSON lists -> the hashable tuples compared
             values["module_columns"] = tuple((str(m), int(a), int(b)) for m, a, b in values["module_columns"])
+        if values.get("factor_masks") is not None:
+            values["factor_masks"] = tuple(int(k) for k in values["factor_masks"])
         return cls(**values)
 
     def mismatches(self, stored: StoreSettings) -> list[str]:
