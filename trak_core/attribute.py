@@ -38,9 +38,11 @@ def attribute(
             crash and finished work is reused).  None: a temporary directory.
         exp_name: experiment name in the store.
         **traker_kwargs: any other :class:`TRAKer` argument (``lambda_reg``, ``grad_wrt``,
-            ``projector_seed``, ``quiet``, ``device``, ...).
+            ``projector_seed``, ``quiet``, ``device``, ``per_module``, ...).
     Returns:
-        ``(n_train, n_targets)`` float32 array (a copy held in memory).
+        ``(n_train, n_targets)`` float32 array (a copy held in memory); with ``per_module=True``
+        ``{module: (n_train, n_targets)}``, each module's scores from its own block
+        (:mod:`trak_core.module_blocks`).
     """
     if not checkpoints:
         raise ValueError("checkpoints must contain at least one state dict")
@@ -74,7 +76,11 @@ def attribute(
             continue
         for batch in target_loader:
             traker.score(batch, num_samples=batch_size(batch))
-    return np.array(traker.finalize_scores(exp_name, model_ids=range(len(checkpoints))))
+    per_module = traker_kwargs.get("per_module", False)
+    scores = traker.finalize_scores(exp_name, model_ids=range(len(checkpoints)), per_module=per_module)
+    if per_module:
+        return {name: np.array(module_scores) for name, module_scores in scores.items()}
+    return np.array(scores)
 
 
 def _num_examples(loader) -> int:

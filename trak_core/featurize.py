@@ -102,10 +102,17 @@ class RowWriter:
         projector: ``.project(grads_dict, model_id) -> (B, K)``.
         micro_batch: at most this many per-example gradients (each D floats) exist at once;
             None for the whole batch.
+        num_columns: columns of a row: the projector's ``proj_dim`` (default), or M·K for
+            per-module features (``gradient_computer`` then a :class:`~trak_core.module_blocks.PerModuleGradients`).
     """
 
     def __init__(
-        self, gradient_computer: GradientComputer, projector, micro_batch: int | None, nonfinite: str = "error"
+        self,
+        gradient_computer: GradientComputer,
+        projector,
+        micro_batch: int | None,
+        nonfinite: str = "error",
+        num_columns: int | None = None,
     ):
         if micro_batch is not None and micro_batch < 1:
             raise ValueError(f"proj_max_batch_size must be >= 1, got {micro_batch}")
@@ -115,16 +122,17 @@ class RowWriter:
         self.projector = projector
         self.micro_batch = micro_batch
         self.nonfinite = nonfinite
+        self.num_columns = projector.proj_dim if num_columns is None else int(num_columns)
 
     def projected_rows(self, batch, model_id: int) -> np.ndarray:
-        """``(B, K)`` float32: ``P_mᵀ ∇θ f / sqrt(D)`` for every example of ``batch``."""
+        """``(B, num_columns)`` float32: ``P_mᵀ ∇θ f / sqrt(D)`` for every example of ``batch``."""
         pieces = []
         n = batch_size(batch)
         step = self.micro_batch or n
         for start in range(0, n, step):
             part = tuple(t[start : start + step] for t in batch)
             projected = self.gradients.projected_per_sample_grad(part, self.projector, model_id)
-            rows = scale_rows(projected, self.gradients.num_params, self.projector.proj_dim)
+            rows = scale_rows(projected, self.gradients.num_params, self.num_columns)
             pieces.append(rows.detach().cpu())
         return torch.cat(pieces).numpy()
 

@@ -31,9 +31,16 @@ def finalize_model(
     its factor.  A kill before the final metadata update means the checkpoint is finalized again
     from the start on the next run (finalization is one unit of work per checkpoint).
 
+    Per-module features (``store.settings.module_columns``) are finalized block by block
+    (block-diagonal TRAK, see :func:`finalize_blocks`).
+
     Returns:
-        The checkpoint's metadata record (with ``lambda``, ``solver`` and ``xtx_trace``).
+        The checkpoint's metadata record (with ``lambda``, ``solver`` and ``xtx_trace``; lists in
+        column-map order for per-module features).
     """
+    if store.settings.module_columns is not None:
+        return finalize_blocks(store, model_id, lambda_reg=lambda_reg, lambda_scale=lambda_scale,
+                               xtx_dtype=xtx_dtype, device=device, block_rows=block_rows, quiet=quiet)  # fmt: skip
     with log_time(f"model {model_id}: XᵀX ({store.settings.train_set_size} rows, {xtx_dtype})"):
         xtx = store_xtx(store, model_id, xtx_dtype, device, block_rows)
     lam = resolve_lambda(xtx, store.settings.train_set_size, lambda_reg, lambda_scale)
@@ -65,4 +72,43 @@ def write_features(
     store.update_model(
         model_id, finalized=True, **{"lambda": lam, "solver": solver.method, "xtx_trace": float(torch.trace(xtx))}
     )
+    return store.model(model_id)
+
+
+def finalize_blocks(
+    store: Store,
+    model_id: int,
+    *,
+    lambda_reg: float | None,
+    lambda_scale: float,
+    xtx_dtype: torch.dtype,
+    device,
+    block_rows: int,
+    quiet: bool,
+) -> dict:
+    """Per-module features: each module's columns ``X_m`` become ``X_m (X_mᵀX_m + λ_m I)⁻¹``.
+
+    λ_m follows the same rule as the whole model's λ, applied to the module's own ``X_mᵀX_m``
+    (a given ``lambda_reg`` is used for every module).  One (K, K) matrix exists at a time; the
+    train gradients are read twice per module.  As for whole features, finalizing is one unit of
+    work per checkpoint: a kill before the final metadata update restarts it.
+    """
+    grads = store.train_grads(model_id, mode="r")
+    features = store.features(model_id, mode="r+")
+    lambdas, solvers, traces = [], [], []
+    for name, start, stop in progress_bar(store.settings.module_columns, desc=f"finalize model {model_id}",
+                                          quiet=quiet, unit="module"):  # fmt: skip
+        block = grads[:, start:stop]  # a view: rows are read block_rows at a time
+        with log_time(f"model {model_id}, module {name!r}: XᵀX, λ, features"):
+            xtx = accumulate_xtx(block, xtx_dtype, device, block_rows)
+            lam = resolve_lambda(xtx, store.settings.train_set_size, lambda_reg, lambda_scale)
+            solver = RegularizedSolver(xtx, lam)
+            for first, last in row_blocks(block.shape[0], block_rows):
+                rows = load_rows(block, first, last, device)
+                features[first:last, start:stop] = solver.solve_rows(rows).float().cpu().numpy()
+        lambdas.append(lam)
+        solvers.append(solver.method)
+        traces.append(float(torch.trace(xtx)))
+    features.flush()
+    store.update_model(model_id, finalized=True, **{"lambda": lambdas, "solver": solvers, "xtx_trace": traces})
     return store.model(model_id)

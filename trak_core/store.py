@@ -13,6 +13,11 @@ Layout (n train examples, t targets, K projected dimensions)::
       experiments/<name>/<id>/scored.npy (t,)   uint8     commit counts of those rows
       experiments/<name>/scores.npy      (n, t) float32   final scores, written tile by tile
       experiments/<name>/tiles.npy       (R, C) uint8     commit counts of the score tiles
+      experiments/<name>/module_scores.npy  (M, n, t) float32  per-module scores (per-module stores)
+      experiments/<name>/module_tiles.npy   (M, R, C) uint8    commit counts of their tiles
+
+Per-module stores (``settings.module_columns``, see :mod:`trak_core.module_blocks`) have
+K = M·K_module columns, module i's block in the columns the settings record.
 
 What is finished is recorded by the commit counts (see :class:`CommitCounts`); the flags in
 ``metadata.json`` are written after them and only summarize.
@@ -37,6 +42,7 @@ import numpy as np
 
 from .atomic_files import open_npy, read_json, write_json_atomic
 from .commit_counts import CommitCounts
+from .module_blocks import column_map
 from .settings import StoreMismatchError, StoreSettings
 from .store_errors import StoreDamagedError, StoreError, StoreMissingFileError
 from .store_lock import WriterLock
@@ -48,6 +54,11 @@ FEATURE_DTYPE = np.float32
 
 logger = logging.getLogger("trak_core")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Experiment record key, data file and tile commit file of the whole-model and per-module scores.
+_SCORE_FILES = {
+    False: ("scores", "scores.npy", "tiles.npy"),
+    True: ("module_scores", "module_scores.npy", "module_tiles.npy"),
+}
 
 
 class Store:
@@ -157,6 +168,11 @@ class Store:
         if not path.exists():
             raise FileNotFoundError(f"no trak_core store in {root} ({METADATA} is missing)")
         return cls(root, _settings_from(_load_metadata(path), path), read_only=True)
+
+    @property
+    def module_columns(self) -> dict[str, tuple[int, int]] | None:
+        """Per-module stores: ``{module: (start, stop)}`` columns of each module's block; else None."""
+        return column_map(self.settings.module_columns)
 
     def close(self) -> None:
         """Releases the writer lock (idempotent); the store must not be written afterwards."""
@@ -347,14 +363,16 @@ class Store:
             # error naming them; run this again), never unrecorded rows that would be reused.
             for name, record in store.metadata["experiments"].items():
                 shutil.rmtree(store._experiment_dir(name) / str(model_id), ignore_errors=True)
-                if record["scores"] is not None and model_id in record["scores"]["model_ids"]:
-                    store.delete_tiles(name)
+                for per_module, (key, _, _) in _SCORE_FILES.items():
+                    if record.get(key) is not None and model_id in record[key]["model_ids"]:
+                        store.delete_tiles(name, per_module=per_module)
             shutil.rmtree(store._model_dir(model_id), ignore_errors=True)
             store.metadata["models"].pop(str(model_id), None)
             for record in store.metadata["experiments"].values():
                 record.get("models", {}).pop(str(model_id), None)
-                if record["scores"] is not None and model_id in record["scores"]["model_ids"]:
-                    record["scores"] = None
+                for key, _, _ in _SCORE_FILES.values():
+                    if record.get(key) is not None and model_id in record[key]["model_ids"]:
+                        record[key] = None
             store.save()
 
     @classmethod
@@ -425,51 +443,67 @@ class Store:
         # Never "committed" by the metadata: if it is lost, the targets are simply scored again.
         return self._commits(path, self.experiment(name)["num_targets"], mode, None, self._experiment_advice(name))
 
-    def _score_grid(self, name: str) -> tuple[int, int] | None:
-        record = self.experiment(name)["scores"]
+    def _modules(self, per_module: bool) -> tuple[int, ...]:
+        """The leading ``(M,)`` of per-module score arrays; ``()`` for whole-model scores."""
+        if not per_module:
+            return ()
+        if self.settings.module_columns is None:
+            raise ValueError(f"the store in {self.root} holds whole-model features: it has no per-module scores")
+        return (len(self.settings.module_columns),)
+
+    def _score_grid(self, name: str, per_module: bool = False) -> tuple[int, ...] | None:
+        record = self.experiment(name).get(_SCORE_FILES[per_module][0])
         if record is None:
             return None
         tile_rows, tile_cols = record["tile_shape"]
         n, t = self.settings.train_set_size, self.experiment(name)["num_targets"]
-        return -(-n // tile_rows), -(-t // tile_cols)
+        return (*self._modules(per_module), -(-n // tile_rows), -(-t // tile_cols))
 
-    def scores(self, name: str, mode: str = "r+") -> np.memmap:
-        """``(n, t)`` float32: the final scores of experiment ``name``."""
-        shape = (self.settings.train_set_size, self.experiment(name)["num_targets"])
-        record = self.experiment(name)["scores"]
+    def scores(self, name: str, mode: str = "r+", per_module: bool = False) -> np.memmap:
+        """``(n, t)`` float32: the final scores of experiment ``name``; ``per_module``: ``(M, n, t)``,
+        each module's scores from its block alone."""
+        key, data_file, tiles_file = _SCORE_FILES[per_module]
+        shape = (*self._modules(per_module), self.settings.train_set_size, self.experiment(name)["num_targets"])
+        record = self.experiment(name).get(key)
         committed = None
         if record is not None and record["complete"]:
-            committed = f"{METADATA} records the scores of experiment {name!r} as complete"
+            committed = f"{METADATA} records the {key} of experiment {name!r} as complete"
         elif record is not None:
-            tiles = self._experiment_dir(name) / "tiles.npy"
+            tiles = self._experiment_dir(name) / tiles_file
             try:
-                done = int(np.count_nonzero(open_npy(tiles, self._score_grid(name), np.uint8, "r")))
+                grid = self._score_grid(name, per_module)
+                done = int(np.count_nonzero(open_npy(tiles, grid, np.uint8, "r")))
             except FileNotFoundError:
                 done = 0
             except StoreDamagedError as error:
                 raise StoreDamagedError(f"{error}. {self._experiment_advice(name)}") from None
             committed = f"{tiles} records {done} finished score tiles in it" if done else None
         return self._array(
-            self._experiment_dir(name) / "scores.npy", shape, np.float32, mode, committed, self._experiment_advice(name)
+            self._experiment_dir(name) / data_file, shape, np.float32, mode, committed, self._experiment_advice(name)
         )
 
-    def tile_commits(self, name: str, grid: tuple[int, int], mode: str = "r+") -> CommitCounts:
-        """Commit counts of the score tiles of experiment ``name``, shape ``grid``."""
-        record = self.experiment(name)["scores"]
+    def tile_commits(
+        self, name: str, grid: tuple[int, ...], mode: str = "r+", per_module: bool = False
+    ) -> CommitCounts:
+        """Commit counts of the score tiles of experiment ``name``, shape ``grid`` (``(M, R, C)``
+        for ``per_module``)."""
+        key, _, tiles_file = _SCORE_FILES[per_module]
+        record = self.experiment(name).get(key)
         committed = None
         if record is not None and record["complete"]:
-            committed = f"{METADATA} records the scores of experiment {name!r} as complete"
+            committed = f"{METADATA} records the {key} of experiment {name!r} as complete"
         return self._commits(
-            self._experiment_dir(name) / "tiles.npy", grid, mode, committed, self._experiment_advice(name)
+            self._experiment_dir(name) / tiles_file, grid, mode, committed, self._experiment_advice(name)
         )
 
-    def delete_tiles(self, name: str) -> None:
+    def delete_tiles(self, name: str, per_module: bool = False) -> None:
         self._check_writable("cannot delete score tiles")
-        record = self.experiment(name)["scores"]
+        key, _, tiles_file = _SCORE_FILES[per_module]
+        record = self.experiment(name).get(key)
         if record is not None and record["complete"]:
             # Recorded first: complete scores without their tiles would be refused as damaged.
-            self.update_experiment(name, scores={**record, "complete": False})
-        (self._experiment_dir(name) / "tiles.npy").unlink(missing_ok=True)
+            self.update_experiment(name, **{key: {**record, "complete": False}})
+        (self._experiment_dir(name) / tiles_file).unlink(missing_ok=True)
 
 
 def _metadata_advice(path: Path) -> str:
@@ -511,11 +545,12 @@ def _metadata_problem(metadata: dict) -> str | None:
     for name, record in metadata["experiments"].items():
         if not isinstance(record, dict) or not isinstance(record.get("num_targets"), int) or "scores" not in record:
             return f"experiments entry {name!r} is malformed"
-        scores = record["scores"]
-        if scores is not None and not (
-            isinstance(scores, dict) and {"model_ids", "tile_shape", "complete"} <= scores.keys()
-        ):
-            return f"the scores record of experiment {name!r} is malformed"
+        for key, _, _ in _SCORE_FILES.values():
+            scores = record.get(key)
+            if scores is not None and not (
+                isinstance(scores, dict) and {"model_ids", "tile_shape", "complete"} <= scores.keys()
+            ):
+                return f"the {key} record of experiment {name!r} is malformed"
     return None
 
 

@@ -33,6 +33,7 @@ from .gradient_paths import make_gradient_computer
 from .gradients import architecture_fingerprint, weights_fingerprint
 from .linalg import DTYPES
 from .model_output import resolve_task, task_batch
+from .module_blocks import ModuleColumns, PerModuleGradients
 from .progress import progress_bar
 from .projection import build_projector, projector_description
 from .regularization import DEFAULT_LAMBDA_SCALE, check_lambda, describe_lambda
@@ -81,8 +82,15 @@ class TRAKer:
             kept with probability ``mask_rate``, then sjlt), on either gradient path (the hooks
             path forms a Linear layer's per-example gradient one bounded block at a time for
             them: there is no sparse ``project_linear``).
-        sparsity: nonzeros per row of P for ``proj_kind="sjlt"``/``"grass"``: 1 (default), 2, 4, 8.
+            ``"factgrass"`` (GraSS's FactGraSS, hooks path only): each Linear/Conv1D/Conv2d layer
+            keeps ``factor_masks = (k_out, k_in)`` coordinates of its output and input factors
+            (a whole factor if smaller), forms only that part of its gradient and projects it
+            with sjlt (``fastjl.project_linear(kind="factgrass")``); the other parameters get
+            plain sjlt.
+        sparsity: nonzeros per row of P for ``proj_kind="sjlt"``/``"grass"``/``"factgrass"``: 1
+            (default), 2, 4, 8.
         mask_rate: GraSS's keep rate in (0, 1], required by ``proj_kind="grass"`` only.
+        factor_masks: ``(k_out, k_in)``, required by ``proj_kind="factgrass"`` only.
         proj_backend: passed to ``fastjl.Projector``.
         xtx_dtype: ``"float64"`` (default) or ``"float32"``: accumulation and solve of ``XᵀX``.
         block_rows: rows streamed at a time through ``XᵀX`` and the solve.
@@ -91,6 +99,11 @@ class TRAKer:
         nonfinite: ``"error"`` (default): a NaN or infinite projected gradient or Q raises
             ``NonFiniteGradientError`` naming the examples and the checkpoint, before anything
             of the batch is stored; ``"zero"``: such examples are stored as zeros, with a warning.
+        per_module: one block of ``proj_dim`` columns per module (features ``(n, M·proj_dim)``,
+            see :mod:`trak_core.module_blocks`; the column map is :attr:`module_columns`), each
+            finalized with its own regularized inverse (block-diagonal TRAK);
+            ``finalize_scores(per_module=True)`` then gives each module's scores.  Needs the
+            default projector; not on many processes yet.
     """
 
     def __init__(
@@ -117,12 +130,14 @@ class TRAKer:
         proj_kind: str = "rademacher",
         sparsity: int = 1,
         mask_rate: float | None = None,
+        factor_masks: tuple[int, int] | None = None,
         proj_backend: str = "auto",
         xtx_dtype: str = "float64",
         block_rows: int = 8192,
         score_tile: tuple[int, int] = (8192, 4096),
         quiet: bool = False,
         nonfinite: str = "error",
+        per_module: bool = False,
     ):
         logger.setLevel(logging_level)
         if saver is not None or score_computer is not None:
@@ -135,16 +150,18 @@ class TRAKer:
         if block_rows < 1 or min(score_tile) < 1:
             raise ValueError("block_rows and score_tile must be positive")
         check_lambda(lambda_reg, lambda_scale)
-        if proj_kind == "kronecker" and projector is not None:
-            raise ValueError("proj_kind='kronecker' builds its own projections: pass projector=None")
+        if proj_kind in ("kronecker", "factgrass") and projector is not None:
+            raise ValueError(f"proj_kind={proj_kind!r} builds its own projections: pass projector=None")
 
         self.model = model
         self.task = resolve_task(task)
         self.train_set_size = int(train_set_size)
         self.device = torch.device(device) if device is not None else _model_device(model)
-        self.gradient_computer = make_gradient_computer(gradient_computer, model, self.task, grad_wrt, proj_kind)
+        self.gradient_computer = make_gradient_computer(
+            gradient_computer, model, self.task, grad_wrt, proj_kind, factor_masks
+        )
         self.num_params = self.gradient_computer.num_params
-        dense_kind = "gaussian" if proj_kind == "kronecker" else proj_kind
+        dense_kind = {"kronecker": "gaussian", "factgrass": "sjlt"}.get(proj_kind, proj_kind)
         if proj_kind == "kronecker" and (sparsity != 1 or mask_rate is not None):
             raise ValueError("sparsity and mask_rate apply to proj_kind='sjlt' or 'grass' only, not 'kronecker'")
         self.projector = build_projector(
@@ -154,14 +171,21 @@ class TRAKer:
         self.lambda_reg, self.lambda_scale = lambda_reg, lambda_scale
         self.xtx_dtype = DTYPES[xtx_dtype]
         self.block_rows, self.score_tile, self.quiet = block_rows, tuple(score_tile), quiet
-        self.writer = RowWriter(self.gradient_computer, self.projector, proj_max_batch_size, nonfinite)
+        columns = self._module_columns(per_module)
+        rows_from = self.gradient_computer if columns is None else PerModuleGradients(
+            self.gradient_computer, columns, self.projector)  # fmt: skip
+        num_columns = self.proj_dim if columns is None else columns.num_columns
+        self.writer = RowWriter(rows_from, self.projector, proj_max_batch_size, nonfinite, num_columns)
 
         described = projector_description(self.projector)
         if proj_kind == "kronecker":
             described["kind"] = "kronecker"
+        if proj_kind == "factgrass":
+            described.update(kind="factgrass", factor_masks=self.gradient_computer.factor_masks)
         settings = StoreSettings(
             train_set_size=self.train_set_size,
-            proj_dim=self.proj_dim,
+            proj_dim=num_columns,
+            module_columns=None if columns is None else columns.to_settings(),
             **described,
             dtype="float32",
             xtx_dtype=xtx_dtype,
@@ -188,6 +212,24 @@ class TRAKer:
             if wants_shards(save_dir):
                 cls = ShardedTRAKer
         return super().__new__(cls)
+
+    def _module_columns(self, per_module: bool) -> ModuleColumns | None:
+        """The column map of per-module features, or None for whole-model features."""
+        from .sharded_traker import ShardedTRAKer  # (imports this module)
+
+        if not isinstance(per_module, bool):
+            raise TypeError(f"per_module must be True or False, got {per_module!r}")
+        if not per_module:
+            return None
+        if isinstance(self, ShardedTRAKer):
+            raise ValueError("per_module=True is not supported on many processes (torchrun) yet")
+        return ModuleColumns(self.gradient_computer.param_names, self.proj_dim)
+
+    @property
+    def module_columns(self) -> dict[str, tuple[int, int]] | None:
+        """Per-module features: ``{module: (start, stop)}``, the feature columns of each module's
+        block (also ``trak_core.Store.open(save_dir).module_columns``); None for whole-model features."""
+        return self.store.module_columns
 
     def _open_store(self, save_dir, settings: StoreSettings, fresh: bool):
         """Opens (takes the writer lock of) the store; returns its resolved directory."""
@@ -376,12 +418,16 @@ class TRAKer:
             state["bar"].close()
         return computed
 
-    def finalize_scores(self, exp_name: str, model_ids: Iterable[int] | None = None, allow_skip: bool = False):
+    def finalize_scores(
+        self, exp_name: str, model_ids: Iterable[int] | None = None, allow_skip: bool = False, per_module: bool = False
+    ):
         """The scores of experiment ``exp_name``: ``(train_set_size, num_targets)`` float32 memmap.
 
         Averages over the checkpoints ``model_ids`` (default: all in the store).  A checkpoint
         whose features are not finalized or whose targets are not all scored raises, or is
-        skipped with a warning when ``allow_skip``.
+        skipped with a warning when ``allow_skip``.  ``per_module`` (a ``per_module=True``
+        TRAKer): ``{module: (train_set_size, num_targets)}``, each module's scores from its own
+        block and regularized inverse; their sum is the whole-model (block-diagonal) scores.
         """
         self._last_ind_target = 0
         record = self.store.experiment(exp_name)
@@ -400,9 +446,8 @@ class TRAKer:
         if not usable:
             raise ValueError(f"no checkpoint is ready to score experiment {exp_name!r}")
         start = time.perf_counter()
-        self.scores = finalize_scores(
-            self.store, exp_name, usable, device=self.device, tile_shape=self.score_tile, quiet=self.quiet
-        )
+        self.scores = finalize_scores(self.store, exp_name, usable, device=self.device, tile_shape=self.score_tile,
+                                      quiet=self.quiet, per_module=per_module)  # fmt: skip
         self.timings[f"finalize scores {exp_name}"] = time.perf_counter() - start
         return self.scores
 
