@@ -18,6 +18,11 @@ The sparse kinds (``sjlt``, ``grass``) have no ``project_linear``: their Linear 
 gradients are formed one bounded block of rows at a time and projected at the block's offset
 (:mod:`trak_core.sparse_hooks`), so their features also equal the ``torch.func`` path's and
 memory stays bounded, but the cost of forming ``B·d_out·d_in`` entries is paid.
+``linear_kind="factgrass"`` (GraSS's FactGraSS, :mod:`fastjl.factgrass_spec`) sketches each
+Linear/Conv1D/Conv2d layer with ``fastjl.project_linear(kind="factgrass")`` (only the masked
+``k_out × k_in`` part of its gradient is formed); every other parameter (embeddings, norms,
+``torch.func`` parameters, a bias whose rows do not follow its weight's) gets plain ``sjlt``
+at its own offset, as the sparse kinds do.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 import torch
 
 import fastjl
+from fastjl.factgrass_spec import MAX_FACTOR_DIM, check_factor_masks
 from fastjl.sparse_spec import SPARSE_KINDS
 
 from .embedding_hooks import EmbeddingLayer
@@ -66,17 +72,26 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         model, task, grad_wrt: as for :class:`FunctionalGradientComputer`.
         linear_kind: None to project Linear layers with the projector's kind (identical
             features to the ``torch.func`` path), or ``"kronecker"`` for the structured kind
-            (the other parameters then use the projector's dense kind).
+            (the other parameters then use the projector's dense kind), or ``"factgrass"``
+            (the projector's kind must be ``"sjlt"``; the other parameters use it).
+        factor_masks: ``(k_out, k_in)`` for ``"factgrass"`` (required there, refused otherwise):
+            coordinates kept of each layer's output and input factors; a factor smaller than
+            its mask is kept whole (as dattri's FactGraSS does).
     """
 
-    def __init__(self, model: torch.nn.Module, task, grad_wrt=None, linear_kind: str | None = None):
+    def __init__(self, model: torch.nn.Module, task, grad_wrt=None, linear_kind: str | None = None, factor_masks=None):
         super().__init__(model, task, grad_wrt)
         reason = hooks_unavailable(model, task, self.param_names)
         if reason is not None:
             raise ValueError(f"the hooks gradient path cannot be used: {reason}")
-        if linear_kind not in (None, "kronecker"):
-            raise ValueError(f"linear_kind must be None or 'kronecker', got {linear_kind!r}")
-        self.linear_kind = linear_kind
+        if linear_kind not in (None, "kronecker", "factgrass"):
+            raise ValueError(f"linear_kind must be None, 'kronecker' or 'factgrass', got {linear_kind!r}")
+        if (linear_kind == "factgrass") != (factor_masks is not None):
+            raise ValueError("factor_masks=(k_out, k_in) is required by linear_kind='factgrass' and only allowed there")
+        if factor_masks is not None:
+            check_factor_masks(factor_masks, MAX_FACTOR_DIM, MAX_FACTOR_DIM)
+            factor_masks = tuple(int(k) for k in factor_masks)
+        self.linear_kind, self.factor_masks = linear_kind, factor_masks
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         starts = torch.tensor([0] + [sizes[n] for n in self.param_names]).cumsum(0).tolist()
         self.offsets = dict(zip(self.param_names, starts))
@@ -129,6 +144,8 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         """``(B, K)``: the layer's per-example weight (and bias) gradients, projected unformed."""
         opts = dict(seed=seed, backend=projector.backend, scale=projector.scale)
         offset = self.offsets[layer.weight]
+        if self.linear_kind == "factgrass":
+            return self._project_factgrass_layer(layer, a, g, projector, seed)
         if projector.kind in SPARSE_KINDS:  # no sparse project_linear: G formed in bounded blocks
             return self._project_formed_linear(layer, a, g, projector, seed)
         if getattr(layer, "transposed", False) and self.linear_kind != "kronecker":
@@ -147,6 +164,24 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
         bias_follows = layer.bias is not None and self.offsets[layer.bias] == offset + weight_size
         part = fastjl.project_linear(a, g, projector.proj_dim, kind=projector.kind, offset=offset, bias=bias_follows,
                                      **opts)  # fmt: skip
+        if layer.bias is not None and not bias_follows:
+            part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
+        return part
+
+    def _project_factgrass_layer(self, layer: LinearLayer, a, g, projector, seed: int) -> torch.Tensor:
+        """``(B, K)``: FactGraSS of the layer at its weight's offset, the bias as the input
+        factor's column of ones when its rows follow the weight's, else plain sjlt at its own
+        offset.  A Conv1D is sketched as the nn.Linear it computes (``a`` in, ``g`` out), as for
+        kronecker."""
+        if projector.kind != "sjlt":
+            raise ValueError(f"linear_kind='factgrass' needs a projector of kind 'sjlt', got {projector.kind!r}")
+        offset = self.offsets[layer.weight]
+        bias_follows = layer.bias is not None and self.offsets[layer.bias] == offset + layer.d_out * layer.d_in
+        k_out, k_in = self.factor_masks
+        masks = (min(k_out, layer.d_out), min(k_in, layer.d_in + bias_follows))
+        part = fastjl.project_linear(a, g, projector.proj_dim, kind="factgrass", seed=seed, offset=offset,
+                                     bias=bias_follows, factor_masks=masks, sparsity=projector.sparsity,
+                                     backend=projector.backend, scale=projector.scale)  # fmt: skip
         if layer.bias is not None and not bias_follows:
             part += self._project_gradients({layer.bias: layer.per_example_bias_grad(g)}, projector, seed)
         return part
