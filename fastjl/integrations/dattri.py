@@ -45,6 +45,20 @@ every device (dattri's own refuses ``"grass"`` on a CPU).
 ``"identity"`` and ``"random_mask"`` are handed back to dattri's own implementation with the
 same arguments, so they behave exactly as in dattri.  Which types fastjl serves is the one
 table ``KINDS``.
+
+FactGraSS (``dattri.algorithm.factgrass.FactGraSSAttributor``) is left to dattri.  Its
+projection is the same family as fastjl's ``project_linear(kind="factgrass")`` when dattri runs
+it on CUDA (``proj_type="sjlt"`` for the second stage): both keep a uniformly random subset of
+``k`` coordinates of each factor (dattri ``randperm(d)[:k]``, ``k = sqrt(K · blowup_factor)``
+for both factors, clipped to the factor), append the bias as a column of ones to the input
+factor, order the Kronecker product output-major, and apply an unscaled one-nonzero SJLT; on a
+CPU dattri uses a dense gaussian second stage instead, another family.  It is not routed
+because dattri does not build it through ``random_project`` as one projection: its
+``Compressor.forward`` (``torch.compile``-d) chains two ``random_mask`` projectors, an einsum
+(with dattri's ``batch_size`` factor for mean-reduced losses) and a stage-2 projector, so
+serving it would mean replacing that method, not a projector; that is not done.  Under
+``use_fastjl()`` its stages already run as dattri's own ``random_mask`` and fastjl's ``sjlt``
+(or ``gaussian`` on a CPU) on the masked ``k × k`` product, the same family with other draws.
 """
 
 from __future__ import annotations
