@@ -2,6 +2,8 @@
 block-diagonal finalize and per-module scores, store settings and resumable scores."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +235,14 @@ def test_attribute_per_module_and_errors(tmp_path):
     with pytest.raises(TypeError, match="per_module must be True or False"):
         trak_core.TRAKer(model, "classification", 4, save_dir=tmp_path / "q", proj_dim=K, per_module="yes")
     assert math.isfinite(float(sum(s.sum() for s in scores.values())))
+
+
+def test_readme_per_module_example_runs(capsys):
+    pytest.importorskip("transformers", reason="the README example needs transformers")
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"### Per-module features\n.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    modules = ["transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_fc",
+               "transformer.h.1.mlp.c_proj"]  # fmt: skip
+    assert printed == [f"{m} (8, 4)" for m in modules]
