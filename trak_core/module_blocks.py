@@ -15,9 +15,11 @@ D the number of all differentiated parameters.  The blocks therefore add up to t
 features, for every kind: the sparse kinds' block holds the sjlt/GraSS rows of the module's own
 parameter rows; with ``proj_kind="kronecker"`` a Linear/Conv1D/embedding module's block is its
 LoGra-style Kronecker sketch and every other module's block its dense gaussian projection.
-Exception, kronecker only: a Linear layer whose bias belongs to another module than its weight
-(a weight tied to an embedding plus the head's own bias, as in BERT's MLM head) is sketched
-jointly ([W | b]), so that whole sketch lands in the weight's block.
+A Linear layer whose bias belongs to another module than its weight (a weight tied to an
+embedding plus the head's own bias, as in BERT's MLM head): with the dense and sparse kinds the
+bias's term is projected on its own and moved to the bias's block (exact to float32 rounding);
+a structured kind (kronecker) sketches ``[W | b]`` jointly, so that whole sketch lands in the
+weight's block.
 
 Cost: a featurized batch costs what the whole-model features cost (the same projection calls
 on both gradient paths: the parts are placed instead of added); the features hold M·K columns,
@@ -137,7 +139,7 @@ class PerModuleGradients:
             if out is None:
                 out = self._empty(part, part.shape[0])
             owners = {self.columns.index_of_param[n] for n in names}
-            if len(owners) > 1 and self.computer.linear_kind != "kronecker":
+            if len(owners) > 1 and self.computer.linear_kind is None:  # structured kinds: joint sketch
                 # A head whose (tied) weight and own bias belong to two modules: the bias's
                 # term is projected on its own and moved to the bias's block.
                 bias_part = self.computer._project_gradients(
