@@ -1,11 +1,14 @@
 """The sparse kinds behind :func:`fastjl.project` (``kind="sjlt"`` and ``kind="grass"``) and
 :func:`project_transpose`, the map back from K to D for every kind.
 
-The matrix is fixed in :mod:`fastjl.sparse_spec`.  Only the torch backend implements the sparse
-kinds today (``backend="auto"`` picks it on every device; naming ``"cuda"`` or ``"triton"``
-raises RuntimeError saying so).  Autograd: the result is differentiable in ``x``; the backward
-pass is the transposed projection (:func:`fastjl._backends.sparse_torch.transpose_sparse`),
-times the same scale factor, in float32 (float64 for float64 ``x``), returned in x's dtype.
+The matrix is fixed in :mod:`fastjl.sparse_spec`.  The torch backend implements the sparse kinds
+on every device; ``backend="triton"`` runs a deterministic Triton kernel
+(:mod:`fastjl._backends.triton_sparse`) on CUDA tensors, tested in Triton's interpreter and
+compiled for sm_80/sm_90 but not yet run on a GPU, so ``backend="auto"`` still picks torch for
+the sparse kinds (``FASTJL_BACKEND`` included).  ``"cuda"`` raises RuntimeError (no sparse kinds).
+Autograd: the result is differentiable in ``x``; the backward pass is the transposed projection
+(:func:`fastjl._backends.sparse_torch.transpose_sparse`), times the same scale factor, in float32
+(float64 for float64 ``x``), returned in x's dtype.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def project_sparse(x, proj_dim, *, seed, kind, offset, out, backend, scale, chec
     scale = check_scale(scale)
     given_out = out is not None
     out = check_out(out, x, proj_dim)
-    module = _backends.select(backend, x.device, "project_sparse")
+    # "auto" stays on torch for the sparse kinds until a GPU run has verified the Triton kernel.
+    module = _backends.select("torch" if backend == "auto" else backend, x.device, "project_sparse")
     factor = sparse_factor(scale, sparsity)
     options = dict(seed=seed, offset=offset, sparsity=sparsity, threshold=threshold)
 

@@ -244,3 +244,13 @@ def _sum_splits(partials: torch.Tensor, out: torch.Tensor) -> None:
     _kernels()._sum_splits_kernel[(-(-n // block),)](
         partials, out, n, proj_dim, splits, out.stride(0), out.stride(1), BLOCK=block
     )
+
+
+def project_sparse(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, offset: int, sparsity: int, threshold: int | None
+) -> None:
+    """The sparse kinds (sjlt, grass): see :mod:`.triton_sparse` (imported here lazily: it imports
+    this module).  ``backend="auto"`` does not pick it yet (``fastjl/sparse.py``)."""
+    from . import triton_sparse
+
+    triton_sparse.project_sparse(x, out, seed=seed, offset=offset, sparsity=sparsity, threshold=threshold)

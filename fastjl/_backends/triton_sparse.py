@@ -1,0 +1,162 @@
+"""Triton backend of the sparse kinds (sjlt, grass): the host side of ``triton_sparse_kernels``.
+
+``out = x @ P[offset:offset+D, :K]`` (entries ±1, GraSS's masked rows 0).  The rows of P are cut
+into chunks of ``CHUNK = NNZ / s`` rows (so a chunk has at most ``NNZ`` nonzeros: one
+gather-and-scan step per chunk and column tile); each chunk's nonzeros, generated from the spec
+(:mod:`fastjl.sparse_blocks`, exact bits) and sorted by column with rows ascending, are stored as
+int16 entries plus int16 column pointers (:func:`chunk_structure`).  That structure does not
+depend on x, so it is kept in :mod:`.sparse_cache` for the next call with the same matrix.
+
+Bytes per input row (x of B rows, itemsize ``w``): ``B·w`` of x, read once (coalesced, a chunk
+window at a time), plus ``2s + 2K/CHUNK`` of structure, read once per batch tile (from L2 when
+the batch tiles of a chunk run side by side, as the grid order makes them), plus the per-split
+partial sums (``splits·B·K·4`` bytes, written once and summed in order).  Memory: the structure
+is built ``PIECE_NONZEROS`` nonzeros (and at most ``PIECE_POINTERS`` column pointers) at a time.
+
+K beyond ``COLUMN_RANGE`` is done one range of columns at a time, each range a pass over x (the
+column pointers are K-sized per chunk); every K used by TRAK-style projections fits one range.
+
+Determinism: no atomics; every sum has an order fixed by the structure and the plan (tiles,
+chunks, splits), and the plan depends only on (B, D, K, s, the GPU's SM count): the same call is
+bitwise the same run after run.  The order differs from the torch backend's (results agree to
+float32 rounding, not bitwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sparse_blocks import grass_keep_block, sjlt_block
+from . import sparse_cache
+from .triton_backend import _interpreting, _sum_splits, availability, one_wave_splits  # noqa: F401
+
+NAME = "triton"
+
+# Nonzeros per chunk on a GPU: the (BLOCK_B, CHUNK) window of x, the gathered values and their
+# scan stay in registers (and shared memory for tl.gather) at 16 warps.  int16 entries hold a
+# local row below 2^13 next to two flag bits, and column pointers up to CHUNK * s.
+GPU_NNZ = 4096
+INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, its scans one element at a time
+MAX_BLOCK_K = 4096
+INTERPRETER_MAX_BLOCK_K = 32
+COLUMN_RANGE = 1 << 16
+PIECE_NONZEROS = 1 << 22
+PIECE_POINTERS = 1 << 24
+_ENTRY_ROW_LIMIT = 1 << 13
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def plan(batch: int, width: int, sparsity: int, device: torch.device) -> dict:
+    """Tiles and launch options for ``width`` output columns: ``BLOCK_B``, ``BLOCK_K``, ``CHUNK``,
+    ``NNZ``, ``num_warps``.  One column tile covers up to 4096 columns, so at K <= 4096 each
+    window of x is loaded by one program only."""
+    on_gpu = device.type == "cuda"
+    nnz = GPU_NNZ if on_gpu else INTERPRETER_NNZ
+    block_k = max(16, min(_next_pow2(width), MAX_BLOCK_K if on_gpu else INTERPRETER_MAX_BLOCK_K))
+    block_b = 1 if on_gpu else 2
+    chunk = nnz // sparsity
+    assert chunk <= _ENTRY_ROW_LIMIT and chunk * sparsity < 1 << 15
+    return dict(BLOCK_B=block_b, BLOCK_K=block_k, CHUNK=chunk, NNZ=nnz, num_warps=16 if on_gpu else 4)
+
+
+def chunk_structure(
+    seed: int, row0: int, nrows: int, proj_dim: int, sparsity: int, threshold, chunk: int, col0: int, width: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's view of rows ``row0 .. row0+nrows-1`` of P, columns ``col0 .. col0+width-1``:
+    ``entries`` int16 ``(chunks, chunk·s)``, ``local row << 2 | negative << 1 | first of its
+    column`` in (column, row) order per chunk, and ``col_ptr`` int16 ``(chunks, width + 1)``, the
+    start of each column's entries (column-relative, ``col_ptr[:, -1]`` the chunk's count)."""
+    chunks = -(-nrows // chunk)
+    columns, negative = sjlt_block(seed, row0, nrows, proj_dim, sparsity, device)
+    local = torch.arange(nrows, dtype=torch.int64, device=device)[:, None].expand(nrows, sparsity)
+    selected = (columns >= col0) & (columns < col0 + width)
+    if threshold is not None:
+        selected &= grass_keep_block(seed, row0, nrows, threshold, device)[:, None]
+    # Boolean indexing keeps row-major order: rows ascend, so the stable sort keeps them
+    # ascending within a column.
+    local, columns, negative = local[selected], columns[selected] - col0, negative[selected]
+    chunk_id = local // chunk
+    key = chunk_id * width + columns
+    order = torch.argsort(key, stable=True)
+    key, local, negative, chunk_id = key[order], local[order], negative[order], chunk_id[order]
+    counts = torch.bincount(key, minlength=chunks * width).view(chunks, width)
+    col_ptr = torch.zeros((chunks, width + 1), dtype=torch.int64, device=device)
+    torch.cumsum(counts, 1, out=col_ptr[:, 1:])
+    per_chunk = col_ptr[:, -1]
+    chunk_base = torch.cumsum(per_chunk, 0) - per_chunk
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    slot = chunk_id * (chunk * sparsity) + torch.arange(key.numel(), device=device) - chunk_base[chunk_id]
+    code = ((local % chunk) << 2) | (negative.to(torch.int64) << 1) | first.to(torch.int64)
+    entries = torch.zeros(chunks * chunk * sparsity, dtype=torch.int16, device=device)
+    entries[slot] = code.to(torch.int16)
+    return entries.view(chunks, chunk * sparsity), col_ptr.to(torch.int16)
+
+
+def _splits(programs: int, chunks: int, device: torch.device) -> int:
+    """Splits of a piece's chunks: one wave of ~2 programs per SM (as the dense kernels), at least
+    2 chunks per split.  The interpreter splits whenever it can, to exercise the reduction."""
+    if device.type != "cuda":
+        return 1 if chunks < 2 else 2
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(one_wave_splits(programs, 2 * sms), chunks // 2))
+
+
+def project_sparse(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, offset: int, sparsity: int, threshold: int | None
+) -> None:
+    """Writes ``x @ P`` (unscaled entries ±1) into ``out`` ``(B, K)`` float32 (any strides);
+    ``threshold`` is GraSS's mask threshold, None for sjlt.  Arguments arrive validated."""
+    proj_dim = out.shape[1]
+    for col0 in range(0, proj_dim, COLUMN_RANGE):
+        width = min(COLUMN_RANGE, proj_dim - col0)
+        _project_columns(x, out[:, col0 : col0 + width], seed, offset, sparsity, threshold, proj_dim, col0)
+
+
+def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) -> None:
+    from . import triton_sparse_kernels as k  # lazily: see triton_sparse_kernels' docstring
+
+    batch, dim = x.shape
+    width = out.shape[1]
+    cfg = plan(batch, width, sparsity, x.device)
+    launch = {"num_warps": cfg.pop("num_warps")}
+    chunk = cfg["CHUNK"]
+    piece_chunks = max(1, min(PIECE_NONZEROS // cfg["NNZ"], PIECE_POINTERS // (width + 1)))
+    pieces = [(r0, min(dim, r0 + piece_chunks * chunk)) for r0 in range(0, dim, piece_chunks * chunk)]
+    grid_k, grid_b = -(-width // cfg["BLOCK_K"]), -(-batch // cfg["BLOCK_B"])
+    chunks = [-(-(r1 - r0) // chunk) for r0, r1 in pieces]
+    splits = [_splits(grid_k * grid_b, n, x.device) for n in chunks]
+    if sum(splits) == 1:
+        dest = out.unsqueeze(0)
+    else:
+        dest = torch.empty((sum(splits), batch, width), dtype=torch.float32, device=x.device)
+    slot = 0
+    for (r0, r1), n, split in zip(pieces, chunks, splits):
+        rows = (offset + r0, r1 - r0)
+        args = (seed, *rows, proj_dim, sparsity, threshold, chunk, col0, width, x.device)
+        key = ("triton-sparse", str(x.device), *args[:-1])
+        entries, col_ptr = sparse_cache.get_or_build(key, lambda args=args: chunk_structure(*args))
+        part = dest[slot : slot + split]
+        k._sparse_project_kernel[(grid_k, grid_b, split)](
+            x[:, r0:r1],
+            entries,
+            col_ptr,
+            part,
+            batch,
+            r1 - r0,
+            width,
+            x.stride(0),
+            x.stride(1),
+            *part.stride(),
+            entries.shape[1],
+            n,
+            -(-n // split),
+            **cfg,
+            **launch,
+        )
+        slot += split
+    if dest.shape[0] > 1:
+        _sum_splits(dest, out)
