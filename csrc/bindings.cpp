@@ -18,6 +18,7 @@
 #include "philox.cuh"
 #include "project_args.h"
 #include "project_plan.cuh"
+#include "sparse_cpu.h"
 
 namespace py = pybind11;
 
@@ -96,6 +97,25 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Write P[row0:row0+nrows, col0:col0+ncols] row-major to host memory at out_ptr.\n"
       "kind: 0 rademacher, 1 gaussian; dtype_code: 0 float32, 3 float64.");
+
+  // Sparse kinds on the CPU (sparse_cpu.cpp): out = x_block @ P_block from the block's packed
+  // structure; single-threaded, GIL released (the Python CPU workers run blocks in parallel).
+  m.def(
+      "host_sparse_block",
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
+         uintptr_t packed_ptr, uintptr_t kept_ptr, int64_t n_kept, int sparsity, uintptr_t out_ptr,
+         int out_dtype, int64_t proj_dim, int64_t stride_ob) {
+        fastjl::host_sparse_block(fastjl::SparseBlockArgs{x_ptr, x_dtype, batch, rows, stride_xb,
+                                                          packed_ptr, kept_ptr, n_kept, sparsity,
+                                                          out_ptr, out_dtype, proj_dim, stride_ob});
+      },
+      py::arg("x_ptr"), py::arg("x_dtype"), py::arg("batch"), py::arg("rows"),
+      py::arg("stride_xb"), py::arg("packed_ptr"), py::arg("kept_ptr"), py::arg("n_kept"),
+      py::arg("sparsity"), py::arg("out_ptr"), py::arg("out_dtype"), py::arg("proj_dim"),
+      py::arg("stride_ob"), py::call_guard<py::gil_scoped_release>(),
+      "out[b, :] = x[b, :rows] @ P_block (overwritten) for a sparse kind's block, from its packed\n"
+      "structure: uint32 column | sign << 31, s per used row; kept: int32 used rows (grass) or 0.\n"
+      "dtype codes: 0 float32, 1 float16, 2 bfloat16, 3 float64; out float64 for float64 x.");
 
   m.def(
       "device_matrix_block",

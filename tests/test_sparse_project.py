@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastjl
-from fastjl._backends import sparse_torch
+from fastjl._backends import sparse_cpu, sparse_torch
 
 from .helpers import poisoned, relative_error
 
@@ -34,9 +34,14 @@ def opts(kind, s, rate, seed=5, offset=OFFSET):
     return dict(seed=seed, kind=kind, offset=offset, sparsity=s, mask_rate=rate)
 
 
-@pytest.fixture(params=["csr", "segments"])
+@pytest.fixture(params=["packed", "csr", "segments"])
 def path(request, monkeypatch):
-    """Both products of the torch backend: the CSR gather (CPU) and the segmented sums (other devices)."""
+    """Every product of the torch backend: the C++ loop (CPU, fastjl._C built), the CSR gather
+    (CPU without it) and the segmented sums (other devices)."""
+    if request.param == "packed" and not sparse_cpu.serves(torch.empty(1, 1), torch.empty(1, 1)):
+        pytest.skip("fastjl._C is not built (no nvcc at install): the C++ CPU product is absent")
+    if request.param != "packed":
+        monkeypatch.setattr(sparse_cpu, "ENABLED", False)
     if request.param == "segments":
         monkeypatch.setattr(sparse_torch, "CSR_DEVICE_TYPES", ())
     return request.param

@@ -50,6 +50,8 @@ def nbytes(structure) -> int:
     """Bytes held by a structure: a tensor (sparse CSR included) or a tuple of tensors."""
     if isinstance(structure, tuple):
         return sum(nbytes(part) for part in structure)
+    if structure is None:  # an absent part (sjlt has no list of kept rows)
+        return 0
     if structure.layout == torch.sparse_csr:
         parts = (structure.crow_indices(), structure.col_indices(), structure.values())
         return sum(p.numel() * p.element_size() for p in parts)

@@ -6,10 +6,15 @@ partial sums are added into ``out`` in block order (:func:`.torch_backend.sum_bl
 result does not depend on the number of CPU workers.  Nothing is atomic: every output element is
 a sum in a fixed order, the same run after run.
 
-* CPU: the block's nonzeros, sorted by column (a stable sort, so rows ascend within a column),
-  form a ``(K, rows)`` CSR matrix ``Pᵀ``, and ``partial = (Pᵀ @ xᵀ)ᵀ`` with the block of ``x``
-  transposed to ``(rows, B)`` in the compute dtype: every output is a gather over its column's
-  rows in row order.  Masked GraSS rows are dropped before the product.
+* CPU with ``fastjl._C`` built (:mod:`fastjl._backends.sparse_cpu`): the block's nonzeros
+  packed as 32-bit words (column | sign bit, ``s`` per used row) and a C++ loop that reads the
+  block of ``x`` once, in place, adding each signed element into its columns in row order
+  (``csrc/sparse_cpu.cpp``).
+* CPU without it: the block's nonzeros, sorted by column (a stable sort, so rows ascend within a
+  column), form a ``(K, rows)`` CSR matrix ``Pᵀ``, and ``partial = (Pᵀ @ xᵀ)ᵀ`` with the block of
+  ``x`` transposed to ``(rows, B)`` in the compute dtype: every output is a gather over its
+  column's rows in row order.  Masked GraSS rows are dropped before the product.
+  Both CPU paths sum each output in ascending row order.
 * Other devices (CUDA tensors on the torch backend): the block's nonzeros are sorted by column
   (a stable sort), the rows of ``xᵀ`` they touch are gathered in that order and signed, and
   ``segment_reduce`` sums each output column's run: a gather and a segmented sum, ``s`` reads of
@@ -31,7 +36,7 @@ import warnings
 import torch
 
 from ..sparse_blocks import grass_keep_block, sjlt_block
-from . import sparse_cache
+from . import sparse_cache, sparse_cpu
 from .cpu_workers import block_bytes
 from .torch_backend import block_budget, sum_blocks_into
 
@@ -105,16 +110,21 @@ def project_sparse(
     itemsize = out.element_size()
     device = x.device
     per_block = block_bytes(device, block_budget())
-    sparse_path = device.type in CSR_DEVICE_TYPES
-    # CSR: the block of x transposed, in the compute dtype; segments: that too, its gathered rows
-    # (s per row) and the sort's int64 keys, permutation and lengths.
-    per_row = batch * itemsize if sparse_path else batch * itemsize + sparsity * (batch * itemsize + 40)
+    packed_path = device.type == "cpu" and sparse_cpu.serves(x, out)
+    sparse_path = not packed_path and device.type in CSR_DEVICE_TYPES
+    path = "packed" if packed_path else "csr" if sparse_path else "segments"
+    # packed: a copy of the block of x only if its columns are strided; CSR: the block of x
+    # transposed, in the compute dtype; segments: that too, its gathered rows (s per row) and
+    # the sort's int64 keys, permutation and lengths.
+    per_row = batch * itemsize if packed_path or sparse_path else batch * itemsize + sparsity * (batch * itemsize + 40)
     rows = _block_rows(batch, dim, per_row, sparsity, per_block, device)
     if sparse_path:
         _spend_csr_beta_warning()
 
     def structure(r0, r1):
         """The block's sorted nonzeros (see sparse_cache: the part of the work that x does not change)."""
+        if packed_path:
+            return sparse_cpu.packed_block(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold)
         local, columns, values = _nonzeros(seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, compute, device)
         if sparse_path:
             return _csr_transposed(local, columns, values, r1 - r0, proj_dim)
@@ -123,8 +133,10 @@ def project_sparse(
 
     def work(job, _state) -> torch.Tensor:
         r0, r1 = job.rows
-        key = ("sparse", str(device), compute, seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, sparse_path)
+        key = ("sparse", str(device), compute, seed, offset + r0, r1 - r0, proj_dim, sparsity, threshold, path)
         block = sparse_cache.get_or_build(key, lambda: structure(r0, r1))
+        if packed_path:
+            return sparse_cpu.block_product(x[:, r0:r1], block, proj_dim, sparsity, compute)
         # (rows, B): the CSR product's fast layout, and for the segments one contiguous run of B
         # values per gathered row (coalesced on a GPU) instead of B scattered ones.
         xt = x[:, r0:r1].t().to(compute).contiguous()
