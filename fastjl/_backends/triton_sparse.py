@@ -32,9 +32,10 @@ from .triton_backend import _interpreting, _sum_splits, availability, one_wave_s
 
 NAME = "triton"
 
-# Nonzeros per chunk on a GPU: the (BLOCK_B, CHUNK) window of x, the gathered values and their
-# scan stay in registers (and shared memory for tl.gather) at 16 warps.  int16 entries hold a
-# local row below 2^13 next to two flag bits, and column pointers up to CHUNK * s.
+# Nonzeros per chunk on a GPU: at 16 warps the chunk's window of x, its gathered values and
+# their scan, and a 4096-column accumulator take 125 registers a thread, no spills (sm_90,
+# Triton 3.9; BLOCK_B = 2 spilled 64 bytes, so a GPU program takes one batch row).  int16
+# entries hold a local row below 2^13 next to two flag bits, and column pointers up to CHUNK * s.
 GPU_NNZ = 4096
 INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, its scans one element at a time
 MAX_BLOCK_K = 4096

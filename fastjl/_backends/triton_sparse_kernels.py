@@ -51,24 +51,18 @@ def _sparse_project_kernel(
     pid_k = tl.program_id(0)  # fastest: programs that share a window of x run side by side
     pid_b = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    b_mask = offs_b < B
     k0 = pid_k * BLOCK_K
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     k_end = tl.minimum(k0 + BLOCK_K, K)
     rows = tl.arange(0, CHUNK).to(tl.int64)
     lane = tl.arange(0, NNZ)
-    x_rows = x_ptr + offs_b.to(tl.int64)[:, None] * stride_xb
-    zero_k = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.int32)
-    zero_n = tl.zeros((BLOCK_B, NNZ), dtype=tl.int32)
+    tile_rows = tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
     c_start = pid_s.to(tl.int64) * chunks_per_split  # c runs in int64: 64-bit offsets below
     c_stop = tl.minimum(c_start + chunks_per_split, chunks)
     for c in range(c_start, c_stop):
         d = c * CHUNK + rows
-        window = tl.load(x_rows + d[None, :] * stride_xd, mask=b_mask[:, None] & (d[None, :] < D), other=0.0)
-        window = window.to(tl.float32)
         ptr = col_ptr_ptr + c * (K + 1)
         starts = tl.load(ptr + offs_k, mask=k_mask, other=0).to(tl.int32)
         ends = tl.load(ptr + offs_k + 1, mask=k_mask, other=0).to(tl.int32)
@@ -76,21 +70,30 @@ def _sparse_project_kernel(
         p_hi = tl.load(ptr + k_end).to(tl.int32)
         entries = entries_ptr + c * nnz_per_chunk
         for p0 in range(p_lo, p_hi, NNZ):
+            # The block's structure, decoded once for the tile's BLOCK_B batch rows.
             pos = p0 + lane
             live = pos < p_hi
             e = tl.load(entries + pos, mask=live, other=0).to(tl.int32)
+            row = e >> 2
+            negative = ((e >> 1) & 1) != 0
             first = (e & 1) | (pos == p0).to(tl.int32)  # a block starts a segment too
-            v = tl.gather(window, zero_n + (e >> 2)[None, :], 1)
-            v = tl.where(((e >> 1) & 1)[None, :] != 0, -v, v)
-            v = tl.where(live[None, :], v, 0.0)
-            sums, _ = tl.associative_scan((v, zero_n + first[None, :]), 1, _segmented_add)
             # Column k's entries in this block: [max(start, p0), min(end, p0 + NNZ)); its sum
             # sits at the last of them.
             lo = tl.maximum(starts, p0)
             hi = tl.minimum(ends, p0 + NNZ)
             has = (hi > lo) & k_mask
             last = tl.where(has, hi - 1 - p0, 0)
-            part = tl.gather(sums, zero_k + last[None, :], 1)
-            acc += tl.where(has[None, :], part, 0.0)
+            for i in tl.static_range(BLOCK_B):
+                # 1-D gathers: Triton lowers them through shared memory (for 2-D ones it
+                # picks a warp-local layout that holds the whole window in every warp).
+                b = pid_b * BLOCK_B + i
+                d_stop = tl.where(b < B, D, 0)  # a row past B loads nothing
+                window = tl.load(x_ptr + b.to(tl.int64) * stride_xb + d * stride_xd, mask=d < d_stop, other=0.0)
+                v = tl.gather(window.to(tl.float32), row, 0)
+                v = tl.where(live, tl.where(negative, -v, v), 0.0)
+                sums, _ = tl.associative_scan((v, first), 0, _segmented_add)
+                part = tl.where(has, tl.gather(sums, last, 0), 0.0)
+                acc += tl.where(tile_rows[:, None] == i, part[None, :], 0.0)
+    offs_b = pid_b * BLOCK_B + tile_rows
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
-    tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & k_mask[None, :])
+    tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=(offs_b < B)[:, None] & k_mask[None, :])
