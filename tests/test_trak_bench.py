@@ -14,6 +14,7 @@ def test_quick_featurize_benchmark(tmp_path, capsys):
     assert rows["torch.func+project"]["rel_diff_vs_torch_func"] == 0.0
     assert rows["hooks+project_linear"]["rel_diff_vs_torch_func"] < 1e-5
     assert rows["hooks+kronecker"]["rel_diff_vs_torch_func"] is None
+    assert rows["project-only"]["rel_diff_vs_torch_func"] is None  # the floor: no features to compare
     saved = json.loads(next(tmp_path.glob("featurize-quick-cpu-*.json")).read_text())
     assert saved["rows"] == result["rows"] and saved["num_params"] == 12 * 16 + 16 + 16 * 5 + 5
     assert "hooks+project_linear" in capsys.readouterr().out

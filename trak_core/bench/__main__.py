@@ -4,7 +4,9 @@ Same process, same model, same batches for every path: ``torch.func`` per-exampl
 ``fastjl.project`` (the materializing path), hooks + ``fastjl.project_linear`` (dense: the same
 features), and hooks + the kronecker kind (structured: other features, same K).  Times the
 projected gradients of each batch (the part of featurizing that differs between the paths;
-the store and Q are the same for all) and checks the dense paths' features agree.
+the store and Q are the same for all) and checks the dense paths' features agree.  A last
+row, ``project-only``, times the projection of a random ``(B, D)`` batch alone: the floor of
+both dense paths.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ PRESETS = {
     "gpt2-tiny": dict(model=hf_gpt2_tiny, inputs=("lm", 2000, 64), batch=8, proj_dim=1024, task="causal_lm"),
     "gpt2-small": dict(model=hf_gpt2_small, inputs=("lm", 50257, 256), batch=8, proj_dim=2048, task="causal_lm"),
 }
-PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker")
+PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker", "project-only")
+# "project-only" times fastjl.project of a random (B, D) batch with the dense paths' projector:
+# the part of both dense paths that no gradient path can avoid (the same P, generated per batch).
+# Its share of a path's time bounds what a faster gradient path can gain (Amdahl).
 
 
 def parse_args(argv=None):
@@ -109,6 +114,17 @@ def make_batch(inputs, batch: int, seed: int, device, task=None):
     return x.to(device), torch.randint(0, classes, (batch,), generator=gen).to(device)
 
 
+class ProjectOnly:
+    """Stands in for a gradient computer: "gradients" are a fresh random ``(B, D)`` float32 batch."""
+
+    def __init__(self, num_params: int, device):
+        self.num_params, self.device = num_params, device
+
+    def projected_per_sample_grad(self, batch, projector, model_id: int) -> torch.Tensor:
+        rows = len(batch[0])
+        return projector.project(torch.randn(rows, self.num_params, device=self.device), model_id)
+
+
 def build(path: str, model, grad_wrt, proj_dim: int, task):
     if path == "torch.func+project":
         computer = FunctionalGradientComputer(model=model, task=task, grad_wrt=grad_wrt)
@@ -132,12 +148,16 @@ def run(args) -> dict:
     tokens = preset["inputs"][2] if preset["inputs"][0] == "lm" else None
     rows, reference = [], None
     for path in args.paths.split(","):
-        computer, projector = build(path, model, grad_wrt, proj_dim, task)
+        if path == "project-only":
+            computer, projector = build("torch.func+project", model, grad_wrt, proj_dim, task)
+            computer = ProjectOnly(computer.num_params, device)
+        else:
+            computer, projector = build(path, model, grad_wrt, proj_dim, task)
         first = computer.projected_per_sample_grad(batches[0], projector, 0)  # warm-up; features for the check
         if path == "torch.func+project":
             reference = first
         agree = None
-        if reference is not None and path != "hooks+kronecker":
+        if reference is not None and path in ("torch.func+project", "hooks+project_linear"):
             agree = ((first.double() - reference.double()).norm() / reference.double().norm()).item()
 
         def timed_batches(computer=computer, projector=projector):
