@@ -33,10 +33,11 @@ from .triton_backend import _interpreting, _sum_splits, availability, one_wave_s
 NAME = "triton"
 
 # Nonzeros per chunk on a GPU: at 16 warps the chunk's window of x, its gathered values and
-# their scan, and a 4096-column accumulator take 125 registers a thread, no spills (sm_90,
-# Triton 3.9; BLOCK_B = 2 spilled 64 bytes, so a GPU program takes one batch row).  int16
+# their scan, and a 4096-column accumulator stay in registers (tests/test_triton_compile.py
+# bounds the spills; two batch rows per program spilled, so a program takes one).  int16
 # entries hold a local row below 2^13 next to two flag bits, and column pointers up to CHUNK * s.
 GPU_NNZ = 4096
+GPU_WARPS = 16
 INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, its scans one element at a time
 MAX_BLOCK_K = 4096
 INTERPRETER_MAX_BLOCK_K = 32
@@ -50,17 +51,17 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def plan(batch: int, width: int, sparsity: int, device: torch.device) -> dict:
-    """Tiles and launch options for ``width`` output columns: ``BLOCK_B``, ``BLOCK_K``, ``CHUNK``,
-    ``NNZ``, ``num_warps``.  One column tile covers up to 4096 columns, so at K <= 4096 each
-    window of x is loaded by one program only."""
+def plan(width: int, sparsity: int, device: torch.device) -> dict:
+    """Tiles and launch options for ``width`` output columns: ``BLOCK_K``, ``CHUNK`` (rows of P
+    per chunk), ``NNZ`` (= ``CHUNK·s``, so a chunk is one gather-and-scan step) and ``num_warps``.
+    One column tile covers up to 4096 columns, so at K <= 4096 each window of x is read by one
+    program only."""
     on_gpu = device.type == "cuda"
     nnz = GPU_NNZ if on_gpu else INTERPRETER_NNZ
     block_k = max(16, min(_next_pow2(width), MAX_BLOCK_K if on_gpu else INTERPRETER_MAX_BLOCK_K))
-    block_b = 1 if on_gpu else 2
     chunk = nnz // sparsity
-    assert chunk <= _ENTRY_ROW_LIMIT and chunk * sparsity < 1 << 15
-    return dict(BLOCK_B=block_b, BLOCK_K=block_k, CHUNK=chunk, NNZ=nnz, num_warps=16 if on_gpu else 4)
+    assert chunk <= _ENTRY_ROW_LIMIT and chunk * sparsity <= nnz < 1 << 15
+    return dict(BLOCK_K=block_k, CHUNK=chunk, NNZ=nnz, num_warps=GPU_WARPS if on_gpu else 4)
 
 
 def chunk_structure(
@@ -98,12 +99,13 @@ def chunk_structure(
 
 
 def _splits(programs: int, chunks: int, device: torch.device) -> int:
-    """Splits of a piece's chunks: one wave of ~2 programs per SM (as the dense kernels), at least
-    2 chunks per split.  The interpreter splits whenever it can, to exercise the reduction."""
+    """Splits of a piece's chunks: one wave of one program per SM (16 warps of ~128 registers
+    fill an SM's register file), at least 2 chunks per split.  The interpreter splits whenever
+    it can, to exercise the reduction."""
     if device.type != "cuda":
         return 1 if chunks < 2 else 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(one_wave_splits(programs, 2 * sms), chunks // 2))
+    return max(1, min(one_wave_splits(programs, sms), chunks // 2))
 
 
 def project_sparse(
@@ -122,14 +124,14 @@ def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) 
 
     batch, dim = x.shape
     width = out.shape[1]
-    cfg = plan(batch, width, sparsity, x.device)
+    cfg = plan(width, sparsity, x.device)
     launch = {"num_warps": cfg.pop("num_warps")}
     chunk = cfg["CHUNK"]
     piece_chunks = max(1, min(PIECE_NONZEROS // cfg["NNZ"], PIECE_POINTERS // (width + 1)))
     pieces = [(r0, min(dim, r0 + piece_chunks * chunk)) for r0 in range(0, dim, piece_chunks * chunk)]
-    grid_k, grid_b = -(-width // cfg["BLOCK_K"]), -(-batch // cfg["BLOCK_B"])
+    grid_k = -(-width // cfg["BLOCK_K"])
     chunks = [-(-(r1 - r0) // chunk) for r0, r1 in pieces]
-    splits = [_splits(grid_k * grid_b, n, x.device) for n in chunks]
+    splits = [_splits(grid_k * batch, n, x.device) for n in chunks]
     if sum(splits) == 1:
         dest = out.unsqueeze(0)
     else:
@@ -141,7 +143,7 @@ def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) 
         key = ("triton-sparse", str(x.device), *args[:-1])
         entries, col_ptr = sparse_cache.get_or_build(key, lambda args=args: chunk_structure(*args))
         part = dest[slot : slot + split]
-        k._sparse_project_kernel[(grid_k, grid_b, split)](
+        k._sparse_project_kernel[(grid_k, batch, split)](
             x[:, r0:r1],
             entries,
             col_ptr,

@@ -6,14 +6,14 @@ gives, per chunk, its nonzeros sorted by column (rows ascending within a column)
 ``entry`` each: ``local row << 2 | negative << 1 | first of its column``, and ``col_ptr``, the
 start of each column's run (``K + 1`` int16 per chunk).
 
-Grid: (column tiles, batch tiles, splits); program (k, b, s) walks chunks ``s·cps ..`` in order.
-Per chunk it loads the ``(BLOCK_B, CHUNK)`` window of x once, coalesced, and for the nonzeros of
-its columns, ``NNZ`` at a time: gathers their x values from the window (``tl.gather``: through
-shared memory, not the L1 cache), signs them, sums each column's run with a segmented scan, and
-gathers each column's sum at its run's last position.  No atomics: every output element is a
-sum in an order fixed by the structure and the tiles (the scan's tree within a block, blocks
-and chunks in sequence, splits added by ``_sum_splits_kernel`` in order), so results are
-bitwise the same run after run on the same GPU and plan.
+Grid: (column tiles, batch rows, splits); program (k, b, s) walks chunks ``s·cps ..`` in order.
+Per chunk it loads row b's window of x (``CHUNK`` values, coalesced) and the chunk's entries for
+its columns (at most ``CHUNK·s <= NNZ``: one step), gathers their x values from the window
+(``tl.gather``: through shared memory, not the L1 cache), signs them, sums each column's run
+with a segmented scan, and gathers each column's sum at its run's last position.  No atomics:
+every output element is a sum in an order fixed by the structure and the plan (the scan's tree
+within a chunk, chunks in sequence, splits added by ``_sum_splits_kernel`` in order), so results
+are bitwise the same run after run on the same GPU and plan.
 """
 
 import triton
@@ -29,7 +29,7 @@ def _segmented_add(v1, f1, v2, f2):
 @triton.jit
 def _sparse_project_kernel(
     x_ptr,
-    entries_ptr,  # int16 (chunks, CHUNK * s)
+    entries_ptr,  # int16 (chunks, nnz_per_chunk)
     col_ptr_ptr,  # int16 (chunks, K + 1)
     dest_ptr,
     B,
@@ -40,16 +40,22 @@ def _sparse_project_kernel(
     stride_ds,  # destination strides: split, batch, column
     stride_db,
     stride_dk,
-    nnz_per_chunk,  # CHUNK * s: the entries' stride between chunks
+    nnz_per_chunk,  # CHUNK * s <= NNZ: the entries' stride between chunks
     chunks,
     chunks_per_split,
-    BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     CHUNK: tl.constexpr,
-    NNZ: tl.constexpr,  # nonzeros per gather-and-scan step (CHUNK * s by the host's plan)
+    NNZ: tl.constexpr,  # a power of two >= CHUNK * s: a chunk's nonzeros in one gather-and-scan step
 ):
+    """Program (k, b, s): ``dest[s, b, k-tile]`` = the sum over its chunks of ``x[b, chunk] @ P[chunk, k-tile]``.
+
+    One batch row per program: Triton lowers 1-D gathers through shared memory (for 2-D ones
+    it picks a warp-local layout holding the whole window in every warp: hundreds of spilled
+    registers).  The next chunk's window of x and its first entries are loaded while the
+    current chunk is summed (carried through the loop), so a program keeps a load in flight.
+    """
     pid_k = tl.program_id(0)  # fastest: programs that share a window of x run side by side
-    pid_b = tl.program_id(1)
+    pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
     k0 = pid_k * BLOCK_K
     offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -57,43 +63,36 @@ def _sparse_project_kernel(
     k_end = tl.minimum(k0 + BLOCK_K, K)
     rows = tl.arange(0, CHUNK).to(tl.int64)
     lane = tl.arange(0, NNZ)
-    tile_rows = tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
+    x_row = x_ptr + pid_b * stride_xb
+    d_stop = tl.where(pid_b < B, D, 0)  # scalar bounds: the interpreter rejects vector & scalar masks
+    acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
     c_start = pid_s.to(tl.int64) * chunks_per_split  # c runs in int64: 64-bit offsets below
     c_stop = tl.minimum(c_start + chunks_per_split, chunks)
+    # The first chunk's window, block bounds and entries (the loop prefetches the next ones).
+    d = c_start * CHUNK + rows
+    window = tl.load(x_row + d * stride_xd, mask=d < tl.where(c_start < c_stop, d_stop, 0), other=0.0)
+    p_lo = tl.load(col_ptr_ptr + c_start * (K + 1) + k0, mask=c_start < c_stop, other=0).to(tl.int32)
+    p_hi = tl.load(col_ptr_ptr + c_start * (K + 1) + k_end, mask=c_start < c_stop, other=0).to(tl.int32)
+    e = tl.load(entries_ptr + c_start * nnz_per_chunk + p_lo + lane, mask=lane < p_hi - p_lo, other=0)
     for c in range(c_start, c_stop):
-        d = c * CHUNK + rows
         ptr = col_ptr_ptr + c * (K + 1)
         starts = tl.load(ptr + offs_k, mask=k_mask, other=0).to(tl.int32)
         ends = tl.load(ptr + offs_k + 1, mask=k_mask, other=0).to(tl.int32)
-        p_lo = tl.load(ptr + k0).to(tl.int32)
-        p_hi = tl.load(ptr + k_end).to(tl.int32)
-        entries = entries_ptr + c * nnz_per_chunk
-        for p0 in range(p_lo, p_hi, NNZ):
-            # The block's structure, decoded once for the tile's BLOCK_B batch rows.
-            pos = p0 + lane
-            live = pos < p_hi
-            e = tl.load(entries + pos, mask=live, other=0).to(tl.int32)
-            row = e >> 2
-            negative = ((e >> 1) & 1) != 0
-            first = (e & 1) | (pos == p0).to(tl.int32)  # a block starts a segment too
-            # Column k's entries in this block: [max(start, p0), min(end, p0 + NNZ)); its sum
-            # sits at the last of them.
-            lo = tl.maximum(starts, p0)
-            hi = tl.minimum(ends, p0 + NNZ)
-            has = (hi > lo) & k_mask
-            last = tl.where(has, hi - 1 - p0, 0)
-            for i in tl.static_range(BLOCK_B):
-                # 1-D gathers: Triton lowers them through shared memory (for 2-D ones it
-                # picks a warp-local layout that holds the whole window in every warp).
-                b = pid_b * BLOCK_B + i
-                d_stop = tl.where(b < B, D, 0)  # a row past B loads nothing
-                window = tl.load(x_ptr + b.to(tl.int64) * stride_xb + d * stride_xd, mask=d < d_stop, other=0.0)
-                v = tl.gather(window.to(tl.float32), row, 0)
-                v = tl.where(live, tl.where(negative, -v, v), 0.0)
-                sums, _ = tl.associative_scan((v, first), 0, _segmented_add)
-                part = tl.where(has, tl.gather(sums, last, 0), 0.0)
-                acc += tl.where(tile_rows[:, None] == i, part[None, :], 0.0)
-    offs_b = pid_b * BLOCK_B + tile_rows
-    dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
-    tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=(offs_b < B)[:, None] & k_mask[None, :])
+        more = c + 1 < c_stop
+        d_next = d + CHUNK
+        window_next = tl.load(x_row + d_next * stride_xd, mask=d_next < tl.where(more, d_stop, 0), other=0.0)
+        p_lo_next = tl.load(ptr + (K + 1) + k0, mask=more, other=0).to(tl.int32)
+        p_hi_next = tl.load(ptr + (K + 1) + k_end, mask=more, other=0).to(tl.int32)
+        # The tile's entries of this chunk, (column, row) order: x value, sign, segmented sum.
+        code = e.to(tl.int32)
+        v = tl.gather(window.to(tl.float32), code >> 2, 0)
+        v = tl.where(lane < p_hi - p_lo, tl.where(((code >> 1) & 1) != 0, -v, v), 0.0)
+        sums, _ = tl.associative_scan((v, code & 1), 0, _segmented_add)
+        # Column k's entries are [start, end) (relative to p_lo); its sum sits at the last one.
+        has = (ends > starts) & k_mask
+        acc += tl.where(has, tl.gather(sums, tl.where(has, ends - 1 - p_lo, 0), 0), 0.0)
+        next_entries = entries_ptr + (c + 1) * nnz_per_chunk + p_lo_next
+        e = tl.load(next_entries + lane, mask=lane < p_hi_next - p_lo_next, other=0)
+        window, d, p_lo, p_hi = window_next, d_next, p_lo_next, p_hi_next
+    dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + pid_b * stride_db
+    tl.store(dest + offs_k.to(tl.int64) * stride_dk, acc, mask=offs_k < tl.where(pid_b < B, K, 0))
