@@ -173,3 +173,18 @@ def test_gpu_large(dtype):
         ref = fastjl.project(x.double(), 4096, backend="torch", **opts(kind, s, rate))
         assert relative_error(y, ref) < 1e-6
         assert torch.equal(y, fastjl.project(x, 4096, backend="triton", **opts(kind, s, rate)))
+
+
+def test_benchmark_contender():
+    """``python -m fastjl.bench --kind sjlt`` times backend="triton" on a GPU; elsewhere it steps
+    aside with the reason (the interpreter is no timing)."""
+    from fastjl.bench.contenders import CONTENDERS, Shape, Unavailable
+
+    shape = Shape(2, 300, 40, "sjlt", torch.float32, sparsity=2)
+    if not ON_GPU:
+        with pytest.raises(Unavailable, match="CUDA tensors only"):
+            CONTENDERS["fastjl-triton"](shape, "cpu")
+        return
+    x = torch.randn(2, 300, device=DEVICE)
+    y = CONTENDERS["fastjl-triton"](shape, DEVICE)(x)
+    assert relative_error(y.cpu(), fastjl.project(x.double().cpu(), 40, kind="sjlt", sparsity=2)) < TOLERANCE

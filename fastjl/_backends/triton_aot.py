@@ -21,15 +21,20 @@ _PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 @dataclass(frozen=True)
 class KernelConfig:
-    op: str  # "project", "project_rows" (the same kernel reading row indices), "project_linear" or "sum_splits"
+    op: str  # "project", "project_rows" (the same kernel reading row indices), "project_linear",
+    # "project_sparse" (kind sjlt/grass: one kernel) or "sum_splits"
     kind: str = "rademacher"
     dtype: str = "float32"  # the input's dtype
     block_b: int = 16
+    sparsity: int = 1  # project_sparse: nonzeros per row (sets the chunk's rows, 4096 / s)
+    block_k: int = 0  # project_sparse: columns per program
 
     @property
     def name(self) -> str:
         if self.op == "sum_splits":
             return "sum_splits"
+        if self.op == "project_sparse":
+            return f"{self.op}-s{self.sparsity}-{self.dtype}-K{self.block_k}"
         return f"{self.op}-{self.kind}-{self.dtype}-B{self.block_b}"
 
 
@@ -69,7 +74,17 @@ def configs() -> list[KernelConfig]:
                 for block_b in block_sizes(op):
                     out.append(KernelConfig(op, kind, dtype, block_b))
     out.append(KernelConfig("sum_splits"))
-    return out
+    return out + sparse_configs()
+
+
+def sparse_configs() -> list[KernelConfig]:
+    """The sparse kernel at the plan's extremes (``triton_sparse.plan``): the widest column tile
+    (4096, the most registers) for every input dtype and sparsity (the chunk's rows, 4096 / s),
+    and the narrowest (16) and a middle one (512); one batch row per program, always."""
+    dims = [("float32", s, 4096) for s in (1, 2, 4, 8)]
+    dims += [(d, 1, 4096) for d in ("float16", "bfloat16")]
+    dims += [("float32", 1, 16), ("float32", 8, 16), ("bfloat16", 1, 512)]
+    return [KernelConfig("project_sparse", "sjlt", d, 1, s, k) for d, s, k in dims]
 
 
 def launch_config(cfg: KernelConfig) -> dict:
@@ -98,6 +113,8 @@ def _source(cfg: KernelConfig):
                "stride_ob": "i32", "stride_ok": "i32", "BLOCK": "constexpr"}
         return triton.compiler.ASTSource(fn, sig, {"BLOCK": 1024}), {"num_warps": 4}
 
+    if cfg.op == "project_sparse":
+        return _sparse_source(cfg)
     launch = launch_config(cfg)
     opts = {n: launch.pop(n) for n in ("num_warps", "num_stages") if n in launch}
     consts = dict(launch, KIND=KIND_CODES[cfg.kind], PRECISION=triton_backend.FP32_PRECISION)
@@ -122,6 +139,24 @@ def _source(cfg: KernelConfig):
     sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}  # Triton wants the kernel's argument order
     return triton.compiler.ASTSource(fn, sig, consts), opts
+
+
+def _sparse_source(cfg: KernelConfig):
+    """(ASTSource, launch options) of the sparse kernel as ``triton_sparse`` launches it on a GPU."""
+    import torch
+    import triton
+
+    from . import triton_sparse, triton_sparse_kernels
+
+    launch = triton_sparse.plan(cfg.block_k, cfg.sparsity, torch.device("cuda"))
+    assert launch["BLOCK_K"] == cfg.block_k, (cfg, launch)
+    opts = {"num_warps": launch.pop("num_warps")}
+    fn = triton_sparse_kernels._sparse_project_kernel
+    sig = {"x_ptr": _PTR[cfg.dtype], "entries_ptr": "*i16", "col_ptr_ptr": "*i16", "dest_ptr": "*fp32"}
+    sig.update({n: "i32" for n in fn.arg_names if n not in sig and n not in launch})
+    sig.update({n: "constexpr" for n in launch})
+    sig = {n: sig[n] for n in fn.arg_names}
+    return triton.compiler.ASTSource(fn, sig, launch), opts
 
 
 def compile_config(cfg: KernelConfig, cc: int) -> CompileReport:
