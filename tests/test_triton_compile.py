@@ -40,11 +40,6 @@ SPILL_ALLOWANCE = {
     ("project_rows-rademacher-float32-B16", 90): 4,
     ("project_rows-gaussian-float16-B16", 90): 24,
     ("project_rows-gaussian-bfloat16-B16", 90): 24,
-    # The sparse kernel at 16 warps (128 registers a thread at most) on sm_80: 16 bytes with
-    # Triton 3.9 at s = 4, 32 with Triton 3.6 at s = 8 (2026-11-27); once per chunk of 4096
-    # nonzeros, next to a 4096-nonzero gather and scan.
-    ("project_sparse-s4-float32-K4096", 80): 16,
-    ("project_sparse-s8-float32-K4096", 80): 32,
 }
 # Philox calls (10 mul.hi.u32 each in the PTX) per thread per loop step, counted over the
 # kernel: rademacher makes one call per (row, 128 columns), so a 64-row tile over 128

@@ -113,20 +113,21 @@ def test_scale_and_autograd():
 @pytest.mark.parametrize("kind,s,rate", [("sjlt", 2, None), ("grass", 1, 0.5)])
 def test_chunk_structure_is_the_spec_sorted_by_column(kind, s, rate):
     """Decoding the kernel's structure gives back exactly the spec's nonzeros, sorted by column
-    (rows ascending within one), with column pointers and first-of-column flags consistent."""
+    (rows ascending within one), with aligned rows of column pointers and zero padding."""
     row0, nrows, proj_dim, chunk = 2**33 - 7, 50, 9, 16
     threshold = sparse_spec.mask_threshold(rate) if rate else None
     entries, col_ptr = triton_sparse.chunk_structure(5, row0, nrows, proj_dim, s, threshold, chunk, 0, proj_dim, "cpu")
     dense = sparse_spec.sparse_matrix_block(5, kind, range(row0, row0 + nrows), proj_dim, sparsity=s, mask_rate=rate)
     assert entries.dtype == col_ptr.dtype == torch.int16 and entries.shape == (4, chunk * s)
+    assert col_ptr.shape == (4, proj_dim + 1) and col_ptr.stride(0) % triton_sparse.POINTER_ALIGN == 0
     for c in range(4):
+        assert (entries[c, col_ptr[c, -1] :] == 0).all() and col_ptr[c, 0] == 0
         rebuilt = torch.zeros(chunk, proj_dim, dtype=torch.float64)
         for k in range(proj_dim):
             codes = entries[c, col_ptr[c, k] : col_ptr[c, k + 1]].long()
-            rows = codes >> 2
+            rows = codes >> 1
             assert torch.equal(rows, rows.sort().values) and len(set(rows.tolist())) == len(rows)
-            assert ((codes & 1) == torch.arange(len(codes)).eq(0).long()).all()  # first of its column
-            rebuilt[rows, k] = (1 - 2 * ((codes >> 1) & 1)).double()
+            rebuilt[rows, k] = (1 - 2 * (codes & 1)).double()
         assert torch.equal(rebuilt[: min(chunk, nrows - c * chunk)], dense[c * chunk : (c + 1) * chunk])
 
 

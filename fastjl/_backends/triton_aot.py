@@ -154,9 +154,14 @@ def _sparse_source(cfg: KernelConfig):
     fn = triton_sparse_kernels._sparse_project_kernel
     sig = {"x_ptr": _PTR[cfg.dtype], "entries_ptr": "*i16", "col_ptr_ptr": "*i16", "dest_ptr": "*fp32"}
     sig.update({n: "i32" for n in fn.arg_names if n not in sig and n not in launch})
-    sig.update({n: "constexpr" for n in launch})
+    # As the JIT specializes a launch on contiguous x: unit stride along D (a constexpr), and
+    # 16-byte aligned pointers and 16-divisible pointer strides (vector loads).
+    consts = dict(launch, stride_xd=1)
+    sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}
-    return triton.compiler.ASTSource(fn, sig, launch), opts
+    aligned = ("x_ptr", "entries_ptr", "col_ptr_ptr", "dest_ptr", "ptr_stride", "stride_xb")
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
 
 
 def compile_config(cfg: KernelConfig, cc: int) -> CompileReport:

@@ -4,7 +4,8 @@
 into chunks of ``CHUNK = NNZ / s`` rows (so a chunk has at most ``NNZ`` nonzeros: one
 gather-and-scan step per chunk and column tile); each chunk's nonzeros, generated from the spec
 (:mod:`fastjl.sparse_blocks`, exact bits) and sorted by column with rows ascending, are stored as
-int16 entries plus int16 column pointers (:func:`chunk_structure`).  That structure does not
+int16 entries plus int16 column pointers (:func:`chunk_structure`); the kernel sums each column's
+run as a difference of a float64 prefix sum over the chunk.  That structure does not
 depend on x, so it is kept in :mod:`.sparse_cache` for the next call with the same matrix.
 
 Bytes per input row (x of B rows, itemsize ``w``): ``B·w`` of x, read once (coalesced, a chunk
@@ -35,7 +36,7 @@ NAME = "triton"
 # Nonzeros per chunk on a GPU: at 16 warps the chunk's window of x, its gathered values and
 # their scan, and a 4096-column accumulator stay in registers (tests/test_triton_compile.py
 # bounds the spills; two batch rows per program spilled, so a program takes one).  int16
-# entries hold a local row below 2^13 next to two flag bits, and column pointers up to CHUNK * s.
+# entries hold a local row below 2^14 next to the sign bit, and column pointers up to CHUNK * s.
 GPU_NNZ = 4096
 GPU_WARPS = 16
 INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, its scans one element at a time
@@ -44,7 +45,8 @@ INTERPRETER_MAX_BLOCK_K = 32
 COLUMN_RANGE = 1 << 16
 PIECE_NONZEROS = 1 << 22
 PIECE_POINTERS = 1 << 24
-_ENTRY_ROW_LIMIT = 1 << 13
+_ENTRY_ROW_LIMIT = 1 << 14
+POINTER_ALIGN = 16  # column pointers of a chunk start on a multiple of 16 (aligned vector loads)
 
 
 def _next_pow2(n: int) -> int:
@@ -68,9 +70,10 @@ def chunk_structure(
     seed: int, row0: int, nrows: int, proj_dim: int, sparsity: int, threshold, chunk: int, col0: int, width: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's view of rows ``row0 .. row0+nrows-1`` of P, columns ``col0 .. col0+width-1``:
-    ``entries`` int16 ``(chunks, chunk·s)``, ``local row << 2 | negative << 1 | first of its
-    column`` in (column, row) order per chunk, and ``col_ptr`` int16 ``(chunks, width + 1)``, the
-    start of each column's entries (column-relative, ``col_ptr[:, -1]`` the chunk's count)."""
+    ``entries`` int16 ``(chunks, chunk·s)``, ``local row << 1 | negative`` in (column, row) order
+    per chunk, zero-padded, and ``col_ptr`` int16 ``(chunks, width + 1)`` (in a buffer whose rows
+    are padded to a multiple of ``POINTER_ALIGN``), the start of each column's entries
+    (``col_ptr[:, -1]`` the chunk's count)."""
     chunks = -(-nrows // chunk)
     columns, negative = sjlt_block(seed, row0, nrows, proj_dim, sparsity, device)
     local = torch.arange(nrows, dtype=torch.int64, device=device)[:, None].expand(nrows, sparsity)
@@ -89,13 +92,14 @@ def chunk_structure(
     torch.cumsum(counts, 1, out=col_ptr[:, 1:])
     per_chunk = col_ptr[:, -1]
     chunk_base = torch.cumsum(per_chunk, 0) - per_chunk
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
     slot = chunk_id * (chunk * sparsity) + torch.arange(key.numel(), device=device) - chunk_base[chunk_id]
-    code = ((local % chunk) << 2) | (negative.to(torch.int64) << 1) | first.to(torch.int64)
+    code = ((local % chunk) << 1) | negative.to(torch.int64)
     entries = torch.zeros(chunks * chunk * sparsity, dtype=torch.int16, device=device)
     entries[slot] = code.to(torch.int16)
-    return entries.view(chunks, chunk * sparsity), col_ptr.to(torch.int16)
+    stride = -(-(width + 1) // POINTER_ALIGN) * POINTER_ALIGN
+    pointers = torch.zeros((chunks, stride), dtype=torch.int16, device=device)
+    pointers[:, : width + 1] = col_ptr
+    return entries.view(chunks, chunk * sparsity), pointers[:, : width + 1]
 
 
 def _splits(programs: int, chunks: int, device: torch.device) -> int:
@@ -154,7 +158,7 @@ def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) 
             x.stride(0),
             x.stride(1),
             *part.stride(),
-            entries.shape[1],
+            col_ptr.stride(0),
             n,
             -(-n // split),
             **cfg,
