@@ -189,3 +189,15 @@ def test_benchmark_contender():
     x = torch.randn(2, 300, device=DEVICE)
     y = CONTENDERS["fastjl-triton"](shape, DEVICE)(x)
     assert relative_error(y.cpu(), fastjl.project(x.double().cpu(), 40, kind="sjlt", sparsity=2)) < TOLERANCE
+
+
+def test_non_finite_input_is_never_hidden():
+    """A NaN in x reaches at least the columns its row maps to (the kernel's prefix sums may
+    spread it to later columns of the same chunk; check_finite=True refuses such input)."""
+    x = torch.randn(2, 100, generator=torch.Generator().manual_seed(6))
+    x[1, 37] = float("nan")
+    y = fastjl.project(x.to(DEVICE), 20, backend="triton", **opts(s=2)).cpu()
+    columns, _ = sparse_spec.sjlt_nonzeros(5, [OFFSET + 37], 20, 2)
+    assert torch.isnan(y[1, columns[0]]).all() and not torch.isnan(y[0]).any()
+    with pytest.raises(ValueError, match="finite"):
+        fastjl.project(x.to(DEVICE), 20, backend="triton", check_finite=True, **opts(s=2))
