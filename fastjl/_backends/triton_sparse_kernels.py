@@ -82,8 +82,9 @@ def _sparse_project_kernel(
         v = tl.gather(window.to(tl.float32), code >> 1, 0)
         v = tl.where((code & 1) != 0, -v, v)
         # Column k's sum is the difference of an inclusive float64 prefix sum at its run's last
-        # entry and just before its first: the prefix of <= 4096 float32 values is exact to
-        # ~2^-41 relative in float64, so the difference has no float32-visible cancellation.
+        # entry and just before its first: the prefix of <= 4096 float32 values errs by at most
+        # 2^-41 of the chunk's absolute sum, so float32 sees no cancellation in the difference
+        # (docs/design.md bounds it).  A NaN spreads to the chunk's later columns: never hidden.
         prefix = tl.cumsum(v.to(tl.float64), 0)
         has = (ends > starts) & k_mask
         at_end = tl.gather(prefix, tl.where(has, ends - 1, 0), 0)
