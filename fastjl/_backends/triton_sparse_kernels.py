@@ -80,17 +80,17 @@ def _sparse_project_kernel(
         # the chunk's count (zeros) and other tiles' columns lie outside this tile's runs.
         code = e.to(tl.int32)
         v = tl.gather(window.to(tl.float32), code >> 1, 0)
-        v = tl.where((code & 1) != 0, -v, v)
+        v = (v.to(tl.int32, bitcast=True) ^ (code << 31)).to(tl.float32, bitcast=True)  # the sign bit
         # Column k's sum is the difference of an inclusive float64 prefix sum at its run's last
         # entry and just before its first: the prefix of <= 4096 float32 values errs by at most
         # 2^-41 of the chunk's absolute sum, so float32 sees no cancellation in the difference
         # (docs/design.md bounds it).  A NaN spreads to the chunk's later columns: never hidden.
+        # An empty column (start == end, columns past K included) subtracts a value from itself:
+        # exactly 0.
         prefix = tl.cumsum(v.to(tl.float64), 0)
-        has = (ends > starts) & k_mask
-        at_end = tl.gather(prefix, tl.where(has, ends - 1, 0), 0)
-        before = tl.gather(prefix, tl.maximum(starts - 1, 0), 0)
-        part = at_end - tl.where(starts > 0, before, 0.0)
-        acc += tl.where(has, part.to(tl.float32), 0.0)
+        at_end = tl.where(ends > 0, tl.gather(prefix, tl.maximum(ends - 1, 0), 0), 0.0)
+        before = tl.where(starts > 0, tl.gather(prefix, tl.maximum(starts - 1, 0), 0), 0.0)
+        acc += (at_end - before).to(tl.float32)
         window, e = window_next, e_next
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + pid_b * stride_db
     tl.store(dest + offs_k.to(tl.int64) * stride_dk, acc, mask=k_mask)
