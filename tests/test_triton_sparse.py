@@ -72,11 +72,12 @@ def test_odd_shapes(batch, dim, proj_dim, s):
 
 
 def test_pieces_column_ranges_and_splits(monkeypatch):
-    """Structures built a few chunks at a time and K cut into column ranges (each a pass over x,
-    its own launches and splits) give the same projection."""
+    """Structures built a few chunks at a time, K cut into column ranges (each a pass over x,
+    its own launches and splits) and B into grid-sized slices give the same projection."""
     monkeypatch.setattr(triton_sparse, "PIECE_NONZEROS", 128)  # 2 chunks per piece
     monkeypatch.setattr(triton_sparse, "COLUMN_RANGE", 48)  # K = 100: ranges of 48, 48, 4
-    x = torch.randn(2, 333, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(triton_sparse, "MAX_GRID_ROWS", 2)  # B = 3: slices of 2 and 1 rows
+    x = torch.randn(3, 333, generator=torch.Generator().manual_seed(1))
     y, ref = triton_and_reference(x, 100, **opts("grass", 2, 0.6))
     assert relative_error(y, ref) < TOLERANCE
 

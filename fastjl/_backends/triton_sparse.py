@@ -16,6 +16,7 @@ is built ``PIECE_NONZEROS`` nonzeros (and at most ``PIECE_POINTERS`` column poin
 
 K beyond ``COLUMN_RANGE`` is done one range of columns at a time, each range a pass over x (the
 column pointers are K-sized per chunk); every K used by TRAK-style projections fits one range.
+B beyond ``MAX_GRID_ROWS`` (a CUDA grid's second axis) is done in slices of batch rows.
 
 Determinism: no atomics; every sum has an order fixed by the structure and the plan (tiles,
 chunks, splits), and the plan depends only on (B, D, K, s, the GPU's SM count): the same call is
@@ -43,6 +44,7 @@ INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, it
 MAX_BLOCK_K = 4096
 INTERPRETER_MAX_BLOCK_K = 32
 COLUMN_RANGE = 1 << 16
+MAX_GRID_ROWS = 65535  # CUDA's limit on a grid's second axis (batch rows): larger B goes in slices
 PIECE_NONZEROS = 1 << 22
 PIECE_POINTERS = 1 << 24
 _ENTRY_ROW_LIMIT = 1 << 14
@@ -117,10 +119,12 @@ def project_sparse(
 ) -> None:
     """Writes ``x @ P`` (unscaled entries ±1) into ``out`` ``(B, K)`` float32 (any strides);
     ``threshold`` is GraSS's mask threshold, None for sjlt.  Arguments arrive validated."""
-    proj_dim = out.shape[1]
-    for col0 in range(0, proj_dim, COLUMN_RANGE):
-        width = min(COLUMN_RANGE, proj_dim - col0)
-        _project_columns(x, out[:, col0 : col0 + width], seed, offset, sparsity, threshold, proj_dim, col0)
+    batch, proj_dim = out.shape
+    for b0 in range(0, batch, MAX_GRID_ROWS):
+        rows = slice(b0, min(batch, b0 + MAX_GRID_ROWS))
+        for col0 in range(0, proj_dim, COLUMN_RANGE):
+            width = min(COLUMN_RANGE, proj_dim - col0)
+            _project_columns(x[rows], out[rows, col0 : col0 + width], seed, offset, sparsity, threshold, proj_dim, col0)
 
 
 def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) -> None:
