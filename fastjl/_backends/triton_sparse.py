@@ -46,7 +46,7 @@ INTERPRETER_MAX_BLOCK_K = 32
 COLUMN_RANGE = 1 << 16
 MAX_GRID_ROWS = 65535  # CUDA's limit on a grid's second axis (batch rows): larger B goes in slices
 PIECE_NONZEROS = 1 << 22
-PIECE_POINTERS = 1 << 24
+PIECE_POINTERS = 1 << 22  # with PIECE_NONZEROS: the build's int64 temporaries stay ~100-200 MB
 _ENTRY_ROW_LIMIT = 1 << 14
 POINTER_ALIGN = 16  # column pointers of a chunk start on a multiple of 16 (aligned vector loads)
 
