@@ -72,6 +72,9 @@ L1=$OUT/1_correctness.log
 gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
 gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
 gpu_stage pytest_gpu 130 "$L1" "python3 -m pytest -m gpu -q -rfE $PAR $TMO -p no:cacheprovider ${GPU_TESTS:-tests}"
+# The Triton sparse kernel's suite (unmarked: on a CPU it runs in the interpreter; here on CUDA
+# tensors, large shapes included), before its benchmark rows below.
+gpu_stage triton_sparse_tests 90 "$L1" "python3 -m pytest -q -rfE $TMO -p no:cacheprovider tests/test_triton_sparse.py"
 # 2. timings: fastjl.bench (cuda, triton and, for fp16, TRAK's fast_jl) per kind and dtype
 #    -> log + JSON; the launch-plan probe; the sparse kinds; trak_core on a GPT-2-small shape
 L2=$OUT/2_bench.log
