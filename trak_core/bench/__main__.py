@@ -69,6 +69,10 @@ PRESETS = {
     ),
     # A tied-embedding causal LM, every parameter included (embeddings through fastjl.project_rows).
     "gpt2-tiny": dict(model=hf_gpt2_tiny, inputs=("lm", 2000, 64), batch=8, proj_dim=1024, task="causal_lm"),
+    # Larger D on a CPU (5.3M parameters, 128-token sequences): where B x D starts to weigh.
+    "gpt2-mini": dict(
+        model=lambda: hf_gpt2(8192, 256, 4, 4, 128), inputs=("lm", 8192, 128), batch=8, proj_dim=256, task="causal_lm"
+    ),
     "gpt2-small": dict(model=hf_gpt2_small, inputs=("lm", 50257, 256), batch=8, proj_dim=2048, task="causal_lm"),
 }
 PATHS = ("torch.func+project", "hooks+project_linear", "hooks+kronecker", "project-only")
