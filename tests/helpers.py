@@ -62,3 +62,17 @@ def extension_or_skip_module():
             "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)", allow_module_level=True
         )
     return importlib.import_module("fastjl._C")
+
+
+# The sparse kinds' test cases shared by the torch-backend and Triton suites: (kind, sparsity,
+# mask_rate), every s and two mask rates, at an offset past 2^40 (64-bit rows).
+SPARSE_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SPARSE_CASES = [
+    ("sjlt", 1, None),
+    ("sjlt", 2, None),
+    ("sjlt", 4, None),
+    ("sjlt", 8, None),
+    ("grass", 1, 0.3),
+    ("grass", 4, 0.7),
+]
+SPARSE_OFFSET = 2**40 + 3

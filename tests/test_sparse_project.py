@@ -11,18 +11,9 @@ import torch
 import fastjl
 from fastjl._backends import sparse_cpu, sparse_torch
 
-from .helpers import poisoned, relative_error
+from .helpers import SPARSE_CASES, SPARSE_DTYPES, SPARSE_OFFSET, poisoned, relative_error
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-CASES = [  # kind, sparsity, mask_rate
-    ("sjlt", 1, None),
-    ("sjlt", 2, None),
-    ("sjlt", 4, None),
-    ("sjlt", 8, None),
-    ("grass", 1, 0.3),
-    ("grass", 4, 0.7),
-]
-OFFSET = 2**40 + 3
+DTYPES, CASES, OFFSET = SPARSE_DTYPES, SPARSE_CASES, SPARSE_OFFSET  # kind, sparsity, mask_rate
 
 
 def dense_p(kind, s, rate, dim, proj_dim, seed=5, offset=OFFSET):

@@ -12,22 +12,13 @@ import fastjl
 from fastjl import sparse_spec
 from fastjl._backends import sparse_cache, triton_backend, triton_sparse
 
-from .helpers import poisoned, relative_error
+from .helpers import SPARSE_CASES, SPARSE_DTYPES, SPARSE_OFFSET, poisoned, relative_error
 
 pytest.importorskip("triton", reason="triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-CASES = [  # kind, sparsity, mask_rate
-    ("sjlt", 1, None),
-    ("sjlt", 2, None),
-    ("sjlt", 4, None),
-    ("sjlt", 8, None),
-    ("grass", 1, 0.3),
-    ("grass", 4, 0.7),
-]
-OFFSET = 2**40 + 3
+DTYPES, CASES, OFFSET = SPARSE_DTYPES, SPARSE_CASES, SPARSE_OFFSET  # kind, sparsity, mask_rate
 # float32 sums of at most a few hundred float32 products (16-bit inputs are exact in float32).
 TOLERANCE = 1e-6
 
