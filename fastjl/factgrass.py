@@ -54,8 +54,20 @@ def project_factgrass(
     """
     kept_out, kept_in = factgrass_masks(seed, offset, g.shape[2], a.shape[2], factor_masks, bias=bias, device=a.device)
     a_kept, g_kept = masked_factors(a, g, kept_out, kept_in)
+    return project_kept_factors(a_kept, g_kept, proj_dim, seed=seed, offset=offset, sparsity=sparsity,
+                                backend=backend, scale=scale)  # fmt: skip
+
+
+def project_kept_factors(
+    a_kept: torch.Tensor, g_kept: torch.Tensor, proj_dim: int, *, seed: int, offset: int, sparsity: int, backend, scale
+) -> torch.Tensor:
+    """``(B, K)``: the sjlt stage of FactGraSS on already masked factors ``a'`` ``(B, T, k_in)`` and
+    ``g'`` ``(B, T, k_out)`` (float32 or float64): ``G' = Σ_t g'_t a'_tᵀ`` in bounded blocks, row
+    ``(p, q)`` of ``G'`` projected as sjlt row ``offset + p·k_in + q``.  Also serves factors that
+    are masked without being formed, such as an embedding's one-hot tokens
+    (``trak_core.embedding_hooks``)."""
     k_in = a_kept.shape[2]
-    result = torch.zeros(a.shape[0], proj_dim, dtype=a_kept.dtype, device=a.device)
+    result = torch.zeros(a_kept.shape[0], proj_dim, dtype=a_kept.dtype, device=a_kept.device)
     options = dict(seed=seed, kind="sjlt", sparsity=sparsity, backend=backend)
     for b0, b1, p0, block in gradient_blocks(a_kept, g_kept, block_budget()):
         result[b0:b1] += project(block, proj_dim, offset=offset + p0 * k_in, **options)

@@ -1,6 +1,7 @@
-"""trak_core with ``proj_kind="factgrass"``: each Linear/Conv1D/Conv2d layer is FactGraSS's
-matrix applied to its per-example gradient, every other parameter plain sjlt at its offset
-(checked against torch.func gradients and the spec matrix), and stores record the options."""
+"""trak_core with ``proj_kind="factgrass"``: each Linear/Conv1D/Conv2d layer and each embedding (as
+the (V, d) Linear weight it is when tied to an output head) is FactGraSS's matrix applied to its
+per-example gradient, every other parameter plain sjlt at its offset (checked against torch.func
+gradients and the spec matrix), and stores record the options."""
 
 import json
 
@@ -34,7 +35,8 @@ def reference(model, task, batch, proj_dim, *, seed, masks, sparsity, grad_wrt=N
     for module_name, module in model.named_modules():
         weight = f"{module_name}.weight"
         is_conv = isinstance(module, torch.nn.Conv2d) and module.groups == 1
-        if weight in grads and (isinstance(module, torch.nn.Linear) or is_conv or module_name in transposed):
+        matrix_like = isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or is_conv
+        if weight in grads and (matrix_like or module_name in transposed):
             sketched[weight] = module_name
     result = torch.zeros(next(iter(grads.values())).shape[0], proj_dim, dtype=torch.float64)
     done = set()
@@ -93,6 +95,23 @@ def test_conv1d_layers_are_sketched_as_the_linear_they_compute():
     transposed = ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj")
     expected = reference(model, task, batch, 32, seed=1, masks=(6, 5), sparsity=2, grad_wrt=grad_wrt,
                          transposed=transposed)  # fmt: skip
+    assert got.abs().max() > 0 and relative_error(got, expected) < TOLERANCE
+
+
+def test_a_tied_embedding_and_head_are_one_factgrass_sketch_of_their_summed_gradient():
+    """GPT-2 ties wte to lm_head: the hooks sketch both uses with the (V, d) weight's masks at one
+    offset, and they add up to FactGraSS of torch.func's summed gradient (every parameter)."""
+    from . import hf_models  # skips this test without transformers
+
+    task = trak_core.CausalLMOutput()
+    model = hf_models.build("gpt2")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    batch = task.as_batch(hf_models.token_batch())
+    computer = LinearHooksGradientComputer(model, task, None, linear_kind="factgrass", factor_masks=(7, 5))
+    projector = fastjl.Projector(computer.num_params, 48, seed=3, kind="sjlt", sparsity=2)
+    got = computer.projected_per_sample_grad(batch, projector, 0)
+    transposed = tuple(n for n, m in model.named_modules() if type(m).__name__ == "Conv1D")
+    expected = reference(model, task, batch, 48, seed=3, masks=(7, 5), sparsity=2, transposed=transposed)
     assert got.abs().max() > 0 and relative_error(got, expected) < TOLERANCE
 
 

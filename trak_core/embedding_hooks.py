@@ -12,7 +12,11 @@ The kronecker kind treats the embedding as a Linear layer from ``g`` (inputs) to
 token (outputs): ``y_b = Σ_t F_out[x_bt] ⊗ (F_inᵀ g_bt)`` with the factors
 :func:`fastjl.kronecker_factors` gives a ``(V, d)`` Linear weight at the same offset, so an
 embedding tied to an ``nn.Linear`` output head (same ``(V, d)`` parameter) is projected with
-one consistent sketch, and the two uses add up exactly as their gradients do.
+one consistent sketch, and the two uses add up exactly as their gradients do.  FactGraSS
+(``linear_kind="factgrass"``) does the same with the masks of that ``(V, d)`` Linear weight: the
+output factor is the one-hot token restricted to the kept token ids (``x_bt == kept_out``, never
+a ``V``-wide one-hot), the input factor the kept coordinates of ``g_bt``; FactGraSS is linear in
+the gradient, so a tied embedding and head again add up to the sketch of their summed gradient.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 import torch
 
 import fastjl
+from fastjl.factgrass import project_kept_factors
+from fastjl.factgrass_spec import factgrass_masks
 from fastjl.kronecker import split_proj_dim
 
 from .layer_hooks import HookedLayer
@@ -96,3 +102,18 @@ class EmbeddingLayer(HookedLayer):
         if scale == "jl":
             result /= (k_out * k_in) ** 0.5
         return result
+
+    def project_factgrass(
+        self, ids, g, proj_dim, *, seed: int, offset: int, factor_masks, sparsity: int, backend, scale
+    ) -> torch.Tensor:
+        """``(B, K)``: FactGraSS of the ``(V, d)`` weight gradient as a Linear weight at ``offset``
+        (output factor: the one-hot token, input factor: ``g``; no bias), masks clipped to the
+        factors as for a Linear layer."""
+        vocab, d = self.module.num_embeddings, self.d_in
+        masks = (min(factor_masks[0], vocab), min(factor_masks[1], d))
+        kept_out, kept_in = factgrass_masks(seed, offset, vocab, d, masks, device=g.device)
+        compute = torch.float64 if g.dtype == torch.float64 else torch.float32
+        one_hot_kept = (ids[..., None] == kept_out) & self._keep(ids)[..., None]  # (B, T, k_out)
+        a_kept, g_kept = g.index_select(2, kept_in).to(compute), one_hot_kept.to(compute)
+        options = dict(seed=seed, offset=offset, sparsity=sparsity, backend=backend, scale=scale)
+        return project_kept_factors(a_kept, g_kept, proj_dim, **options)

@@ -20,9 +20,10 @@ gradients are formed one bounded block of rows at a time and projected at the bl
 memory stays bounded, but the cost of forming ``B·d_out·d_in`` entries is paid.
 ``linear_kind="factgrass"`` (GraSS's FactGraSS, :mod:`fastjl.factgrass_spec`) sketches each
 Linear/Conv1D/Conv2d layer with ``fastjl.project_linear(kind="factgrass")`` (only the masked
-``k_out × k_in`` part of its gradient is formed); every other parameter (embeddings, norms,
-``torch.func`` parameters, a bias whose rows do not follow its weight's) gets plain ``sjlt``
-at its own offset, as the sparse kinds do.
+``k_out × k_in`` part of its gradient is formed) and each embedding as the (V, d) Linear weight
+it is (one-hot tokens as the output factor: a tied embedding and head add up to one sketch of
+their summed gradient); every other parameter (norms, ``torch.func`` parameters, a bias whose
+rows do not follow its weight's) gets plain ``sjlt`` at its own offset, as the sparse kinds do.
 """
 
 from __future__ import annotations
@@ -199,6 +200,10 @@ class LinearHooksGradientComputer(FunctionalGradientComputer):
     def _project_embedding(self, layer: EmbeddingLayer, ids, g, projector, seed: int) -> torch.Tensor:
         """``(B, K)``: the embedding's per-example gradients, projected through the rows they touch."""
         offset = self.offsets[layer.weight]
+        if self.linear_kind == "factgrass":  # consistent with a tied nn.Linear output layer's sketch
+            return layer.project_factgrass(ids, g, projector.proj_dim, seed=seed, offset=offset,
+                                           factor_masks=self.factor_masks, sparsity=projector.sparsity,
+                                           backend=projector.backend, scale=projector.scale)  # fmt: skip
         if projector.kind in SPARSE_KINDS:
             distinct, rows = layer.token_rows(ids, g)
             opts = dict(seed=seed, **projection_options(projector))

@@ -85,8 +85,9 @@ class TRAKer:
             ``"factgrass"`` (GraSS's FactGraSS, hooks path only): each Linear/Conv1D/Conv2d layer
             keeps ``factor_masks = (k_out, k_in)`` coordinates of its output and input factors
             (a whole factor if smaller), forms only that part of its gradient and projects it
-            with sjlt (``fastjl.project_linear(kind="factgrass")``); the other parameters get
-            plain sjlt.
+            with sjlt (``fastjl.project_linear(kind="factgrass")``); an embedding is sketched as
+            the (V, d) Linear weight it is (a tied embedding and head: one sketch of their
+            summed gradient); the other parameters get plain sjlt.
         sparsity: nonzeros per row of P for ``proj_kind="sjlt"``/``"grass"``/``"factgrass"``: 1
             (default), 2, 4, 8.
         mask_rate: GraSS's keep rate in (0, 1], required by ``proj_kind="grass"`` only.
