@@ -18,6 +18,7 @@
 #include "philox.cuh"
 #include "project_args.h"
 #include "project_plan.cuh"
+#include "sparse_chunk_args.h"
 #include "sparse_cpu.h"
 
 namespace py = pybind11;
@@ -273,6 +274,87 @@ PYBIND11_MODULE(_C, m) {
       "project_linear() emulated on the CPU, lane by lane, on HOST pointers: the kernel's\n"
       "plan, gradient-tile producer, P generation and fragment maps, with ldmatrix/mma\n"
       "modelled from the PTX ISA.  Slow; for tests on small shapes.");
+
+  // ---- sparse kinds on the GPU (sparse_kernel.cu; CPU emulation: sparse_emulate.cpp) ------
+  // Argument order: x (pointer, dtype code, B, rows, element strides), the chunk structure
+  // (entries, col_ptr pointers, col_ptr row stride, chunks, sparsity), out (pointer, width,
+  // element strides; float32), batch_rows (2 or 4), then the launch resources.
+  m.def(
+      "project_sparse",
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
+         int64_t stride_xd, uintptr_t entries_ptr, uintptr_t col_ptr_ptr, int64_t ptr_stride,
+         int64_t chunks, int sparsity, uintptr_t out_ptr, int64_t width, int64_t stride_ob,
+         int64_t stride_ok, int batch_rows, uintptr_t workspace_ptr, int64_t workspace_bytes,
+         int64_t num_sms, uintptr_t stream) {
+        fastjl::sparse::sparse_project_device(
+            fastjl::sparse::SparseChunkArgs{x_ptr, x_dtype, batch, rows, stride_xb, stride_xd,
+                                            entries_ptr, col_ptr_ptr, ptr_stride, chunks,
+                                            sparsity, out_ptr, width, stride_ob, stride_ok},
+            batch_rows, workspace_ptr, workspace_bytes, num_sms, stream);
+      },
+      py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("rows"), py::arg("stride_xb"),
+      py::arg("stride_xd"), py::arg("entries_ptr"), py::arg("col_ptr_ptr"),
+      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("out_ptr"),
+      py::arg("width"), py::arg("stride_ob"), py::arg("stride_ok"), py::arg("batch_rows"),
+      py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("num_sms"),
+      py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+      "out = x @ P for a sparse kind (sjlt, grass) from P's chunk structure\n"
+      "(fastjl/_backends/sparse_chunks.py): entries int16 (chunks, 4096), col_ptr int16\n"
+      "(chunks, ptr_stride).  Device pointers; out float32, fully overwritten; no atomics.\n"
+      "workspace: project_sparse_workspace_bytes(...) bytes (0/0 when that is 0).\n"
+      "Asynchronous on `stream`.  ValueError for bad arguments.");
+
+  m.def(
+      "project_sparse_workspace_bytes",
+      [](int64_t batch, int64_t chunks, int64_t width, int64_t num_sms, int batch_rows) {
+        return fastjl::sparse::make_sparse_plan(batch, chunks, width, num_sms, batch_rows,
+                                                "fastjl._C.project_sparse_workspace_bytes")
+            .workspace_bytes;
+      },
+      py::arg("B"), py::arg("chunks"), py::arg("width"), py::arg("num_sms"),
+      py::arg("batch_rows"), "Bytes of device workspace project_sparse() needs.");
+
+  m.def(
+      "project_sparse_plan",
+      [](int64_t batch, int64_t chunks, int64_t width, int64_t num_sms, int batch_rows) {
+        const auto p = fastjl::sparse::make_sparse_plan(batch, chunks, width, num_sms,
+                                                        batch_rows, "fastjl._C.project_sparse_plan");
+        py::dict d;
+        d["tiles_k"] = p.tiles_k;
+        d["tiles_b"] = p.tiles_b;
+        d["splits"] = p.splits;
+        d["chunks_per_split"] = p.chunks_per_split;
+        d["workspace_bytes"] = p.workspace_bytes;
+        return d;
+      },
+      py::arg("B"), py::arg("chunks"), py::arg("width"), py::arg("num_sms"),
+      py::arg("batch_rows"), "The launch plan of project_sparse() (grid, splits), for tests.");
+
+  m.def("project_sparse_smem_bytes", &fastjl::sparse::sparse_smem_bytes, py::arg("x_dtype"),
+        py::arg("batch_rows"),
+        "Dynamic shared memory (bytes) of project_sparse's kernel for an x dtype code and\n"
+        "batch_rows: 4 rows need the GPU's opt-in limit to allow it (A100/H100 do).");
+
+  m.def(
+      "host_emulate_project_sparse",
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
+         int64_t stride_xd, uintptr_t entries_ptr, uintptr_t col_ptr_ptr, int64_t ptr_stride,
+         int64_t chunks, int sparsity, uintptr_t out_ptr, int64_t width, int64_t stride_ob,
+         int64_t stride_ok, int batch_rows, int64_t num_sms) {
+        return fastjl::sparse::host_emulate_sparse_project(
+            fastjl::sparse::SparseChunkArgs{x_ptr, x_dtype, batch, rows, stride_xb, stride_xd,
+                                            entries_ptr, col_ptr_ptr, ptr_stride, chunks,
+                                            sparsity, out_ptr, width, stride_ob, stride_ok},
+            batch_rows, num_sms);
+      },
+      py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("rows"), py::arg("stride_xb"),
+      py::arg("stride_xd"), py::arg("entries_ptr"), py::arg("col_ptr_ptr"),
+      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("out_ptr"),
+      py::arg("width"), py::arg("stride_ob"), py::arg("stride_ok"), py::arg("batch_rows"),
+      py::arg("num_sms"), py::call_guard<py::gil_scoped_release>(),
+      "project_sparse() emulated on the CPU on HOST pointers: the kernel's plan, staging and\n"
+      "per-thread column sums (sparse_chunk.cuh), thread by thread.  Returns whether the\n"
+      "vector (cp.async) staging path was taken.");
 
   m.def("build_info", &build_info, "Facts about this build (versions, CUDA archs).");
 }

@@ -101,6 +101,8 @@ def op_availability(op: str) -> str | None:
     """Why this build of ``fastjl._C`` cannot run ``op`` (None when it can)."""
     if op == "project_linear" and not hasattr(_C, "project_linear"):
         return "fastjl._C has no project_linear kernel in this build (rebuild fastjl)"
+    if op == "project_sparse" and not hasattr(_C, "project_sparse"):
+        return "fastjl._C has no project_sparse kernel in this build (rebuild fastjl)"
     return None
 
 
@@ -125,6 +127,16 @@ def project_linear(
     args = linear_tensor_args(a, g, out, seed=seed, kind=kind, offset=offset, bias=bias)
     sizes = (batch, d_in, g.shape[2], bias, out.shape[1])
     _launch(_C.project_linear, args, _C.project_linear_workspace_bytes, sizes, a.device)
+
+
+def project_sparse(
+    x: torch.Tensor, out: torch.Tensor, *, seed: int, offset: int, sparsity: int, threshold: int | None
+) -> None:
+    """The sparse kinds (sjlt, grass): see :mod:`.cuda_sparse` (imported lazily: it imports this
+    module).  ``backend="auto"`` does not pick it yet (``fastjl/sparse.py``)."""
+    from . import cuda_sparse
+
+    cuda_sparse.project_sparse(x, out, seed=seed, offset=offset, sparsity=sparsity, threshold=threshold)
 
 
 def tensor_args(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset: int) -> tuple:

@@ -28,8 +28,17 @@ from __future__ import annotations
 
 import torch
 
-from ..sparse_blocks import grass_keep_block, sjlt_block
-from . import sparse_cache
+from .sparse_chunks import (  # noqa: F401  (chunk_structure, POINTER_ALIGN: re-exported for the tests)
+    _ENTRY_ROW_LIMIT,
+    COLUMN_RANGE,
+    GPU_NONZEROS,
+    PIECE_NONZEROS,
+    PIECE_POINTERS,
+    POINTER_ALIGN,
+    cached_structure,
+    chunk_structure,
+)
+from .sparse_chunks import pieces as chunk_pieces
 from .triton_backend import _interpreting, _sum_splits, availability, one_wave_splits  # noqa: F401
 
 NAME = "triton"
@@ -38,17 +47,12 @@ NAME = "triton"
 # their scan, and a 4096-column accumulator stay in registers (tests/test_triton_compile.py
 # bounds the spills; two batch rows per program spilled, so a program takes one).  int16
 # entries hold a local row below 2^14 next to the sign bit, and column pointers up to CHUNK * s.
-GPU_NNZ = 4096
+GPU_NNZ = GPU_NONZEROS
 GPU_WARPS = 16
 INTERPRETER_NNZ = 64  # small steps: Triton's interpreter runs each in numpy, its scans one element at a time
 MAX_BLOCK_K = 4096
 INTERPRETER_MAX_BLOCK_K = 32
-COLUMN_RANGE = 1 << 16
 MAX_GRID_ROWS = 65535  # CUDA's limit on a grid's second axis (batch rows): larger B goes in slices
-PIECE_NONZEROS = 1 << 22
-PIECE_POINTERS = 1 << 22  # with PIECE_NONZEROS: the build's int64 temporaries stay ~100-200 MB
-_ENTRY_ROW_LIMIT = 1 << 14
-POINTER_ALIGN = 16  # column pointers of a chunk start on a multiple of 16 (aligned vector loads)
 
 
 def _next_pow2(n: int) -> int:
@@ -66,42 +70,6 @@ def plan(width: int, sparsity: int, device: torch.device) -> dict:
     chunk = nnz // sparsity
     assert chunk <= _ENTRY_ROW_LIMIT and chunk * sparsity <= nnz < 1 << 15
     return dict(BLOCK_K=block_k, CHUNK=chunk, NNZ=nnz, num_warps=GPU_WARPS if on_gpu else 4)
-
-
-def chunk_structure(
-    seed: int, row0: int, nrows: int, proj_dim: int, sparsity: int, threshold, chunk: int, col0: int, width: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's view of rows ``row0 .. row0+nrows-1`` of P, columns ``col0 .. col0+width-1``:
-    ``entries`` int16 ``(chunks, chunk·s)``, ``local row << 1 | negative`` in (column, row) order
-    per chunk, zero-padded, and ``col_ptr`` int16 ``(chunks, width + 1)`` (in a buffer whose rows
-    are padded to a multiple of ``POINTER_ALIGN``), the start of each column's entries
-    (``col_ptr[:, -1]`` the chunk's count)."""
-    chunks = -(-nrows // chunk)
-    columns, negative = sjlt_block(seed, row0, nrows, proj_dim, sparsity, device)
-    local = torch.arange(nrows, dtype=torch.int64, device=device)[:, None].expand(nrows, sparsity)
-    selected = (columns >= col0) & (columns < col0 + width)
-    if threshold is not None:
-        selected &= grass_keep_block(seed, row0, nrows, threshold, device)[:, None]
-    # Boolean indexing keeps row-major order: rows ascend, so the stable sort keeps them
-    # ascending within a column.
-    local, columns, negative = local[selected], columns[selected] - col0, negative[selected]
-    chunk_id = local // chunk
-    key = chunk_id * width + columns
-    order = torch.argsort(key, stable=True)
-    key, local, negative, chunk_id = key[order], local[order], negative[order], chunk_id[order]
-    counts = torch.bincount(key, minlength=chunks * width).view(chunks, width)
-    col_ptr = torch.zeros((chunks, width + 1), dtype=torch.int64, device=device)
-    torch.cumsum(counts, 1, out=col_ptr[:, 1:])
-    per_chunk = col_ptr[:, -1]
-    chunk_base = torch.cumsum(per_chunk, 0) - per_chunk
-    slot = chunk_id * (chunk * sparsity) + torch.arange(key.numel(), device=device) - chunk_base[chunk_id]
-    code = ((local % chunk) << 1) | negative.to(torch.int64)
-    entries = torch.zeros(chunks * chunk * sparsity, dtype=torch.int16, device=device)
-    entries[slot] = code.to(torch.int16)
-    stride = -(-(width + 1) // POINTER_ALIGN) * POINTER_ALIGN
-    pointers = torch.zeros((chunks, stride), dtype=torch.int16, device=device)
-    pointers[:, : width + 1] = col_ptr
-    return entries.view(chunks, chunk * sparsity), pointers[:, : width + 1]
 
 
 def _splits(programs: int, chunks: int, device: torch.device) -> int:
@@ -135,8 +103,7 @@ def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) 
     cfg = plan(width, sparsity, x.device)
     launch = {"num_warps": cfg.pop("num_warps")}
     chunk = cfg["CHUNK"]
-    piece_chunks = max(1, min(PIECE_NONZEROS // cfg["NNZ"], PIECE_POINTERS // (width + 1)))
-    pieces = [(r0, min(dim, r0 + piece_chunks * chunk)) for r0 in range(0, dim, piece_chunks * chunk)]
+    pieces = chunk_pieces(dim, chunk, cfg["NNZ"], width, PIECE_NONZEROS, PIECE_POINTERS)
     grid_k = -(-width // cfg["BLOCK_K"])
     chunks = [-(-(r1 - r0) // chunk) for r0, r1 in pieces]
     splits = [_splits(grid_k * batch, n, x.device) for n in chunks]
@@ -147,9 +114,7 @@ def _project_columns(x, out, seed, offset, sparsity, threshold, proj_dim, col0) 
     slot = 0
     for (r0, r1), n, split in zip(pieces, chunks, splits):
         rows = (offset + r0, r1 - r0)
-        args = (seed, *rows, proj_dim, sparsity, threshold, chunk, col0, width, x.device)
-        key = ("triton-sparse", str(x.device), *args[:-1])
-        entries, col_ptr = sparse_cache.get_or_build(key, lambda args=args: chunk_structure(*args))
+        entries, col_ptr = cached_structure(seed, *rows, proj_dim, sparsity, threshold, chunk, col0, width, x.device)
         part = dest[slot : slot + split]
         k._sparse_project_kernel[(grid_k, batch, split)](
             x[:, r0:r1],

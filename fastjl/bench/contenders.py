@@ -43,7 +43,12 @@ def fastjl_backend(name: str):
         if not status.available:
             raise Unavailable(status.reason)
         if shape.sparse and name == "cuda":
-            raise Unavailable("the cuda backend has no sparse kinds yet (torch and triton)")
+            # The sparse kernel (csrc/sparse_kernel.cu) needs a build of fastjl._C that has it.
+            from fastjl._backends import cuda_backend
+
+            reason = cuda_backend.op_availability("project_sparse")
+            if reason is not None:
+                raise Unavailable(reason)
         if shape.sparse and name == "triton" and device != "cuda":
             # On CPU the kernel runs only in Triton's interpreter (numpy, for tests): not a timing.
             raise Unavailable("the Triton sparse kernel is timed on CUDA tensors only")

@@ -1,0 +1,169 @@
+// The per-chunk steps of the sparse kinds' CUDA kernel (sparse_kernel.cu), written once as
+// __host__ __device__ functions over plain arrays: the kernel runs them per thread on shared
+// memory, the CPU emulation (sparse_emulate.cpp) runs the very same functions for every thread
+// of a CTA on a host buffer.  The structure they read is described in sparse_chunk_args.h.
+//
+// A CTA owns BatchRows batch rows and kBlockK = 4096 output columns; thread t owns columns
+// 8t .. 8t+7 of the tile for all BatchRows rows (8·BatchRows float32 accumulators in
+// registers, kept across the CTA's chunks).  Per chunk, one buffer of shared memory holds
+//   * the x window of each batch row (the chunk's rows of x, native dtype),
+//   * the chunk's entries (kChunkNonzeros int16) and its tile's column pointers,
+// staged once and read by all BatchRows rows: the structure is decoded once per CTA, not once
+// per batch row.  Thread t walks the runs of its 8 columns in order (rows ascending within a
+// column) and adds ±x to its accumulators: float32 sums in a fixed order (no atomics, no
+// prefix difference), so results are bitwise reproducible and as accurate as a sequential
+// float32 sum over each column's nonzeros.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "half_bits.cuh"
+#include "sparse_chunk_args.h"
+
+namespace fastjl {
+namespace sparse {
+
+// Byte offsets of one chunk buffer; the kernel double-buffers (kTotal = two buffers).  A
+// window is sized for the longest chunk (s = 1: kChunkNonzeros rows) whatever s is.
+template <int XDtype, int BatchRows>
+struct SmemLayout {
+  static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
+  static constexpr int kWindowBytes = kChunkNonzeros * kEsize;
+  static constexpr int kEntriesOffset = BatchRows * kWindowBytes;
+  static constexpr int kPtrOffset = kEntriesOffset + kChunkNonzeros * 2;
+  static constexpr int kPtrCount = kBlockK + kPtrAlign;  // kBlockK + 1 used, 16-byte rounded
+  static constexpr int kBufferBytes = kPtrOffset + kPtrCount * 2;
+  static constexpr int kTotal = 2 * kBufferBytes;
+  static_assert(kPtrOffset % 16 == 0 && kBufferBytes % 16 == 0, "16-byte aligned pieces");
+};
+
+// Where a CTA reads from (global memory on the GPU, host memory in the emulation).
+struct ChunkSource {
+  const unsigned char* x;
+  int64_t batch, rows, stride_xb, stride_xd;  // x: element strides
+  const uint16_t* entries;                    // (chunks, kChunkNonzeros)
+  const uint16_t* col_ptr;                    // (chunks, ptr_stride)
+  int64_t ptr_stride, chunk_rows, width;
+};
+
+// Columns of the tile starting at k0 (the last tile may be narrower than kBlockK).
+FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
+  return static_cast<int>(width - k0 < kBlockK ? width - k0 : kBlockK);
+}
+
+// Thread tid's share of staging chunk `chunk` for batch rows b0 .. b0+BatchRows-1 and the
+// column tile at k0 into `buf`.  copy(dst, src, bytes) copies `bytes` (0..16) bytes and
+// zero-fills the rest of 16 (cp.async on the GPU).  Vector path (sparse_vector_loads): x in
+// 16-byte pieces; element path: plain loads (any strides and alignment).  Rows past B and
+// past the chunk's end read as zeros.
+template <int XDtype, int BatchRows, class Copy16>
+FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b0, int64_t k0,
+                           int64_t chunk, unsigned char* buf, Copy16 copy) {
+  using L = SmemLayout<XDtype, BatchRows>;
+  constexpr int kE = L::kEsize;
+  const int64_t d0 = chunk * s.chunk_rows;
+  const int64_t d_end = d0 + s.chunk_rows < s.rows ? d0 + s.chunk_rows : s.rows;
+  if (vector) {
+    constexpr int kPer = 16 / kE;
+    const int pieces = static_cast<int>(s.chunk_rows / kPer);
+    for (int i = tid; i < BatchRows * pieces; i += kThreads) {
+      const int r = i / pieces, q = i - r * pieces;
+      const int64_t b = b0 + r, d = d0 + static_cast<int64_t>(q) * kPer;
+      int64_t valid = b < s.batch ? d_end - d : 0;
+      valid = valid < 0 ? 0 : valid > kPer ? kPer : valid;
+      const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * kE : s.x;
+      copy(buf + r * L::kWindowBytes + q * 16, src, static_cast<int>(valid * kE));
+    }
+  } else {
+    using Elem = typename std::conditional<kE == 4, uint32_t, uint16_t>::type;
+    const Elem* x = reinterpret_cast<const Elem*>(s.x);
+    for (int64_t i = tid; i < BatchRows * s.chunk_rows; i += kThreads) {
+      const int r = static_cast<int>(i / s.chunk_rows);
+      const int64_t q = i - r * s.chunk_rows, b = b0 + r, d = d0 + q;
+      reinterpret_cast<Elem*>(buf + r * L::kWindowBytes)[q] =
+          (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
+    }
+  }
+  const unsigned char* e =
+      reinterpret_cast<const unsigned char*>(s.entries + chunk * int64_t(kChunkNonzeros));
+  for (int i = tid; i < kChunkNonzeros * 2 / 16; i += kThreads)
+    copy(buf + L::kEntriesOffset + i * 16, e + i * 16, 16);
+  // Pointers of columns k0 .. k0+ncols (ncols + 1 values), in 16-byte pieces: k0 is a
+  // multiple of 8 and ptr_stride a multiple of 8 >= width + 1, so they stay in the row.
+  const int pieces = (tile_columns(k0, s.width) + 1 + kPtrAlign - 1) / kPtrAlign;
+  const unsigned char* p =
+      reinterpret_cast<const unsigned char*>(s.col_ptr + chunk * s.ptr_stride + k0);
+  for (int i = tid; i < pieces; i += kThreads) copy(buf + L::kPtrOffset + i * 16, p + i * 16, 16);
+}
+
+// Element `row` of a staged window, widened to float32 (exact).
+template <int XDtype>
+FASTJL_HD float window_value(const unsigned char* window, int row) {
+  if (XDtype == kFloat32) return reinterpret_cast<const float*>(window)[row];
+  const uint32_t h = reinterpret_cast<const uint16_t*>(window)[row];
+  return XDtype == kBFloat16 ? bits_float(h << 16) : half_to_float<kMmaF16>(h);
+}
+
+// Thread tid adds the staged chunk's contribution to its columns: for each of its columns in
+// order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
+// sign is entry bit 0 moved to the float's sign bit (no multiply).
+template <int XDtype, int BatchRows>
+FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
+                             float (&acc)[BatchRows][kColsPerThread]) {
+  using L = SmemLayout<XDtype, BatchRows>;
+  const uint16_t* entries = reinterpret_cast<const uint16_t*>(buf + L::kEntriesOffset);
+  const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::kPtrOffset);
+  const int c0 = tid * kColsPerThread;
+  if (c0 >= ncols) return;
+  int start = ptr[c0];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int c = 0; c < kColsPerThread; ++c) {
+    if (c0 + c < ncols) {
+      const int end = ptr[c0 + c + 1];
+      for (int j = start; j < end; ++j) {
+        const uint32_t code = entries[j];
+        const uint32_t sign = code << 31;
+        const int row = static_cast<int>(code >> 1);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+        for (int r = 0; r < BatchRows; ++r)
+          acc[r][c] += bits_float(
+              float_bits(window_value<XDtype>(buf + r * L::kWindowBytes, row)) ^ sign);
+      }
+      start = end;
+    }
+  }
+}
+
+// Thread tid's accumulators to dest (rows b0 + r < batch, columns k0 + 8 tid + c < width).
+template <int BatchRows>
+FASTJL_HD void store_columns(int tid, const float (&acc)[BatchRows][kColsPerThread], float* dest,
+                             int64_t stride_b, int64_t stride_k, int64_t b0, int64_t batch,
+                             int64_t k0, int64_t width) {
+  for (int r = 0; r < BatchRows; ++r) {
+    if (b0 + r >= batch) break;
+    for (int c = 0; c < kColsPerThread; ++c) {
+      const int64_t k = k0 + static_cast<int64_t>(tid) * kColsPerThread + c;
+      if (k < width) dest[(b0 + r) * stride_b + k * stride_k] = acc[r][c];
+    }
+  }
+}
+
+// The CTA's place in the grid: blockIdx.x = cta (column tile fastest), blockIdx.y = split.
+struct CtaTile {
+  int64_t b0, k0, chunk_begin, chunk_end;
+};
+FASTJL_HD CtaTile cta_tile(int64_t cta, int64_t split, int64_t tiles_k, int64_t chunks_per_split,
+                           int64_t chunks, int batch_rows) {
+  const int64_t tile_b = cta / tiles_k, tile_k = cta - tile_b * tiles_k;
+  const int64_t begin = split * chunks_per_split;
+  const int64_t end = begin + chunks_per_split < chunks ? begin + chunks_per_split : chunks;
+  return CtaTile{tile_b * batch_rows, tile_k * kBlockK, begin, end};
+}
+
+}  // namespace sparse
+}  // namespace fastjl

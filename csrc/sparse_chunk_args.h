@@ -1,0 +1,137 @@
+// Arguments, checks and launch plan of fastjl._C.project_sparse (the CUDA kernel of the sparse
+// kinds, sparse_kernel.cu) and of its CPU emulation (sparse_emulate.cpp).
+//
+// Plain C++ (no CUDA, no pybind11): bindings.cpp, sparse_emulate.cpp and sparse_kernel.cu share
+// one definition.  The matrix never reaches C++ as (seed, offset, s): the Python side
+// (fastjl/_backends/sparse_chunks.py) turns it into a column-sorted structure per chunk of rows,
+// the same one the Triton kernel reads:
+//   entries  int16 (chunks, kChunkNonzeros): per chunk, its nonzeros sorted by column (rows
+//            ascending within a column), each `local row << 1 | negative`, zero-padded;
+//   col_ptr  int16 (chunks, ptr_stride): the start of each column's run, width + 1 used
+//            (col_ptr[c][width] = the chunk's count).
+// A chunk holds kChunkNonzeros / s rows of P (so at most kChunkNonzeros nonzeros).
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "block_args.h"  // DtypeCode
+
+namespace fastjl {
+namespace sparse {
+
+constexpr int kThreads = 512;         // 16 warps per CTA
+constexpr int kColsPerThread = 8;     // thread t owns columns 8t .. 8t+7 of the CTA's tile
+constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
+// Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
+// the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
+constexpr int kChunkNonzeros = 4096;  // nonzeros per chunk (rows per chunk: 4096 / s)
+constexpr int kPtrAlign = 8;          // col_ptr rows start 16-byte aligned (8 int16)
+constexpr int64_t kMinChunksPerSplit = 2;
+constexpr int64_t kMaxSplits = 65535;  // grid.y
+
+inline int64_t chunk_rows(int sparsity) { return kChunkNonzeros / sparsity; }
+inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// out[B, width] (float32, element strides) = x[B, rows] @ P_structure[rows, width].
+struct SparseChunkArgs {
+  uintptr_t x;
+  int x_dtype;  // kFloat32, kFloat16 or kBFloat16
+  int64_t batch, rows, stride_xb, stride_xd;
+  uintptr_t entries, col_ptr;
+  int64_t ptr_stride;  // int16 elements between two chunks' col_ptr rows
+  int64_t chunks;      // = ceil(rows / chunk_rows(sparsity))
+  int sparsity;
+  uintptr_t out;
+  int64_t width, stride_ob, stride_ok;
+};
+
+struct SparsePlan {
+  int64_t tiles_k, tiles_b;   // grid.x = tiles_b * tiles_k (column tile fastest)
+  int64_t splits;             // grid.y: contiguous ranges of chunks
+  int64_t chunks_per_split;
+  int64_t workspace_bytes;    // float32 [splits, B, width] when splits > 1, else 0
+};
+
+// Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 512 threads
+// and ~128 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
+// chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
+// model.
+inline void validate_batch_rows(int batch_rows, const char* op) {
+  if (batch_rows != 2 && batch_rows != 4)
+    throw std::invalid_argument(std::string(op) + ": batch_rows must be 2 or 4, got " +
+                                std::to_string(batch_rows));
+}
+
+inline SparsePlan make_sparse_plan(int64_t batch, int64_t chunks, int64_t width, int64_t num_sms,
+                                   int batch_rows, const char* op) {
+  if (num_sms < 1) throw std::invalid_argument(std::string(op) + ": num_sms must be >= 1");
+  validate_batch_rows(batch_rows, op);
+  SparsePlan p{};
+  p.tiles_k = ceil_div64(width, kBlockK);
+  p.tiles_b = ceil_div64(batch, batch_rows);
+  const int64_t ctas = p.tiles_k * p.tiles_b;
+  if (ctas > INT32_MAX)
+    throw std::invalid_argument(std::string(op) + ": B * K is too large for one launch");
+  int64_t splits = ctas <= 0 || ctas >= num_sms ? 1 : num_sms / ctas;
+  if (splits > chunks / kMinChunksPerSplit) splits = chunks / kMinChunksPerSplit;
+  if (splits > kMaxSplits) splits = kMaxSplits;
+  if (splits < 1) splits = 1;
+  p.chunks_per_split = ceil_div64(chunks, splits);
+  p.splits = ceil_div64(chunks, p.chunks_per_split);  // every split non-empty
+  p.workspace_bytes = p.splits > 1 ? p.splits * batch * width * int64_t(sizeof(float)) : 0;
+  return p;
+}
+
+// Throws std::invalid_argument (-> ValueError) naming `op` and the argument.
+inline void validate_sparse_chunk_args(const SparseChunkArgs& a, const char* op) {
+  auto fail = [op](const std::string& what) {
+    throw std::invalid_argument(std::string(op) + ": " + what);
+  };
+  if (a.x_dtype != kFloat32 && a.x_dtype != kFloat16 && a.x_dtype != kBFloat16)
+    fail("x_dtype must be 0 (float32), 1 (float16) or 2 (bfloat16), got " +
+         std::to_string(a.x_dtype));
+  if (a.sparsity != 1 && a.sparsity != 2 && a.sparsity != 4 && a.sparsity != 8)
+    fail("sparsity must be 1, 2, 4 or 8, got " + std::to_string(a.sparsity));
+  if (a.batch < 0) fail("B must be >= 0, got " + std::to_string(a.batch));
+  if (a.rows < 1) fail("rows must be >= 1, got " + std::to_string(a.rows));
+  if (a.width < 1 || a.width > (int64_t(1) << 31))
+    fail("width must be in [1, 2^31], got " + std::to_string(a.width));
+  if (a.chunks != ceil_div64(a.rows, chunk_rows(a.sparsity)))
+    fail("chunks must be ceil(rows / (4096 / sparsity)) = " +
+         std::to_string(ceil_div64(a.rows, chunk_rows(a.sparsity))) + ", got " +
+         std::to_string(a.chunks));
+  if (a.ptr_stride < a.width + 1 || a.ptr_stride % kPtrAlign != 0)
+    fail("ptr_stride must be a multiple of 8 and >= width + 1, got " +
+         std::to_string(a.ptr_stride));
+  if (a.stride_xb < 0 || a.stride_xd < 0 || a.stride_ob < 0 || a.stride_ok < 0)
+    fail("strides must be >= 0");
+  if (a.batch > 0 && (a.x == 0 || a.out == 0 || a.entries == 0 || a.col_ptr == 0))
+    fail("x_ptr, entries_ptr, col_ptr_ptr and out_ptr must not be null");
+  if (a.entries % 16 != 0 || a.col_ptr % 16 != 0)
+    fail("entries_ptr and col_ptr_ptr must be 16-byte aligned");
+}
+
+inline int64_t sparse_dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
+
+// Whether x's chunk windows can be staged with 16-byte asynchronous copies: unit stride along
+// the rows of P and 16-byte aligned batch rows.  Otherwise element loads.
+inline bool sparse_vector_loads(const SparseChunkArgs& a) {
+  const int64_t esize = sparse_dtype_size(a.x_dtype);
+  const bool rows_aligned = a.batch <= 1 || (a.stride_xb * esize) % 16 == 0;
+  return a.stride_xd == 1 && a.x % 16 == 0 && rows_aligned;
+}
+
+// sparse_kernel.cu: device pointers, asynchronous on `stream`; workspace of
+// plan.workspace_bytes (16-byte aligned) when the plan splits.
+void sparse_project_device(const SparseChunkArgs& a, int batch_rows, uintptr_t workspace,
+                           int64_t workspace_bytes, int64_t num_sms, uintptr_t stream);
+// sparse_emulate.cpp: the same plan and per-chunk code on host pointers.  Returns whether the
+// vector (cp.async) staging path was taken.
+bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms);
+// Dynamic shared memory of the kernel for x of dtype code x_dtype and batch_rows (sparse_chunk.cuh).
+int64_t sparse_smem_bytes(int x_dtype, int batch_rows);
+
+}  // namespace sparse
+}  // namespace fastjl

@@ -1,0 +1,132 @@
+// fastjl._C.host_emulate_project_sparse: the sparse kinds' CUDA kernel (sparse_kernel.cu) run on
+// the CPU, on host pointers, for tests without a GPU.
+//
+// Same plan (make_sparse_plan), same grid walk (cta_tile), same per-thread code
+// (stage_chunk, chunk_columns, store_columns from sparse_chunk.cuh, compiled for the host) and
+// the same double buffering; each phase runs for all 512 threads of a CTA before the next, as
+// the kernel's barrier orders them.  cp.async is modelled by a copy that zero-fills the rest of
+// its 16 bytes; shared memory starts poisoned (0xFF: NaN), so reading anything unstaged shows.
+// The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "sparse_chunk.cuh"
+#include "sparse_chunk_args.h"
+
+namespace fastjl {
+namespace sparse {
+namespace {
+
+constexpr const char* kOp = "fastjl._C.host_emulate_project_sparse";
+
+// cp.async.cg ... 16, src-size: `bytes` copied, the rest of the 16 zero-filled.
+struct HostCopy16 {
+  void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
+    std::memcpy(dst, src, static_cast<size_t>(bytes));
+    std::memset(dst + bytes, 0, static_cast<size_t>(16 - bytes));
+  }
+};
+
+template <int XDtype, int BatchRows>
+void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, float* dest,
+             int64_t stride_split, int64_t stride_b, int64_t stride_k) {
+  using L = SmemLayout<XDtype, BatchRows>;
+  std::vector<uint64_t> smem_store(L::kTotal / sizeof(uint64_t));  // 8-byte aligned
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
+  const ChunkSource src{reinterpret_cast<const unsigned char*>(a.x),
+                        a.batch,
+                        a.rows,
+                        a.stride_xb,
+                        a.stride_xd,
+                        reinterpret_cast<const uint16_t*>(a.entries),
+                        reinterpret_cast<const uint16_t*>(a.col_ptr),
+                        a.ptr_stride,
+                        chunk_rows(a.sparsity),
+                        a.width};
+  using Acc = float[BatchRows][kColsPerThread];
+  std::vector<Acc> acc(kThreads);
+  for (int64_t split = 0; split < plan.splits; ++split)
+    for (int64_t cta = 0; cta < plan.tiles_b * plan.tiles_k; ++cta) {
+      const CtaTile t =
+          cta_tile(cta, split, plan.tiles_k, plan.chunks_per_split, a.chunks, BatchRows);
+      const int ncols = tile_columns(t.k0, a.width);
+      std::memset(smem, 0xFF, L::kTotal);
+      for (auto& thread : acc)
+        for (auto& row : thread)
+          for (float& v : row) v = 0.0f;
+      for (int tid = 0; tid < kThreads; ++tid)
+        stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, t.chunk_begin, smem,
+                                       HostCopy16{});
+      for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
+        unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * L::kBufferBytes;
+        if (c + 1 < t.chunk_end) {
+          unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * L::kBufferBytes;
+          for (int tid = 0; tid < kThreads; ++tid)
+            stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, c + 1, next,
+                                           HostCopy16{});
+        }
+        for (int tid = 0; tid < kThreads; ++tid)
+          chunk_columns<XDtype, BatchRows>(tid, cur, ncols, acc[tid]);
+      }
+      for (int tid = 0; tid < kThreads; ++tid)
+        store_columns<BatchRows>(tid, acc[tid], dest + split * stride_split, stride_b, stride_k,
+                                 t.b0, a.batch, t.k0, a.width);
+    }
+}
+
+template <int XDtype>
+void emulate_rows(int batch_rows, const SparseChunkArgs& a, const SparsePlan& plan, bool vector,
+                  float* dest, int64_t stride_split, int64_t stride_b, int64_t stride_k) {
+  if (batch_rows == 4)
+    emulate<XDtype, 4>(a, plan, vector, dest, stride_split, stride_b, stride_k);
+  else
+    emulate<XDtype, 2>(a, plan, vector, dest, stride_split, stride_b, stride_k);
+}
+
+}  // namespace
+
+int64_t sparse_smem_bytes(int x_dtype, int batch_rows) {
+  validate_batch_rows(batch_rows, "fastjl._C.project_sparse_smem_bytes");
+  if (x_dtype == kFloat32)
+    return batch_rows == 4 ? SmemLayout<kFloat32, 4>::kTotal : SmemLayout<kFloat32, 2>::kTotal;
+  return batch_rows == 4 ? SmemLayout<kFloat16, 4>::kTotal : SmemLayout<kFloat16, 2>::kTotal;
+}
+
+bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms) {
+  validate_sparse_chunk_args(a, kOp);
+  const SparsePlan plan = make_sparse_plan(a.batch, a.chunks, a.width, num_sms, batch_rows, kOp);
+  const bool vector = sparse_vector_loads(a);
+  if (a.batch == 0) return vector;
+  std::vector<float> workspace;
+  float* dest = reinterpret_cast<float*>(a.out);
+  int64_t stride_split = 0, stride_b = a.stride_ob, stride_k = a.stride_ok;
+  if (plan.splits > 1) {
+    workspace.assign(static_cast<size_t>(plan.workspace_bytes / sizeof(float)), NAN);
+    dest = workspace.data();
+    stride_split = a.batch * a.width;
+    stride_b = a.width;
+    stride_k = 1;
+  }
+  if (a.x_dtype == kFloat32)
+    emulate_rows<kFloat32>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
+  else if (a.x_dtype == kFloat16)
+    emulate_rows<kFloat16>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
+  else
+    emulate_rows<kBFloat16>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
+  if (plan.splits > 1) {  // sum_splits_kernel's order: split 0, then 1, 2, ...
+    const int64_t n = a.batch * a.width;
+    float* out = reinterpret_cast<float*>(a.out);
+    for (int64_t idx = 0; idx < n; ++idx) {
+      float total = workspace[idx];
+      for (int64_t s = 1; s < plan.splits; ++s) total += workspace[s * n + idx];
+      const int64_t b = idx / a.width;
+      out[b * a.stride_ob + (idx - b * a.width) * a.stride_ok] = total;
+    }
+  }
+  return vector;
+}
+
+}  // namespace sparse
+}  // namespace fastjl
