@@ -149,15 +149,16 @@ def test_cubins_for_required_archs(report):
         f"{report.path.name} embeds no cubin for {missing} (it has {archs}); build with the default "
         "CMAKE_CUDA_ARCHITECTURES (CUDAARCHS unset)"
     )
-    # One cubin per .cu file with device code, for every architecture.
+    # One cubin per .cu file with device code, for every architecture.  Architecture-specific
+    # cubins (sm_90a: project_kernel_sm90.cu alone, tests/test_cuda_wgmma.py) are not counted.
     expected = max(report.cubins.values())
-    short = {a: n for a, n in report.cubins.items() if n != expected}
+    short = {a: n for a, n in report.cubins.items() if n != expected and not a.endswith("a")}
     assert not short, f"cubins per arch differ: {report.cubins} (a .cu file dropped an architecture)"
     names = {a: {k.name for k in report.kernels if k.arch == a} for a in REQUIRED_ARCHS}
     union = set().union(*names.values())
     for a in REQUIRED_ARCHS:
         assert names[a] == union, f"{a} lacks {sorted(union - names[a])}"
-    for family in ("project_kernel<", "sum_splits_kernel", "fill_block<"):
+    for family in ("project_kernel<", "sum_splits_kernel", "fill_block<", "sparse_project_kernel<"):
         assert any(n.startswith(family) for n in union), f"no {family} kernel in {report.path.name}\n{table(report)}"
 
 
@@ -174,6 +175,25 @@ def test_project_kernel_registers(report):
             f"{len(over)} project_kernel cubins exceed __launch_bounds__(256, 2)'s "
             f"{PROJECT_KERNEL_MAX_REGISTERS} registers:\n{table(report, over)}"
         )
+
+
+# __launch_bounds__(kThreads = 512, 1) on sparse_project_kernel (csrc/sparse_kernel.cu): one CTA
+# of 512 threads per SM may use the whole register file.  Every (x dtype code, batch rows)
+# instantiation must be there; the local-memory test below allows them none (no spills).
+SPARSE_KERNEL_MAX_REGISTERS = 65536 // 512
+SPARSE_KERNELS = {f"sparse_project_kernel<{dtype}, {rows}>" for dtype in (0, 1, 2) for rows in (2, 4)}
+
+
+def test_sparse_kernel_instantiations_and_registers(report):
+    for arch in REQUIRED_ARCHS:
+        found = {k.name for k in report.kernels if k.arch == arch and k.name.startswith("sparse_project_kernel<")}
+        assert found == SPARSE_KERNELS, f"{arch}: sparse kernels {sorted(found)}\n{table(report)}"
+    over = {
+        (k.name, k.arch): f"regs > {SPARSE_KERNEL_MAX_REGISTERS}"
+        for k in report.kernels
+        if k.name in SPARSE_KERNELS and k.registers > SPARSE_KERNEL_MAX_REGISTERS
+    }
+    assert not over, f"sparse kernels above __launch_bounds__(512, 1):\n{table(report, over)}"
 
 
 def test_local_memory_within_allowances(report):
