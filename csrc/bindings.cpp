@@ -23,6 +23,10 @@
 
 namespace py = pybind11;
 
+namespace fastjl {
+void bind_wgmma(py::module_& m);  // wgmma_bindings.cpp: the sm_90a kernel's entry points
+}
+
 namespace {
 
 std::tuple<uint32_t, uint32_t, uint32_t, uint32_t> philox_py(std::array<uint32_t, 4> counter,
@@ -357,4 +361,6 @@ PYBIND11_MODULE(_C, m) {
       "vector (cp.async) staging path was taken.");
 
   m.def("build_info", &build_info, "Facts about this build (versions, CUDA archs).");
+
+  fastjl::bind_wgmma(m);  // project_sm90, wgmma_host_stage
 }

@@ -2,9 +2,7 @@
 // pipeline of project_kernel.cuh (which explains the kernel).  This file holds x's tile
 // producer, the host helpers every pipeline entry point shares, and the entry point.
 //
-// x's producer: 16-byte cp.async copies (zero-filled past B and past the range) when x has
-// unit stride along D and 16-byte aligned rows (use_vector_loads), else plain element
-// loads; the tile holds x's own elements (fp32, fp16 or bf16).
+// x's producer (project_x_producer.cuh, shared with the sm_90a kernel) copies tiles of x.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,40 +12,13 @@
 
 #include "project_args.h"
 #include "project_kernel.cuh"
+#include "project_x_producer.cuh"
 
 namespace fastjl {
 namespace proj {
 namespace {
 
 constexpr const char* kOp = "fastjl._C.project";
-
-// The copy functor of load_x_tile_vector: cp.async on the device (never called on the host).
-struct AsyncCopy16 {
-  FASTJL_HD void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
-#if defined(__CUDA_ARCH__)
-    sm80::cp_async_16(dst, src, bytes);
-#endif
-  }
-};
-
-// Tiles of x itself (see the top of this file).
-template <int XDtype>
-struct XTileProducer {
-  static constexpr int kTileDtype = XDtype;
-  struct Source {
-    XSource xs;
-    int vector_loads;  // 1: cp.async path (use_vector_loads), 0: element loads
-  };
-  __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
-                               int64_t d_end, unsigned char* tile) {
-    load_x_tile<XDtype>(tid, s.xs, s.vector_loads != 0, block_b, b0, d0, d_end, tile,
-                        AsyncCopy16{});
-    if (s.vector_loads) sm80::cp_async_commit();
-  }
-  __device__ static void wait(const Source& s) {
-    if (s.vector_loads) sm80::cp_async_wait_all();
-  }
-};
 
 // out[b, k] = sum over s = 0, 1, ..., splits-1 (in that order) of parts[s, b, k].
 __global__ void sum_splits_kernel(const float* __restrict__ parts, float* __restrict__ out,

@@ -285,18 +285,11 @@ void launch_kind(const char* op, int kind, const KernelParams<Producer>& kp, con
     launch_tiles<Cfg, Producer, kGaussian>(op, kp, plan, stream);
 }
 
-// Runs pr with x tiles from `src` (plan from plan_with_workspace, B > 0, the producer's
-// own pointers already checked): the tile kernel into out, or into the workspace followed
-// by the ordered reduction into out.  Asynchronous on `stream`.
-template <class Producer>
-void run_pipeline(const char* op, const typename Producer::Source& src, const Problem& pr,
-                  const Plan& plan, uintptr_t workspace, cudaStream_t stream) {
-  check_device_pointer(op, pr.out, "out_ptr");
-  if (plan.splits > 1) check_device_pointer(op, workspace, "workspace_ptr");
-
-  KernelParams<Producer> kp{};
-  kp.src = src;
-  PipelineParams& pp = kp.pipe;
+// The PipelineParams of pr under `plan`: the destination is out when there is one split,
+// else the [splits, B, K] workspace.  Shared by every kernel of the pipeline (the sm_90a
+// one too: project_kernel_sm90.cu).
+inline PipelineParams pipeline_params(const Problem& pr, const Plan& plan, uintptr_t workspace) {
+  PipelineParams pp{};
   if (plan.splits == 1) {
     pp.dest = reinterpret_cast<float*>(pr.out);
     pp.dest_stride_split = 0;
@@ -315,6 +308,21 @@ void run_pipeline(const char* op, const typename Producer::Source& src, const Pr
   pp.d_per_split = plan.d_per_split;
   pp.key = key_from_seed(pr.seed);
   pp.offset = static_cast<uint64_t>(pr.offset);
+  return pp;
+}
+
+// Runs pr with x tiles from `src` (plan from plan_with_workspace, B > 0, the producer's
+// own pointers already checked): the tile kernel into out, or into the workspace followed
+// by the ordered reduction into out.  Asynchronous on `stream`.
+template <class Producer>
+void run_pipeline(const char* op, const typename Producer::Source& src, const Problem& pr,
+                  const Plan& plan, uintptr_t workspace, cudaStream_t stream) {
+  check_device_pointer(op, pr.out, "out_ptr");
+  if (plan.splits > 1) check_device_pointer(op, workspace, "workspace_ptr");
+
+  KernelParams<Producer> kp{};
+  kp.src = src;
+  kp.pipe = pipeline_params(pr, plan, workspace);
 
   if (plan.config == 0)
     launch_kind<ConfigB32>(op, pr.kind, kp, plan, stream);

@@ -39,6 +39,21 @@ struct alignas(8) Packed2 {
   uint32_t v[2];
 };
 
+// ---- tile layouts ----------------------------------------------------------------------
+// Where each writer below puts element (row, col) of its tile.  The defaults are the padded
+// row-major layouts above (the mma.sync kernel's: ldmatrix reads them conflict-free); the
+// sm_90a kernel passes the swizzled canonical layouts its wgmma descriptors describe
+// (wgmma_layouts.cuh), so both kernels share one writer of each tile.
+
+struct PaddedXLayout {  // byte offset of x tile element (row, col), elements of esize bytes
+  static FASTJL_HD int offset(int row, int col, int esize) {
+    return (row * kXStride + col) * esize;
+  }
+};
+struct PaddedPLayout {  // 16-bit element index of P tile element (row d, col n)
+  static FASTJL_HD int index(int row, int col) { return row * kPStride + col; }
+};
+
 // ---- x tile --------------------------------------------------------------------------
 
 struct XSource {
@@ -51,7 +66,7 @@ struct XSource {
 // (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
 // copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid even
 // when bytes == 0.
-template <class Copy16>
+template <class XLayout = PaddedXLayout, class Copy16>
 FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_t b0,
                                   int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
   const int per_chunk = static_cast<int>(16 / s.esize);
@@ -61,20 +76,20 @@ FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_
     const int64_t b = b0 + rc.row, d = d0 + rc.col;
     const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
     const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * s.esize : s.x;
-    copy(tile + (static_cast<int64_t>(rc.row) * kXStride + rc.col) * s.esize, src,
+    copy(tile + XLayout::offset(rc.row, rc.col, static_cast<int>(s.esize)), src,
          static_cast<int>(valid * s.esize));
   }
 }
 
 // Element path (any strides, any alignment): plain loads, zeros outside the matrix.
-template <typename Elem>
+template <typename Elem, class XLayout = PaddedXLayout>
 FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int64_t b0,
                                     int64_t d0, int64_t d_end, Elem* tile) {
   const Elem* x = reinterpret_cast<const Elem*>(s.x);
   for (int e = tid; e < block_b * kBlockD; e += kThreads) {
     const RowCol rc = x_element(e);
     const int64_t b = b0 + rc.row, d = d0 + rc.col;
-    tile[rc.row * kXStride + rc.col] =
+    tile[XLayout::offset(rc.row, rc.col, static_cast<int>(sizeof(Elem))) / sizeof(Elem)] =
         (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
   }
 }
@@ -82,15 +97,17 @@ FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int6
 // Thread tid's share of the x tile of element type XDtype (a DtypeCode): the vector path
 // when `vector` (use_vector_loads), else element loads.  The kernel's producer and the CPU
 // emulation both call this, with their own copy functor.
-template <int XDtype, class Copy16>
+template <int XDtype, class XLayout = PaddedXLayout, class Copy16>
 FASTJL_HD void load_x_tile(int tid, const XSource& s, bool vector, int block_b, int64_t b0,
                            int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
   if (vector)
-    load_x_tile_vector(tid, s, block_b, b0, d0, d_end, tile, copy);
+    load_x_tile_vector<XLayout>(tid, s, block_b, b0, d0, d_end, tile, copy);
   else if (XDtype == kFloat32)
-    load_x_tile_elements(tid, s, block_b, b0, d0, d_end, reinterpret_cast<float*>(tile));
+    load_x_tile_elements<float, XLayout>(tid, s, block_b, b0, d0, d_end,
+                                         reinterpret_cast<float*>(tile));
   else
-    load_x_tile_elements(tid, s, block_b, b0, d0, d_end, reinterpret_cast<uint16_t*>(tile));
+    load_x_tile_elements<uint16_t, XLayout>(tid, s, block_b, b0, d0, d_end,
+                                            reinterpret_cast<uint16_t*>(tile));
 }
 
 // ---- rademacher ----------------------------------------------------------------------
@@ -120,11 +137,11 @@ FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
 }
 
 // Thread tid's share of expanding a step's words into the P tile.
-template <int T>
+template <int T, class PLayout = PaddedPLayout>
 FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) {
   for (int c = tid; c < kPChunks; c += kThreads) {
     const RowCol rc = p_chunk(c);
-    *reinterpret_cast<Packed4*>(p_tile + rc.row * kPStride + rc.col) =
+    *reinterpret_cast<Packed4*>(p_tile + PLayout::index(rc.row, rc.col)) =
         rademacher_pack8<T>(rademacher_byte(words[rc.row], rc.col));
   }
 }
@@ -133,7 +150,7 @@ FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) 
 
 // Thread tid's share of the gaussian P tile for rows row0 .. row0 + 31, columns
 // col0 .. col0 + 127: hi and lo planes (P = hi + lo to ~16 / ~22 bits).
-template <int T>
+template <int T, class PLayout = PaddedPLayout>
 FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t col0,
                                  int64_t proj_dim, uint16_t* p_hi, uint16_t* p_lo) {
   for (int item = tid; item < kPGroups; item += kThreads) {
@@ -148,8 +165,9 @@ FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t
       split_pair<T>(v[0], v[1], hi.v[0], lo.v[0]);
       split_pair<T>(v[2], v[3], hi.v[1], lo.v[1]);
     }
-    *reinterpret_cast<Packed2*>(p_hi + rc.row * kPStride + rc.col) = hi;
-    *reinterpret_cast<Packed2*>(p_lo + rc.row * kPStride + rc.col) = lo;
+    const int at = PLayout::index(rc.row, rc.col);
+    *reinterpret_cast<Packed2*>(p_hi + at) = hi;
+    *reinterpret_cast<Packed2*>(p_lo + at) = lo;
   }
 }
 

@@ -1,0 +1,51 @@
+// The x-tile producer of fastjl._C.project (project_kernel.cu) and of its sm_90a variant
+// (project_kernel_sm90.cu): 16-byte cp.async copies (zero-filled past B and past the range)
+// when x has unit stride along D and 16-byte aligned rows (use_vector_loads), else plain
+// element loads; the tile holds x's own elements (fp32, fp16 or bf16), placed by XLayout
+// (project_tiles.cuh: the padded row-major layout by default).  Device code only.
+#pragma once
+
+#include <cstdint>
+
+#include "project_tiles.cuh"
+#include "sm80_primitives.cuh"
+
+namespace fastjl {
+namespace proj {
+
+// The copy functor of load_x_tile_vector: cp.async on the device (never called on the host).
+struct AsyncCopy16 {
+  FASTJL_HD void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
+#if defined(__CUDA_ARCH__)
+    sm80::cp_async_16(dst, src, bytes);
+#endif
+  }
+};
+
+// Tiles of x itself (see the top of this file), placed by XLayout.
+template <int XDtype, class XLayout>
+struct XTileProducerIn {
+  static constexpr int kTileDtype = XDtype;
+  struct Source {
+    XSource xs;
+    int vector_loads;  // 1: cp.async path (use_vector_loads), 0: element loads
+  };
+  __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
+                               int64_t d_end, unsigned char* tile) {
+    load_x_tile<XDtype, XLayout>(tid, s.xs, s.vector_loads != 0, block_b, b0, d0, d_end, tile,
+                        AsyncCopy16{});
+    if (s.vector_loads) sm80::cp_async_commit();
+  }
+  __device__ static void wait(const Source& s) {
+    if (s.vector_loads) sm80::cp_async_wait_all();
+  }
+};
+
+// The mma.sync kernel's producer: the padded layout.  A type of its own (not a default
+// template argument) so that its kernels keep their names, which the register and spill
+// tables (tests/test_cuda_compile.py, bench/NOTES.md) are keyed by.
+template <int XDtype>
+struct XTileProducer : XTileProducerIn<XDtype, PaddedXLayout> {};
+
+}  // namespace proj
+}  // namespace fastjl
