@@ -8,6 +8,9 @@ row per kernel instantiation and architecture:
 regs: registers per thread; stack: stack frame bytes per thread (register spills and local
 arrays); smem: static shared memory (the kernels' dynamic shared memory is not counted);
 STL / LDL: local store / load instructions in the SASS (spill traffic, or a local array's).
+The loop columns are the main loop's static counts (fastjl/_backends/cuda_resources.py); MMA
+reads "n=e" where n tensor-core instructions are worth e m16n8k16 MMAs (a warp's share of an
+HGMMA.64xNx16 is N/8), so /MMA compares the sm_90a (wgmma) kernel's rows with mma.sync's.
 Run it before and after a kernel change and diff the two outputs.  The budget CI enforces
 (<= 128 registers per project_kernel, no spills beyond an allowance table) is in
 tests/test_cuda_compile.py.

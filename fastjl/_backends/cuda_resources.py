@@ -188,6 +188,24 @@ _LOOP_OPCODES = {
 }
 
 
+_HGMMA_SHAPE_RE = re.compile(r"^\.64x(\d+)x16\b")
+_HMMA_SHAPE_RE = re.compile(r"^\.(\d+)\b")
+
+
+def mma_equivalents(opcode: str, operands: str) -> float:
+    """How many m16n8k16 MMAs (mma.sync's HMMA.16816) one warp's tensor-core instruction is
+    worth: HMMA.16816 1, HMMA.1688 1/2; a warpgroup's HGMMA.64xNx16 is issued by each of its 4
+    warps, each warp's share 16 x N x 16, i.e. N/8.  ``operands`` starts with the opcode's
+    modifiers (``.64x128x16.F32.BF16 ...``), as :func:`parse_sass` stores them."""
+    if opcode == "HGMMA":
+        m = _HGMMA_SHAPE_RE.match(operands)
+        return int(m.group(1)) / 8 if m else 1.0
+    if opcode == "HMMA":
+        m = _HMMA_SHAPE_RE.match(operands)
+        return 0.5 if m and m.group(1) == "1688" else 1.0
+    return 0.0
+
+
 @dataclass(frozen=True)
 class LoopStats:
     """Static counts of a kernel's main loop: the innermost loop (a backward branch and the
@@ -196,16 +214,19 @@ class LoopStats:
     step issues when every branch is taken once; compare it before and after a change."""
 
     instructions: int
-    mma: int
+    mma: int  # tensor-core instructions (HMMA or HGMMA)
     ldgsts: int
     ldsm: int
     bar: int
     local: int  # STL + LDL inside the loop: spill traffic on every step
     inner_loops: int  # backward branches inside the body: loops not unrolled
+    mma_equiv: float = 0.0  # the same work in m16n8k16 MMAs (mma_equivalents); 0: = mma
 
     @property
     def per_mma(self) -> float:
-        return self.instructions / self.mma if self.mma else float("inf")
+        """Instructions per m16n8k16-equivalent MMA: comparable between HMMA and HGMMA loops."""
+        work = self.mma_equiv or self.mma
+        return self.instructions / work if work else float("inf")
 
 
 Instructions = list[tuple[int, str, str]]  # (address, opcode, operands) of one function
@@ -223,7 +244,8 @@ def parse_sass(sass: str) -> dict[str, Instructions]:
             continue
         m = _SASS_LINE_RE.match(line) if current is not None else None
         if m:
-            functions[current].append((int(m.group(1), 16), m.group(2), m.group(4)))
+            # The opcode's modifiers (.64x128x16.F32.BF16) stay in front of the operands.
+            functions[current].append((int(m.group(1), 16), m.group(2), f"{m.group(3)} {m.group(4)}".strip()))
     return functions
 
 
@@ -267,7 +289,8 @@ def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
             if op in _LOOP_OPCODES:
                 counts[_LOOP_OPCODES[op]] += 1
         inner = sum(1 for f, l in loops if first <= f and l < last)
-        stats = LoopStats(instructions=len(body), inner_loops=inner, **counts)
+        equiv = sum(mma_equivalents(op, rest) for _, op, rest in body)
+        stats = LoopStats(instructions=len(body), inner_loops=inner, mma_equiv=equiv, **counts)
         # The most MMAs wins; among equals the innermost (shortest) body.
         if stats.mma and (best is None or (stats.mma, -stats.instructions) > (best.mma, -best.instructions)):
             best = stats
@@ -375,8 +398,10 @@ def collect(path: str | Path, archs: list[str] | None = None, cuobjdump: str | N
 
 def format_table(kernels: list[KernelResources], marks: dict[tuple[str, str], str] | None = None) -> str:
     """A compact table: function, arch, regs, stack, local, shared, STL, LDL, then the main loop's
-    static counts (instructions, MMAs, instructions per MMA, cp.async, ldmatrix, barriers, local
-    memory accesses, inner loops; "-" for functions without an MMA loop), and a mark column."""
+    static counts (instructions, MMAs -- "n=e" when the n instructions are worth e m16n8k16 MMAs,
+    as HGMMAs are --, instructions per m16n8k16-equivalent MMA, cp.async, ldmatrix, barriers,
+    local memory accesses, inner loops; "-" for functions without an MMA loop), and a mark
+    column."""
     marks = marks or {}
     order: dict[str, int] = {}
     for k in kernels:  # functions in the order the cubins list them, each one's archs together
@@ -387,7 +412,8 @@ def format_table(kernels: list[KernelResources], marks: dict[tuple[str, str], st
     def loop_cells(loop: LoopStats | None) -> tuple[str, ...]:
         if loop is None:
             return ("-",) * 8
-        counts = (loop.instructions, loop.mma, f"{loop.per_mma:.1f}", loop.ldgsts, loop.ldsm, loop.bar, loop.local)
+        mma = str(loop.mma) if loop.mma_equiv in (0, loop.mma) else f"{loop.mma}={loop.mma_equiv:g}"
+        counts = (loop.instructions, mma, f"{loop.per_mma:.1f}", loop.ldgsts, loop.ldsm, loop.bar, loop.local)
         return tuple(str(c) for c in counts) + (str(loop.inner_loops),)
 
     body = [
