@@ -16,6 +16,8 @@ reproducible on one GPU model and agree across models to float32 rounding.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._extension import _C, IMPORT_ERROR
@@ -27,6 +29,12 @@ NAME = "cuda"
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 m16n8k16, cp.async
+# The sm_90a kernel (wgmma.mma_async; csrc/wgmma_kernel.cuh): for B >= 64 on compute
+# capability 9.0 only, and OPT-IN (FASTJL_CUDA_WGMMA=1) until a GPU run has verified it against
+# the mma.sync kernel and timed it (tests/test_cuda_wgmma.py); the default stays mma.sync.
+WGMMA_ENV = "FASTJL_CUDA_WGMMA"
+WGMMA_CAPABILITY = (9, 0)
+WGMMA_MIN_BATCH = 64
 
 
 def build_state() -> str:
@@ -76,7 +84,21 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     """
     batch, dim = x.shape
     args = tensor_args(x, out, seed=seed, kind=kind, offset=offset)
-    _launch(_C.project, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
+    kernel = _C.project_sm90 if use_wgmma(batch, x.device) else _C.project
+    _launch(kernel, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
+
+
+def use_wgmma(batch: int, device: torch.device) -> bool:
+    """Whether :func:`project` runs the sm_90a (wgmma) kernel: ``FASTJL_CUDA_WGMMA=1``, B >= 64,
+    a GPU of compute capability 9.0, and a build that has it (``_C.project_sm90``).  Same plan,
+    workspace and D-split order as the mma.sync kernel, so results agree to float32 rounding
+    (not bitwise: another MMA order within a step) and are bitwise reproducible run to run."""
+    return (
+        os.environ.get(WGMMA_ENV, "") == "1"
+        and batch >= WGMMA_MIN_BATCH
+        and hasattr(_C, "project_sm90")
+        and tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
+    )
 
 
 def _launch(kernel, args: tuple, workspace_bytes_of, sizes: tuple, device: torch.device) -> None:
