@@ -4,8 +4,10 @@
 // of a CTA on a host buffer.  The structure they read is described in sparse_chunk_args.h.
 //
 // A CTA owns BatchRows batch rows and kBlockK = 4096 output columns; thread t owns columns
-// 8t .. 8t+7 of the tile for all BatchRows rows (8·BatchRows float32 accumulators in
-// registers, kept across the CTA's chunks).  Per chunk, one buffer of shared memory holds
+// t, t + 512, ..., t + 7·512 of the tile for all BatchRows rows (8·BatchRows float32
+// accumulators in registers, kept across the CTA's chunks).  The lanes of a warp hold
+// consecutive columns: their pointer loads are consecutive int16 (conflict-free), their runs
+// adjacent in the entries (few bank conflicts), their stores coalesced.  Per chunk, one buffer of shared memory holds
 //   * the x window of each batch row (the chunk's rows of x, native dtype),
 //   * the chunk's entries (kChunkNonzeros int16) and its tile's column pointers,
 // staged once and read by all BatchRows rows: the structure is decoded once per CTA, not once
@@ -105,8 +107,8 @@ FASTJL_HD float window_value(const unsigned char* window, int row) {
   return XDtype == kBFloat16 ? bits_float(h << 16) : half_to_float<kMmaF16>(h);
 }
 
-// Thread tid adds the staged chunk's contribution to its columns: for each of its columns in
-// order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
+// Thread tid adds the staged chunk's contribution to its columns: for each of its 8 columns
+// in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
 // sign is entry bit 0 moved to the float's sign bit (no multiply).
 template <int XDtype, int BatchRows>
 FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
@@ -114,16 +116,14 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
   using L = SmemLayout<XDtype, BatchRows>;
   const uint16_t* entries = reinterpret_cast<const uint16_t*>(buf + L::kEntriesOffset);
   const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::kPtrOffset);
-  const int c0 = tid * kColsPerThread;
-  if (c0 >= ncols) return;
-  int start = ptr[c0];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int c = 0; c < kColsPerThread; ++c) {
-    if (c0 + c < ncols) {
-      const int end = ptr[c0 + c + 1];
-      for (int j = start; j < end; ++j) {
+    const int k = c * kThreads + tid;  // lanes of a warp: consecutive columns
+    if (k < ncols) {
+      const int end = ptr[k + 1];
+      for (int j = ptr[k]; j < end; ++j) {
         const uint32_t code = entries[j];
         const uint32_t sign = code << 31;
         const int row = static_cast<int>(code >> 1);
@@ -134,12 +134,11 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
           acc[r][c] += bits_float(
               float_bits(window_value<XDtype>(buf + r * L::kWindowBytes, row)) ^ sign);
       }
-      start = end;
     }
   }
 }
 
-// Thread tid's accumulators to dest (rows b0 + r < batch, columns k0 + 8 tid + c < width).
+// Thread tid's accumulators to dest (rows b0 + r < batch, columns k0 + 512 c + tid < width).
 template <int BatchRows>
 FASTJL_HD void store_columns(int tid, const float (&acc)[BatchRows][kColsPerThread], float* dest,
                              int64_t stride_b, int64_t stride_k, int64_t b0, int64_t batch,
@@ -147,7 +146,7 @@ FASTJL_HD void store_columns(int tid, const float (&acc)[BatchRows][kColsPerThre
   for (int r = 0; r < BatchRows; ++r) {
     if (b0 + r >= batch) break;
     for (int c = 0; c < kColsPerThread; ++c) {
-      const int64_t k = k0 + static_cast<int64_t>(tid) * kColsPerThread + c;
+      const int64_t k = k0 + c * kThreads + tid;
       if (k < width) dest[(b0 + r) * stride_b + k * stride_k] = acc[r][c];
     }
   }

@@ -22,7 +22,7 @@ namespace fastjl {
 namespace sparse {
 
 constexpr int kThreads = 512;         // 16 warps per CTA
-constexpr int kColsPerThread = 8;     // thread t owns columns 8t .. 8t+7 of the CTA's tile
+constexpr int kColsPerThread = 8;     // thread t owns columns t + 512 c (c < 8) of the CTA's tile
 constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
 // Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
 // the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
