@@ -225,6 +225,23 @@ def test_shared_memory_fits_the_gpus():
     assert _C.project_sparse_smem_bytes(1, 4) <= 101_376
 
 
+@pytest.mark.parametrize(
+    "limit,dtype,rows",
+    [
+        (232_448, torch.float32, 4),
+        (166_912, torch.float32, 4),
+        (101_376, torch.float32, 2),
+        (101_376, torch.bfloat16, 4),
+    ],
+)
+def test_batch_rows_follow_the_gpus_shared_memory(monkeypatch, limit, dtype, rows):
+    """H100, A100: 4 rows; sm_86/sm_89 (99 KiB): 2 rows for float32 x, 4 for 16-bit x."""
+    props = type("Props", (), {"shared_memory_per_block_optin": limit})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert cuda_sparse.batch_rows(dtype, torch.device("cuda")) == rows
+    assert _C.project_sparse_smem_bytes(cuda_sparse.DTYPE_CODES[dtype], rows) <= limit
+
+
 def test_backend_cuda_refuses_cpu_tensors():
     with pytest.raises(RuntimeError, match="cannot run project_sparse on cpu"):
         fastjl.project(torch.randn(2, 10), 8, kind="sjlt", backend="cuda")

@@ -39,7 +39,8 @@ def batch_rows(dtype: torch.dtype, device: torch.device) -> int:
     """Batch rows per CTA: 4 where the GPU lets a CTA have the shared memory that takes (A100,
     H100: 160 KiB for float32 x), else 2 (e.g. sm_86/sm_89, 99 KiB)."""
     need = _C.project_sparse_smem_bytes(DTYPE_CODES[dtype], 4)
-    limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    # Unknown limit (a torch without the property): 2 rows, which every sm_80+ GPU can hold.
+    limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
     return 4 if limit >= need else 2
 
 
