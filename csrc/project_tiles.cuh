@@ -45,10 +45,14 @@ struct alignas(8) Packed2 {
 // sm_90a kernel passes the swizzled canonical layouts its wgmma descriptors describe
 // (wgmma_layouts.cuh), so both kernels share one writer of each tile.
 
-struct PaddedXLayout {  // byte offset of x tile element (row, col), elements of esize bytes
-  static FASTJL_HD int offset(int row, int col, int esize) {
-    return (row * kXStride + col) * esize;
+// An XLayout gives the byte offset of x tile element (row, col) for elements of esize bytes
+// (offset: the vector path's 16-byte chunks) and its element index (element: the element
+// path's stores).
+struct PaddedXLayout {
+  static FASTJL_HD int64_t offset(int row, int col, int64_t esize) {
+    return (static_cast<int64_t>(row) * kXStride + col) * esize;
   }
+  static FASTJL_HD int element(int row, int col) { return row * kXStride + col; }
 };
 struct PaddedPLayout {  // 16-bit element index of P tile element (row d, col n)
   static FASTJL_HD int index(int row, int col) { return row * kPStride + col; }
@@ -76,7 +80,7 @@ FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_
     const int64_t b = b0 + rc.row, d = d0 + rc.col;
     const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
     const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * s.esize : s.x;
-    copy(tile + XLayout::offset(rc.row, rc.col, static_cast<int>(s.esize)), src,
+    copy(tile + XLayout::offset(rc.row, rc.col, s.esize), src,
          static_cast<int>(valid * s.esize));
   }
 }
@@ -89,7 +93,7 @@ FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int6
   for (int e = tid; e < block_b * kBlockD; e += kThreads) {
     const RowCol rc = x_element(e);
     const int64_t b = b0 + rc.row, d = d0 + rc.col;
-    tile[XLayout::offset(rc.row, rc.col, static_cast<int>(sizeof(Elem))) / sizeof(Elem)] =
+    tile[XLayout::element(rc.row, rc.col)] =
         (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
   }
 }

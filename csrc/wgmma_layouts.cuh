@@ -70,9 +70,12 @@ struct XTileK64B {
   static constexpr uint32_t kLBO = 16;  // unused (swizzled K-major); encodes as 1
   static constexpr int kSwizzle = kSwizzle64B;
   static constexpr uint32_t kAtomBytes = 512;
-  static FASTJL_HD int offset(int row, int col, int /*esize: 2*/) {
-    return static_cast<int>(swizzle_bytes<2>(static_cast<uint32_t>(row) * kRowBytes +
-                                             static_cast<uint32_t>(col) * 2u));
+  static FASTJL_HD int64_t offset(int row, int col, int64_t /*esize: 2*/) {
+    return swizzle_bytes<2>(static_cast<uint32_t>(row) * kRowBytes +
+                            static_cast<uint32_t>(col) * 2u);
+  }
+  static FASTJL_HD int element(int row, int col) {
+    return static_cast<int>(offset(row, col, 2) / 2);
   }
   // Operand A of one m64nNk16: rows row0 .. row0 + 63 (row0 % 8 == 0), k16 slice kk.
   static FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int row0, int kk) {
