@@ -102,7 +102,8 @@ def test_matches_reference_and_the_mma_sync_kernel(kind, dtype, batch, dim, proj
     ref = reference(x, proj_dim, kind=kind, offset=17)
     assert relative_error(y.cpu(), ref) < TOLERANCE[(kind, dtype)]
     other = mma_sync(x, proj_dim, kind=kind, offset=17)
-    assert relative_error(y, other.double()) < TOLERANCE[(kind, dtype)]
+    # Two float32 accumulations in different orders: each within the tolerance of the reference.
+    assert relative_error(y, other.double()) < 2 * TOLERANCE[(kind, dtype)]
 
 
 @pytest.mark.gpu
