@@ -87,12 +87,12 @@ gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --c
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
-# sparse kinds (the Triton kernel and the torch backend on CUDA tensors) against index_add_ and the sjlt package
+# sparse kinds (the CUDA and Triton kernels, the torch backend on CUDA tensors) against index_add_ and the sjlt package
 [ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
 export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
 SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
-gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-triton,fastjl-torch,index-add,sjlt"
-gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-triton,fastjl-torch,index-add,sjlt"
+gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
+gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
 # trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
 gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
 
