@@ -49,6 +49,20 @@ struct ChunkSource {
   int64_t ptr_stride, chunk_rows, width;
 };
 
+// The source view of a call's arguments (one place for the launcher and the emulation).
+inline ChunkSource chunk_source(const SparseChunkArgs& a) {
+  return ChunkSource{reinterpret_cast<const unsigned char*>(a.x),
+                     a.batch,
+                     a.rows,
+                     a.stride_xb,
+                     a.stride_xd,
+                     reinterpret_cast<const uint16_t*>(a.entries),
+                     reinterpret_cast<const uint16_t*>(a.col_ptr),
+                     a.ptr_stride,
+                     chunk_rows(a.sparsity),
+                     a.width};
+}
+
 // Columns of the tile starting at k0 (the last tile may be narrower than kBlockK).
 FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
   return static_cast<int>(width - k0 < kBlockK ? width - k0 : kBlockK);

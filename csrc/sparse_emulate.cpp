@@ -35,16 +35,7 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
   using L = SmemLayout<XDtype, BatchRows>;
   std::vector<uint64_t> smem_store(L::kTotal / sizeof(uint64_t));  // 8-byte aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
-  const ChunkSource src{reinterpret_cast<const unsigned char*>(a.x),
-                        a.batch,
-                        a.rows,
-                        a.stride_xb,
-                        a.stride_xd,
-                        reinterpret_cast<const uint16_t*>(a.entries),
-                        reinterpret_cast<const uint16_t*>(a.col_ptr),
-                        a.ptr_stride,
-                        chunk_rows(a.sparsity),
-                        a.width};
+  const ChunkSource src = chunk_source(a);
   using Acc = float[BatchRows][kColsPerThread];
   std::vector<Acc> acc(kThreads);
   for (int64_t split = 0; split < plan.splits; ++split)

@@ -123,16 +123,7 @@ void sparse_project_device(const SparseChunkArgs& a, int batch_rows, uintptr_t w
   if (plan.splits > 1) proj::check_device_pointer(kOp, workspace, "workspace_ptr");
 
   KernelArgs ka{};
-  ka.src = ChunkSource{reinterpret_cast<const unsigned char*>(a.x),
-                       a.batch,
-                       a.rows,
-                       a.stride_xb,
-                       a.stride_xd,
-                       reinterpret_cast<const uint16_t*>(a.entries),
-                       reinterpret_cast<const uint16_t*>(a.col_ptr),
-                       a.ptr_stride,
-                       chunk_rows(a.sparsity),
-                       a.width};
+  ka.src = chunk_source(a);
   ka.vector = sparse_vector_loads(a) ? 1 : 0;
   ka.tiles_k = plan.tiles_k;
   ka.chunks = a.chunks;
