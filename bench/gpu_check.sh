@@ -84,6 +84,8 @@ BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHEC
   --save /tmp/gpu-bench"
 gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
+# the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
+gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
