@@ -77,8 +77,7 @@ def project_sparse(x, proj_dim, *, seed, kind, offset, out, backend, scale, chec
     scale = check_scale(scale)
     given_out = out is not None
     out = check_out(out, x, proj_dim)
-    # "auto" stays on torch for the sparse kinds until a GPU run has verified the Triton kernel.
-    module = _backends.select("torch" if backend == "auto" else backend, x.device, "project_sparse")
+    module = _backends.select(backend, x.device, "project_sparse", dtype=x.dtype)
     factor = sparse_factor(scale, sparsity)
     options = dict(seed=seed, offset=offset, sparsity=sparsity, threshold=threshold)
 

@@ -57,3 +57,6 @@ def test_auto_order_by_dtype():
     assert _backends.auto_order(cuda, torch.float32)[0] == "cuda"
     assert _backends.auto_order(cuda)[0] == "cuda"
     assert _backends.auto_order(cpu, torch.float16) == ("torch",)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # sparse kinds: CUDA kernel first
+        assert _backends.auto_order(cuda, dtype, "project_sparse") == ("cuda", "triton", "torch")
+        assert _backends.auto_order(cpu, dtype, "project_sparse") == ("torch",)

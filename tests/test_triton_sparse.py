@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastjl
-from fastjl import sparse_spec
+from fastjl import _backends, sparse_spec
 from fastjl._backends import sparse_cache, triton_backend, triton_sparse
 
 from .helpers import SPARSE_CASES, SPARSE_DTYPES, SPARSE_OFFSET, poisoned, relative_error
@@ -93,7 +93,7 @@ def test_strided_input_and_output():
 
 def test_scale_and_autograd():
     """scale="jl" divides by sqrt(s); the backward pass is the torch backend's transpose."""
-    x = torch.randn(2, 60, generator=torch.Generator().manual_seed(4), device=DEVICE, requires_grad=True)
+    x = torch.randn(2, 60, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_()
     y = fastjl.project(x, 16, backend="triton", scale="jl", **opts(s=4))
     ref = fastjl.project(x.detach().double().cpu(), 16, backend="torch", scale="jl", **opts(s=4))
     assert relative_error(y.detach().cpu(), ref) < TOLERANCE
@@ -123,19 +123,22 @@ def test_chunk_structure_is_the_spec_sorted_by_column(kind, s, rate):
         assert torch.equal(rebuilt[: min(chunk, nrows - c * chunk)], dense[c * chunk : (c + 1) * chunk])
 
 
-def test_auto_keeps_the_torch_backend_for_sparse_kinds(monkeypatch):
-    """Until a GPU run has verified the kernel, "auto" (and FASTJL_BACKEND) never runs it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("backend='auto' ran the Triton sparse kernel")
-
-    monkeypatch.setattr(triton_backend, "project_sparse", refuse)
+def test_auto_and_environment_pick_the_sparse_kernel(monkeypatch):
+    """On CUDA tensors "auto" runs the fastest verified sparse kernel (CUDA, then Triton, measured
+    on an H100); on CPU tensors torch.  FASTJL_BACKEND=triton and backend="triton" run Triton."""
+    ran = []
+    monkeypatch.setattr(triton_backend, "project_sparse", lambda *a, **k: ran.append("triton"))
     x = torch.randn(2, 30, device=DEVICE)
+    picked = _backends.select("auto", x.device, "project_sparse", dtype=x.dtype).NAME
+    status = fastjl.backends(x.device)
+    expected = next(n for n in ("cuda", "triton", "torch") if status[n].available) if ON_GPU else "torch"
+    assert picked == expected
     fastjl.project(x, 8, kind="sjlt")
+    assert ran == ([] if picked != "triton" else ["triton"])
     monkeypatch.setenv("FASTJL_BACKEND", "triton")
     fastjl.project(x, 8, kind="sjlt")
-    with pytest.raises(AssertionError, match="ran the Triton sparse kernel"):
-        fastjl.project(x, 8, kind="sjlt", backend="triton")
+    fastjl.project(x, 8, kind="sjlt", backend="triton")
+    assert ran[-2:] == ["triton", "triton"]
 
 
 def test_bad_inputs():
@@ -180,7 +183,7 @@ def test_benchmark_contender():
         return
     x = torch.randn(2, 300, device=DEVICE)
     y = CONTENDERS["fastjl-triton"](shape, DEVICE)(x)
-    assert relative_error(y.cpu(), fastjl.project(x.double().cpu(), 40, kind="sjlt", sparsity=2)) < TOLERANCE
+    assert relative_error(y.cpu(), fastjl.project(x.double().cpu(), 40, kind="sjlt", sparsity=2, backend="torch")) < TOLERANCE
 
 
 def test_non_finite_input_is_never_hidden():
