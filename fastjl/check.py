@@ -38,6 +38,7 @@ KINDS = DENSE_KINDS + SPARSE_KINDS  # every kind fastjl.project checks
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 DTYPES = (F32, F16, BF16)
+DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in DTYPES}
 
 
 def _same(bound: float) -> dict:
@@ -422,15 +423,15 @@ def run_case(problem, backend, dtype, layout, inputs, ref, seed, device) -> Resu
     return Result(passed, f"{'PASS' if passed else 'FAIL'} {label} {detail}  {ms:.1f} ms")
 
 
-def run_problem(problem, backend, cache: dict, seed: int, proj_seed: int, device) -> list[Result]:
-    """Every dtype x layout of ``problem`` on ``backend``; inputs and reference are made once
-    per problem (``cache``) and shared by the backends."""
+def run_problem(problem, backend, cache: dict, seed: int, proj_seed: int, device, dtypes=DTYPES) -> list[Result]:
+    """Every dtype (of ``dtypes``) x layout of ``problem`` on ``backend``; inputs and reference
+    are made once per problem (``cache``) and shared by the backends."""
     if problem not in cache:
         inputs = random_inputs(problem, generator(seed, problem))
         cache[problem] = inputs, references(problem, inputs, proj_seed)
     inputs, refs = cache[problem]
     results = []
-    for dtype in DTYPES:
+    for dtype in dtypes:
         for layout in problem.shape.layouts:
             result = run_case(problem, backend, dtype, layout, inputs[dtype], refs[dtype], proj_seed, device)
             print(result.line, flush=True)
@@ -456,6 +457,8 @@ def parse_args(argv):
     p.add_argument("--backends", default=",".join(_backends.BACKEND_NAMES), help="comma-separated subset to run")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when torch sees a GPU, else cpu")
     p.add_argument("--quick", action="store_true", help="a smaller set of shapes")
+    dtype_names = ",".join(DTYPE_NAMES)
+    p.add_argument("--dtypes", default=dtype_names, help=f"comma-separated subset of {dtype_names} (inputs' dtype)")
     p.add_argument("--seed", type=int, help="seed of the random inputs (default: a new one per run)")
     p.add_argument(
         "--triton-interpret",
@@ -467,6 +470,11 @@ def parse_args(argv):
     unknown = [b for b in args.backends if b not in _backends.BACKEND_NAMES]
     if unknown or not args.backends:
         p.error(f"--backends takes a comma-separated subset of {','.join(_backends.BACKEND_NAMES)}, got {unknown}")
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    unknown = [d for d in args.dtypes if d not in DTYPE_NAMES]
+    if unknown or not args.dtypes:
+        p.error(f"--dtypes takes a comma-separated subset of {dtype_names}, got {unknown or args.dtypes}")
+    args.dtypes = [DTYPE_NAMES[d] for d in dict.fromkeys(args.dtypes)]
     if args.seed is not None and args.seed < 0:
         p.error("--seed must be >= 0")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -523,7 +531,7 @@ def main(argv=None) -> int:
     results, cache = [], {}
     for backend in run:  # cuda first: no compile step, so its lines come first
         for problem in problems_for(backend, device, args.quick):
-            results += run_problem(problem, backend, cache, seed, proj_seed, device)
+            results += run_problem(problem, backend, cache, seed, proj_seed, device, args.dtypes)
     failed = sum(not r.passed for r in results)
     not_run = ", ".join(f"{name} ({reason})" for name, reason in skipped.items()) or "none"
     print(f"\n{len(results) - failed} passed, {failed} failed, backends not run: {not_run}")

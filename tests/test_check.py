@@ -44,12 +44,14 @@ def test_quick_cpu_run_passes_and_says_what_did_not_run():
 
 @pytest.mark.slow
 def test_triton_interpreter_run_passes():
-    """--triton-interpret sets TRITON_INTERPRET=1 before the kernels are imported (~35 s)."""
-    proc = run_check("--triton-interpret", "--quick", "--backends", "triton")
+    """--triton-interpret sets TRITON_INTERPRET=1 before the kernels are imported; one dtype
+    (--dtypes) keeps it to ~20 s (the kernels' dtypes are covered by tests/test_triton*.py)."""
+    proc = run_check("--triton-interpret", "--quick", "--backends", "triton", "--dtypes", "bfloat16")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith("PASS triton  project ") for line in lines) >= 30
-    assert sum(line.startswith("PASS triton  project_linear ") for line in lines) >= 24
+    assert sum(line.startswith("PASS triton  project ") for line in lines) >= 10
+    assert sum(line.startswith("PASS triton  project_linear ") for line in lines) >= 8
+    assert all(" bfloat16 " in line for line in lines if line.startswith(("PASS", "FAIL")))
 
 
 def _broken(mode):
@@ -89,7 +91,8 @@ def test_a_broken_backend_fails(monkeypatch, capsys, mode, expected):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--backends", "torch,nope"], ["--seed", "-1"], ["--device", "tpu"], ["--quick", "--bogus"]]
+    "argv",
+    [["--backends", "torch,nope"], ["--seed", "-1"], ["--device", "tpu"], ["--quick", "--bogus"], ["--dtypes", "fp8"]],
 )
 def test_bad_arguments_exit_2(argv, capsys):
     assert check.main(argv) == 2
