@@ -5,6 +5,11 @@
 // Stream.cuda_stream).  So the module does not depend on the torch version or its ABI,
 // and the build never needs torch.  The Python side (fastjl) checks dtype, device,
 // contiguity and size of the tensors before passing their addresses here.
+//
+// Two builds (CMakeLists.txt, option FASTJL_CUDA): with CUDA (FASTJL_WITH_CUDA defined) the
+// module has every entry point below; without it (no nvcc at install) only the host ones:
+// the sparse kinds' CPU product, the reference blocks, the launch plans and the CPU
+// emulations.  The CUDA-only entry points are marked "CUDA build only".
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -72,10 +77,18 @@ py::dict build_info() {
   py::dict info;
   info["version"] = FASTJL_VERSION;
   info["spec_version"] = 1;
+#ifdef FASTJL_WITH_CUDA
+  info["cuda"] = true;
   info["cuda_version"] = fastjl::compiled_cudart_version();  // CUDART_VERSION, e.g. 13000
   info["nvcc_version"] = FASTJL_CUDA_COMPILER_VERSION;
-  info["archs"] = FASTJL_CUDA_ARCHS;
   info["cudart"] = "static";
+#else
+  info["cuda"] = false;  // host half only: no kernels, no CUDA runtime
+  info["cuda_version"] = py::none();
+  info["nvcc_version"] = py::none();
+  info["cudart"] = py::none();
+#endif
+  info["archs"] = FASTJL_CUDA_ARCHS;  // "" without CUDA
   info["build_type"] = FASTJL_BUILD_TYPE;
   return info;
 }
@@ -122,6 +135,7 @@ PYBIND11_MODULE(_C, m) {
       "structure: uint32 column | sign << 31, s per used row; kept: int32 used rows (grass) or 0.\n"
       "dtype codes: 0 float32, 1 float16, 2 bfloat16, 3 float64; out float64 for float64 x.");
 
+#ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "device_matrix_block",
       [](uint64_t seed, int kind, int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
@@ -134,11 +148,13 @@ PYBIND11_MODULE(_C, m) {
       py::call_guard<py::gil_scoped_release>(),
       "Same as host_matrix_block into CUDA device memory, launched on `stream` (an int\n"
       "cudaStream_t, e.g. torch.cuda.current_stream().cuda_stream); asynchronous.");
+#endif
 
   // ---- projection (project_kernel.cu) ---------------------------------------------
   // Argument order: x (pointer, dtype code, B, D, element strides), out (pointer, K,
   // element strides; float32), seed, kind, offset, then the launch resources.
   // dtype codes: 0 float32, 1 float16, 2 bfloat16.  kind: 0 rademacher, 1 gaussian.
+#ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "project",
       [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
@@ -161,6 +177,7 @@ PYBIND11_MODULE(_C, m) {
       "num_sms) bytes (0/0 when that is 0); num_sms: the GPU's multiprocessor count, which\n"
       "fixes the launch plan.  Launched on `stream` (an int cudaStream_t); asynchronous.\n"
       "Raises ValueError for bad arguments, RuntimeError('fastjl._C.project: <CUDA error>').");
+#endif
 
   m.def(
       "project_workspace_bytes",
@@ -213,6 +230,7 @@ PYBIND11_MODULE(_C, m) {
   // Argument order: a, g (pointers, one dtype code, B, T, d_in, d_out, element strides of
   // a then g), out (pointer, K, element strides; float32), seed, kind, offset, bias, then
   // the launch resources as for project.
+#ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "project_linear",
       [](uintptr_t a_ptr, uintptr_t g_ptr, int dtype, int64_t batch, int64_t tokens,
@@ -241,6 +259,7 @@ PYBIND11_MODULE(_C, m) {
       "is float32 and fully overwritten.  workspace: project_linear_workspace_bytes(...)\n"
       "bytes of device memory (0/0 when that is 0).  Asynchronous on `stream`.\n"
       "Raises ValueError for bad arguments, RuntimeError('fastjl._C.project_linear: ...').");
+#endif
 
   m.def(
       "project_linear_workspace_bytes",
@@ -283,6 +302,7 @@ PYBIND11_MODULE(_C, m) {
   // Argument order: x (pointer, dtype code, B, rows, element strides), the chunk structure
   // (entries, col_ptr pointers, col_ptr row stride, chunks, sparsity), out (pointer, width,
   // element strides; float32), batch_rows (2 or 4), then the launch resources.
+#ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "project_sparse",
       [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
@@ -307,6 +327,7 @@ PYBIND11_MODULE(_C, m) {
       "(chunks, ptr_stride).  Device pointers; out float32, fully overwritten; no atomics.\n"
       "workspace: project_sparse_workspace_bytes(...) bytes (0/0 when that is 0).\n"
       "Asynchronous on `stream`.  ValueError for bad arguments.");
+#endif
 
   m.def(
       "project_sparse_workspace_bytes",
@@ -360,7 +381,8 @@ PYBIND11_MODULE(_C, m) {
       "per-thread column sums (sparse_chunk.cuh), thread by thread.  Returns whether the\n"
       "vector (cp.async) staging path was taken.");
 
-  m.def("build_info", &build_info, "Facts about this build (versions, CUDA archs).");
+  m.def("build_info", &build_info,
+        "Facts about this build (versions, CUDA archs; \"cuda\": False for the host-only build).");
 
   fastjl::bind_wgmma(m);  // project_sm90, wgmma_host_stage
 }
