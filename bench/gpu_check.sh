@@ -34,6 +34,7 @@ stage() {  # stage NAME LIMIT_S LOG CMD   (the limit shrinks to what is left bef
   echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$SUM"
 }
 gpu_stage() {  # like stage, but reports "no GPU" instead of running without one
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [[ ",$GPU_CHECK_ONLY," != *",$1,"* ]]; then return; fi
   if [ "$HAVE_GPU" = 1 ]; then stage "$@"; else echo "$1 SKIPPED (no GPU: nvidia-smi finds none)" | tee -a "$SUM"; fi
 }
 NPROC=$(nproc)
@@ -101,6 +102,19 @@ gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-
 gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
 # trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
 gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
+
+# Nsight Compute on one launch of each kernel whose speed is not understood (bench/NOTES.md,
+# runs 5-6): the CUDA sparse kernel (~2x the shared-memory model of bench/sparse_smem_model.py)
+# and the CUDA dense kernel against Triton's (1.75x faster on the same shapes).
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --clock-control none \
+  --launch-skip 1 --launch-count 1 --print-summary none"
+L5=$OUT/5_ncu.log
+gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&
+  $NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype float32 --sparsity 1"
+gpu_stage ncu_dense 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048 &&
+  $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel python3 bench/ncu_target.py --kind rademacher --backend triton --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
 
 # 3. compute-sanitizer on tiny shapes (fastjl kernels only)
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -1,0 +1,107 @@
+"""Shared-memory wavefronts per chunk of the sparse kinds' CUDA kernel (csrc/sparse_chunk.cuh),
+counted on the real chunk structure: the static measure of that kernel's summing step.
+
+    python bench/sparse_smem_model.py                      # s = 1, 2, 4, 8; fp32 and 16-bit x
+    python bench/sparse_smem_model.py --sparsity 1 --chunks 8
+
+A CTA of 512 threads (16 warps) owns 4096 columns; lane l of warp w owns columns
+c·512 + 32·w + l, c = 0..7 (``chunk_columns``).  Per column a lane loads its two pointers, then
+walks its run of entries; per entry it loads the entry and, per batch row, that row's x.  The
+warp repeats an iteration until its longest run ends (lanes past their run are inactive).  The
+model replays those accesses warp by warp with the banking rules of sm_70+ shared memory
+(32 banks of 4 bytes; per request, distinct 4-byte words in one bank serialize, equal words
+broadcast; 64-bit requests run as 2 phases of 16 lanes, 128-bit as 4 phases of 8 lanes) and
+counts wavefronts, the cycles the SM's shared memory spends (one wavefront per cycle).  It adds
+the staging writes (``cp.async``, 128 bytes per wavefront).
+
+Layouts: ``rows`` (the kernel today: one window per batch row, one load per row per entry) and
+``interleaved`` (a candidate: the chunk's x stored row-major by batch row, ``window[row][r]``,
+so one 8- or 16-byte load gives an entry's x for all 4 batch rows).
+
+The H100 runs of 2026-11-27 (bench/NOTES.md, runs 5-6) measured ~6.1 µs per chunk per CTA for
+fp32 x, s = 1 and ~4.4 µs for bf16 x, s = 4 (B = 32, D = 10^7, K = 4096).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from fastjl._backends.sparse_chunks import GPU_NONZEROS, chunk_structure
+
+THREADS, COLS_PER_THREAD, WARP, BANKS = 512, 8, 32, 32
+BATCH_ROWS = 4
+CLOCK_GHZ = 1.98  # H100 SXM's maximum SM clock (nvidia-smi clocks.max.sm in run 5)
+
+
+def request_wavefronts(byte_addresses: np.ndarray, width: int) -> int:
+    """Wavefronts of one warp-wide shared-memory request of ``width`` bytes per active lane."""
+    if byte_addresses.size == 0:
+        return 0
+    lanes_per_phase = {1: 32, 2: 32, 4: 32, 8: 16, 16: 8}[width]
+    total = 0
+    for start in range(0, WARP, lanes_per_phase):
+        phase = byte_addresses[(byte_addresses[:, 0] >= start) & (byte_addresses[:, 0] < start + lanes_per_phase), 1]
+        if phase.size == 0:
+            continue
+        words = np.unique(np.concatenate([phase // 4 + i for i in range(max(1, width // 4))]))
+        total += int(np.bincount(words % BANKS, minlength=BANKS).max())
+    return total
+
+
+def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: str) -> dict:
+    """Summing-step wavefronts of one chunk for one CTA (4 batch rows), by access kind."""
+    window_bytes = GPU_NONZEROS * esize
+    entries_offset = BATCH_ROWS * window_bytes
+    ptr_offset = entries_offset + GPU_NONZEROS * 2
+    counts = {"pointers": 0, "entries": 0, "x": 0}
+    for warp in range(THREADS // WARP):
+        lanes = np.arange(WARP)
+        for c in range(COLS_PER_THREAD):
+            k = c * THREADS + warp * WARP + lanes
+            begin, end = ptr[k].astype(np.int64), ptr[k + 1].astype(np.int64)
+            for p in (k, k + 1):
+                counts["pointers"] += request_wavefronts(np.stack([lanes, ptr_offset + 2 * p], 1), 2)
+            for t in range(int((end - begin).max(initial=0))):
+                active = lanes[begin + t < end]
+                j = begin[active] + t
+                counts["entries"] += request_wavefronts(np.stack([active, entries_offset + 2 * j], 1), 2)
+                row = entries[j].astype(np.int64) >> 1
+                if layout == "rows":
+                    for r in range(BATCH_ROWS):
+                        addr = r * window_bytes + row * esize
+                        counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize)
+                else:
+                    addr = row * esize * BATCH_ROWS
+                    counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize * BATCH_ROWS)
+    counts["staging"] = (BATCH_ROWS * window_bytes + GPU_NONZEROS * 2 + (ptr.size * 2)) // 128
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sparsity", default="1,2,4,8")
+    p.add_argument("--chunks", type=int, default=4, help="chunks averaged per row of the table")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    print(f"wavefronts per chunk per CTA (4 batch rows, K = 4096), µs at {CLOCK_GHZ} GHz, one wavefront a cycle")
+    columns = ("pointers", 9), ("entries", 8), ("x", 7), ("staging", 8), ("total", 7), ("µs", 6)
+    print(f"{'s':>2} {'x':>5} {'layout':>11} " + " ".join(f"{name:>{width}}" for name, width in columns))
+    for s in (int(v) for v in args.sparsity.split(",")):
+        rows = GPU_NONZEROS // s
+        entries, ptr = chunk_structure(args.seed, 0, rows * args.chunks, 4096, s, None, rows, 0, 4096, "cpu")
+        for esize, name in ((4, "fp32"), (2, "16bit")):
+            for layout in ("rows", "interleaved"):
+                runs = [chunk_wavefronts(entries[i].numpy(), ptr[i].numpy(), esize, layout) for i in range(args.chunks)]
+                mean = {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+                us = mean["total"] / (CLOCK_GHZ * 1e3)
+                print(
+                    f"{s:>2} {name:>5} {layout:>11} {mean['pointers']:>9.0f} {mean['entries']:>8.0f} "
+                    f"{mean['x']:>7.0f} {mean['staging']:>8.0f} {mean['total']:>7.0f} {us:>6.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
