@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastjl
+from fastjl._extension import BUILT_WITHOUT_CUDA, built_with_cuda
 from fastjl.spec import matrix_block
 
 
@@ -49,9 +50,16 @@ def linear_reference(a, g, proj_dim, *, seed=0, kind="rademacher", offset=0, bia
 
 
 HAS_EXTENSION = importlib.util.find_spec("fastjl._C") is not None
+# The CUDA half of fastjl._C (its kernels' entry points): absent from the host-only build.
+HAS_CUDA_BUILD = HAS_EXTENSION and built_with_cuda(importlib.import_module("fastjl._C"))
 ON_CUDA_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 needs_cuda_kernels = pytest.mark.skipif(
-    not (ON_CUDA_GPU and HAS_EXTENSION), reason="needs a CUDA GPU of compute capability >= 8.0 and fastjl._C"
+    not (ON_CUDA_GPU and HAS_CUDA_BUILD),
+    reason="needs a CUDA GPU of compute capability >= 8.0 and fastjl._C built with CUDA",
+)
+# For tests that call the CUDA entry points without a GPU (argument checks, refusals).
+needs_cuda_build = pytest.mark.skipif(
+    not HAS_CUDA_BUILD, reason=f"{BUILT_WITHOUT_CUDA}: the test calls the CUDA half of fastjl._C"
 )
 
 
@@ -59,7 +67,8 @@ def extension_or_skip_module():
     """``fastjl._C``, or a module-level skip saying why it is missing (host-side tests)."""
     if not HAS_EXTENSION:
         pytest.skip(
-            "fastjl._C is not built (no nvcc at install time, or FASTJL_SKIP_CUDA_BUILD=1)", allow_module_level=True
+            "fastjl._C is not built (FASTJL_SKIP_EXTENSION=1 at install, or its C++ build failed there)",
+            allow_module_level=True,
         )
     return importlib.import_module("fastjl._C")
 

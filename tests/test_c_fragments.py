@@ -15,7 +15,7 @@ import torch
 
 import fastjl
 
-from .helpers import extension_or_skip_module, poisoned, relative_error
+from .helpers import extension_or_skip_module, needs_cuda_build, poisoned, relative_error
 
 _C = extension_or_skip_module()
 
@@ -240,7 +240,7 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize("bad", BAD_ARGS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
-@pytest.mark.parametrize("fn", ["project", "host_emulate_project"])
+@pytest.mark.parametrize("fn", [pytest.param("project", marks=needs_cuda_build), "host_emulate_project"])
 def test_bad_arguments_raise_value_error(fn, bad):
     buf = torch.zeros(64)
     args = good_args(buf)
@@ -252,6 +252,7 @@ def test_bad_arguments_raise_value_error(fn, bad):
         getattr(_C, fn)(**args)
 
 
+@needs_cuda_build
 @pytest.mark.parametrize("workspace", [dict(workspace_ptr=0), dict(workspace_bytes=8)])
 def test_missing_or_small_workspace_is_refused(workspace):
     buf = torch.zeros(64)
@@ -273,6 +274,7 @@ def test_workspace_helpers_check_sizes():
         _C.project_workspace_bytes(1, 10, 10, 0)
 
 
+@needs_cuda_build
 def test_project_refuses_host_memory():
     """Without a GPU: RuntimeError naming the op (no device / driver); with one: ValueError,
     since host pointers are refused before a kernel could fault on them."""

@@ -2,7 +2,8 @@
 
 Skipped as a whole only when fastjl._C is not built (pure-Python install).  If the module
 file exists but fails to import, the tests fail: a broken build must not look like a skip.
-The host tests need no GPU; tests marked ``gpu`` run only where torch sees a CUDA device.
+The host tests need no GPU; tests marked ``gpu`` run only where torch sees a CUDA device
+and fastjl._C has its CUDA half (not the host-only build of an install without nvcc).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import fastjl
 import fastjl.spec as spec
 
-from .helpers import extension_or_skip_module
+from .helpers import HAS_CUDA_BUILD, extension_or_skip_module, needs_cuda_build
 
 _C = extension_or_skip_module()
 
@@ -27,7 +28,9 @@ ROW_STARTS = [0, 2**40 - 3, 2**48 - 7]  # the last block ends exactly at row 2^4
 # (col0, ncols): starts off a 128 (and 4) boundary, odd widths, a single column.
 COLUMN_RANGES = [(100, 300), (0, 129), (3, 1), (2**32 - 133, 133)]
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_CUDA_BUILD), reason="needs a CUDA device and fastjl._C built with CUDA"
+)
 
 
 def host_block(seed, kind, row0, nrows, col0, ncols, dtype):
@@ -116,7 +119,7 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("fn", ["host_matrix_block", "device_matrix_block"])
+@pytest.mark.parametrize("fn", ["host_matrix_block", pytest.param("device_matrix_block", marks=needs_cuda_build)])
 @pytest.mark.parametrize("bad", BAD_ARGS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
 def test_bad_arguments_raise_value_error(fn, bad):
     buf = torch.empty(64, dtype=torch.float64)
@@ -138,6 +141,7 @@ def test_seed_outside_uint64_is_rejected(seed):
 # ---- device_matrix_block ----------------------------------------------------------------
 
 
+@needs_cuda_build
 def test_device_block_refuses_host_memory():
     """Without a GPU: RuntimeError naming the op (no device / no driver).  With one:
     ValueError, since a host pointer is refused before any kernel could fault on it."""
@@ -185,8 +189,15 @@ def test_device_block_large_grid():
 
 
 def test_build_info():
+    """The CUDA build reports its runtime and architectures; the host-only build (no nvcc at
+    install) says it has no CUDA, and its module indeed lacks the kernels' entry points."""
     info = _C.build_info()
     assert info["spec_version"] == spec.SPEC_VERSION
-    assert info["cuda_version"] >= 12000
-    assert "90" in info["archs"]
     assert isinstance(info["version"], str)
+    assert info["cuda"] is HAS_CUDA_BUILD
+    assert hasattr(_C, "project") is info["cuda"] and hasattr(_C, "device_matrix_block") is info["cuda"]
+    if info["cuda"]:
+        assert info["cuda_version"] >= 12000
+        assert "90" in info["archs"]
+    else:
+        assert info["archs"] == "" and info["cuda_version"] is None and info["cudart"] is None

@@ -22,6 +22,7 @@ from .helpers import (
     extension_or_skip_module,
     linear_reference,
     materialized_linear_gradient,
+    needs_cuda_build,
     poisoned,
     relative_error,
 )
@@ -250,7 +251,7 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize("bad,message", BAD_ARGS, ids=lambda v: str(v))
-@pytest.mark.parametrize("fn", ["project_linear", "host_emulate_project_linear"])
+@pytest.mark.parametrize("fn", [pytest.param("project_linear", marks=needs_cuda_build), "host_emulate_project_linear"])
 def test_bad_arguments_raise_value_error(fn, bad, message):
     buf = torch.zeros(64)
     args = good_args(buf)
@@ -267,6 +268,7 @@ def test_offset_up_to_the_last_row_is_accepted():
     check(a, g, 4, bias=True, offset=2**48 - 25)  # D = 25: rows up to 2^48 - 1
 
 
+@needs_cuda_build
 @pytest.mark.parametrize("workspace", [dict(workspace_ptr=0), dict(workspace_bytes=8)])
 def test_missing_or_small_workspace_is_refused(workspace):
     buf = torch.zeros(64)
@@ -288,6 +290,7 @@ def test_workspace_helper_checks_sizes():
         _C.project_linear_workspace_bytes(1, 10, 10, True, 10, 0)
 
 
+@needs_cuda_build
 def test_project_linear_refuses_host_memory():
     """Without a GPU: RuntimeError naming the op (no device / driver); with one: ValueError,
     since host pointers are refused before a kernel could fault on them."""
@@ -299,6 +302,7 @@ def test_project_linear_refuses_host_memory():
 # ---- the Python launch glue (cuda_backend._launch), run on the CPU ---------------------------
 
 
+@needs_cuda_build
 @pytest.mark.parametrize("op", ["project", "project_linear"])
 def test_launch_glue_passes_the_bindings_arguments(monkeypatch, op):
     """cuda_backend.project / project_linear with the CUDA runtime calls stubbed out: the real

@@ -15,8 +15,9 @@ that every local-memory access compiles to), and checked:
   today's use only warns (tighten it).
 
 ``python bench/cuda_resources.py`` prints the same table for every architecture.  Skipped
-only where fastjl._C is not built or no cuobjdump is found (CI has both: it builds _C with
-nvcc, and cuobjdump comes with the CUDA toolkit or with Triton's NVIDIA backend).
+only where fastjl._C is not built, is its host-only build (no nvcc at install: no cubins), or
+no cuobjdump is found (CI has all: it builds _C with nvcc, and cuobjdump comes with the CUDA
+toolkit or with Triton's NVIDIA backend).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 import pytest
 
 from fastjl._backends import cuda_resources as cr
+from fastjl._extension import BUILT_WITHOUT_CUDA
+
+from .helpers import HAS_CUDA_BUILD, HAS_EXTENSION
 
 REQUIRED_ARCHS = ("sm_80", "sm_90")
 # __launch_bounds__(kThreads = 256, 2) on project_kernel (csrc/project_kernel.cuh).
@@ -129,6 +133,8 @@ def report() -> cr.Report:
     so = cr.extension_path()
     if so is None:
         pytest.skip("fastjl._C is not built (pip install -e . with nvcc available builds it)")
+    if HAS_EXTENSION and not HAS_CUDA_BUILD:
+        pytest.skip(f"{BUILT_WITHOUT_CUDA}: it embeds no cubins to check")
     tool = cr.find_cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not found ($CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, triton's bin)")

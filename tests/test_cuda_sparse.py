@@ -11,10 +11,11 @@ import fastjl
 from fastjl._backends import cuda_sparse, sparse_cache
 
 from .helpers import (
-    ON_CUDA_GPU,
     SPARSE_CASES,
     SPARSE_DTYPES,
     extension_or_skip_module,
+    needs_cuda_build,
+    needs_cuda_kernels,
     poisoned,
     relative_error,
 )
@@ -186,17 +187,21 @@ BAD_ARGS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "entry", ["host_emulate_project_sparse", pytest.param("project_sparse", marks=needs_cuda_build)]
+)
 @pytest.mark.parametrize("change,words", BAD_ARGS)
-def test_binding_rejects_bad_arguments(change, words):
+def test_binding_rejects_bad_arguments(change, words, entry):
     keep, args = _valid_args()
     if change == "entries+2":
         args["entries_ptr"] += 2
     else:
         args.update(change)
     with pytest.raises(ValueError, match=words):
-        _C.host_emulate_project_sparse(**args, num_sms=4)
-    with pytest.raises(ValueError, match=words):  # the device entry checks before touching memory
-        _C.project_sparse(**args, workspace_ptr=0, workspace_bytes=1 << 30, num_sms=4, stream=0)
+        if entry == "host_emulate_project_sparse":
+            _C.host_emulate_project_sparse(**args, num_sms=4)
+        else:  # the device entry checks before touching memory
+            _C.project_sparse(**args, workspace_ptr=0, workspace_bytes=1 << 30, num_sms=4, stream=0)
     del keep
 
 
@@ -206,6 +211,10 @@ def test_binding_plan_errors_and_workspace():
     assert _C.project_sparse_workspace_bytes(4, 1, 16, 132, 4) == 0  # one chunk: no split
     plan = _C.project_sparse_plan(32, 1024, 4096, 132, 4)
     assert plan == dict(tiles_k=1, tiles_b=8, splits=16, chunks_per_split=64, workspace_bytes=16 * 32 * 4096 * 4)
+
+
+@needs_cuda_build
+def test_device_entry_refuses_missing_workspace_and_host_memory():
     keep, args = _valid_args()
     args.update(chunks=1, rows=100)
     with pytest.raises(ValueError, match="needs a workspace"):
@@ -249,7 +258,7 @@ def test_backend_cuda_refuses_cpu_tensors():
 
 # --------------------------------------------------------------------------- on a GPU
 
-needs_gpu = pytest.mark.skipif(not ON_CUDA_GPU, reason="needs a CUDA GPU of compute capability >= 8.0")
+needs_gpu = needs_cuda_kernels
 
 
 @pytest.mark.gpu

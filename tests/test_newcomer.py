@@ -20,6 +20,7 @@ import torch
 
 import fastjl
 from fastjl._backends import cuda_backend
+from fastjl._extension import built_with_cuda
 
 ROOT = Path(__file__).parent.parent
 NOT_BUILT = "fastjl._C is not built or failed to load (No module named 'fastjl._C')"
@@ -30,6 +31,12 @@ NOT_BUILT = "fastjl._C is not built or failed to load (No module named 'fastjl._
 
 def fake_extension(archs: str):
     return types.SimpleNamespace(project=None, build_info=lambda: {"archs": archs, "spec_version": 1})
+
+
+def host_only_extension():
+    """What setup.py builds without nvcc: build_info says no CUDA, and no kernel entry points."""
+    info = {"archs": "", "spec_version": 1, "cuda": False, "cuda_version": None}
+    return types.SimpleNamespace(host_sparse_block=None, build_info=lambda: info)
 
 
 def test_cpu_reason_says_the_extension_is_built_and_for_which_gpus(monkeypatch):
@@ -44,12 +51,25 @@ def test_cpu_reason_says_the_extension_is_not_built(monkeypatch):
     monkeypatch.setattr(cuda_backend, "IMPORT_ERROR", NOT_BUILT)
     status = fastjl.backends("cpu")["cuda"]
     assert not status.available
-    assert status.reason.startswith("fastjl._C not built (no nvcc at install, or FASTJL_SKIP_CUDA_BUILD=1)")
+    assert status.reason.startswith("fastjl._C not built (FASTJL_SKIP_EXTENSION=1 at install, or its C++ build")
     assert "needs a CUDA tensor, got a tensor on cpu" in status.reason
     assert "fastjl._C not built" in repr(fastjl.backends("cpu"))
     # Asking for it by name gives the same reason.
     with pytest.raises(RuntimeError, match="fastjl._C not built"):
         fastjl.project(torch.randn(2, 8), 4, backend="cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_host_only_build_says_it_has_no_cuda(monkeypatch, device):
+    """Checked before the device: even on a GPU, the reason is the build, not "rebuild fastjl"."""
+    monkeypatch.setattr(cuda_backend, "_C", host_only_extension())
+    reason = cuda_backend.availability(torch.device(device))
+    assert reason.startswith("fastjl._C built without CUDA (no nvcc at install, or FASTJL_SKIP_CUDA_BUILD=1)"), reason
+    assert "rebuild" not in reason
+    assert cuda_backend.op_availability("project_sparse") == cuda_backend.build_state()
+    if device == "cpu":
+        assert "needs a CUDA tensor, got a tensor on cpu" in reason
+        assert "built without CUDA" in repr(fastjl.backends("cpu"))
 
 
 def test_a_build_that_fails_to_load_says_why(monkeypatch):
@@ -63,6 +83,8 @@ def test_this_install_reports_its_own_build():
     reason = fastjl.backends("cpu")["cuda"].reason
     if cuda_backend._C is None:
         assert "fastjl._C not built" in reason or "failed to load" in reason
+    elif not built_with_cuda(cuda_backend._C):
+        assert reason.startswith("fastjl._C built without CUDA"), reason
     else:
         assert reason.startswith("fastjl._C built (sm_"), reason
 

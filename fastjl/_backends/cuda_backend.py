@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from .._extension import _C, IMPORT_ERROR
+from .._extension import _C, BUILT_WITHOUT_CUDA, IMPORT_ERROR, built_with_cuda
 from ..devices import device_problem
 from ..spec import KIND_CODES
 from . import linear_chunked
@@ -40,11 +40,14 @@ WGMMA_MIN_BATCH = 64
 
 def build_state() -> str:
     """Whether ``fastjl._C`` is built, for the availability line of ``fastjl.backends()``:
-    "fastjl._C built (sm_80, ..., +PTX)", "fastjl._C not built (...)" or "... failed to load"."""
+    "fastjl._C built (sm_80, ..., +PTX)", "fastjl._C built without CUDA (...): ...",
+    "fastjl._C not built (...)" or "... failed to load"."""
     if _C is None:
         if "No module named 'fastjl._C'" in (IMPORT_ERROR or ""):
-            return "fastjl._C not built (no nvcc at install, or FASTJL_SKIP_CUDA_BUILD=1)"
+            return "fastjl._C not built (FASTJL_SKIP_EXTENSION=1 at install, or its C++ build failed there)"
         return IMPORT_ERROR or "fastjl._C is not loaded"
+    if not built_with_cuda(_C):
+        return f"{BUILT_WITHOUT_CUDA}: reinstall fastjl where nvcc is found for the CUDA kernels"
     return f"fastjl._C built ({_archs_text()})"
 
 
@@ -63,7 +66,7 @@ def availability(device: torch.device) -> str | None:
     if device.type != "cuda":
         # On a CPU the first thing a user wants to know is whether the extension was built at all.
         return f"{build_state()}; needs a CUDA tensor, got a tensor on {device}"
-    if _C is None:
+    if _C is None or not built_with_cuda(_C):
         return build_state()
     if not hasattr(_C, "project"):
         return "fastjl._C has no projection kernel in this build (rebuild fastjl)"
@@ -122,6 +125,8 @@ def _launch(kernel, args: tuple, workspace_bytes_of, sizes: tuple, device: torch
 
 def op_availability(op: str) -> str | None:
     """Why this build of ``fastjl._C`` cannot run ``op`` (None when it can)."""
+    if _C is None or not built_with_cuda(_C):
+        return build_state()
     if op == "project_linear" and not hasattr(_C, "project_linear"):
         return "fastjl._C has no project_linear kernel in this build (rebuild fastjl)"
     if op == "project_sparse" and not hasattr(_C, "project_sparse"):
