@@ -105,13 +105,15 @@ class CMakeBuild(build_ext):
         try:
             self._cmake(ext)
         except (OSError, ImportError, subprocess.CalledProcessError) as err:
+            if isinstance(err, subprocess.CalledProcessError):  # CMake's own output says why
+                err = f"`{' '.join(map(str, err.cmd[:2]))} ...` exited with status {err.returncode}"
             print(
                 f"fastjl: building the host half of fastjl._C (no CUDA) failed ({err}). Installing "
                 "the pure-Python package instead: the torch backend without the C++ CPU paths. "
                 f"Set {SKIP_EXTENSION_ENV}=1 to skip this build.",
                 file=sys.stderr,
             )
-            raise HostBuildFailed(str(err)) from err
+            raise HostBuildFailed(str(err)) from None
 
     def _cmake(self, ext: CMakeExtension) -> None:
         """Configure + build ``ext`` with CMake: with its CUDA compiler, or -DFASTJL_CUDA=OFF."""
