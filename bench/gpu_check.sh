@@ -93,6 +93,10 @@ gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --c
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
+# float32 x: "auto" runs the CUDA kernel (bf16 hi + lo, ~1e-5) because Triton's default tf32 errs
+# 4e-4 to 8e-4; Triton's tf32x3 (3 tf32 products) may give both: its speed and error decide the order
+gpu_stage bench_rad_fp32_tf32x3 40 "$L2" "FASTJL_TRITON_FP32_PRECISION=tf32x3 $BENCH --kind rademacher --dtype float32 --contenders fastjl-triton --save /tmp/gpu-bench/tf32x3 &&
+  FASTJL_TRITON_FP32_PRECISION=tf32x3 python3 bench/gpu_precision.py --backends triton --dims 1e6,1e8"
 gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
 # sparse kinds (the CUDA and Triton kernels, the torch backend on CUDA tensors) against index_add_ and the sjlt package
 [ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
