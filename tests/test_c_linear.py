@@ -192,6 +192,7 @@ def test_emulation_is_deterministic():
     assert torch.equal(first, second)
 
 
+@needs_cuda_build
 def test_backend_reports_the_op():
     assert cuda_backend.op_availability("project_linear") is None
 
