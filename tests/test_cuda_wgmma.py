@@ -258,4 +258,5 @@ def test_loop_stats_count_hgmma_as_m16n8k16_equivalents():
     assert cr.mma_equivalents("HGMMA", ".64x64x16.F32.F16 R24, gdesc[UR4], R24") == 8
     assert cr.mma_equivalents("HMMA", ".16816.F32.BF16 R4, R8, R12, R4") == 1
     assert cr.mma_equivalents("HMMA", ".1688.F32.TF32 R4, R8, R12, R4") == 0.5
+    assert cr.mma_equivalents("HGMMA", ".64x128x8.F32.TF32 R24, gdesc[UR4], R24") == 8  # Triton's tf32
     assert cr.mma_equivalents("IMAD", "R2, R3, R4, R5") == 0

@@ -1,37 +1,32 @@
-"""bench/triton_loop_stats.py: finding the main loop in a SASS listing and counting its MMAs."""
+"""bench/triton_loop_stats.py: a Triton kernel compiled for sm_90 read with the CUDA kernels'
+SASS parser (no GPU needed)."""
 
-import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "triton_loop_stats.py"
-spec = importlib.util.spec_from_file_location("triton_loop_stats", PATH)
-stats = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(stats)
+import pytest
 
-LISTING = """
-        /*0000*/                   MOV R1, c[0x0][0x28] ;
-.L_x_0:
-        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
-        /*0020*/                   ISETP.NE.AND P0, PT, R2, R3, PT ;
-        /*0030*/              @P0 BRA `(.L_x_0) ;
-.L_x_1:
-        /*0040*/                   LDS.128 R4, [R2] ;
-        /*0050*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;
-        /*0060*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4].tnspB, R24 ;
-        /*0070*/                   HMMA.1688.F32.TF32 R8, R4, R6, R8 ;
-        /*0080*/              @!P0 BRA `(.L_x_1) ;
-        /*0090*/                   BRA `(.L_x_2) ;
-.L_x_2:
-        /*00a0*/                   EXIT ;
-"""
+pytest.importorskip("triton", reason="triton is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_loop_with_the_most_mmas_is_the_main_loop():
-    body = stats.main_loop(LISTING.splitlines())
-    assert len(body) == 5 and body[0].startswith("LDS.128") and body[-1].startswith("@!P0 BRA")
-    assert stats.mma_count(body) == 3
-
-
-def test_m16n8k16_equivalents():
-    # HMMA.16816: 1; HGMMA 64x128x16 per warp of its warpgroup: 64*128*16 / 2048 / 4 = 16; tf32 1688: 1/2
-    assert stats.m16n8k16_equivalents_per_warp(stats.main_loop(LISTING.splitlines())) == 1 + 16 + 0.5
+def test_the_rademacher_b128_loop_is_read():
+    """One configuration: its main loop has wgmma instructions on sm_90 and the row reports
+    instructions per m16n8k16-equivalent (7.1 with Triton 3.9 on 2026-11-27; the CUDA kernel's
+    is 36.7): a loop grown to the CUDA kernel's size would fail the bound.  In a fresh process
+    without TRITON_INTERPRET (conftest.py sets it for this one), so Triton compiles."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B128"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("project-"))
+    _, instructions, mma, equivalents, per_mma = row.split()
+    assert int(mma) > 0 and float(equivalents) > 0
+    assert float(per_mma) == pytest.approx(int(instructions) / float(equivalents), abs=0.05)
+    assert float(per_mma) < 20

@@ -188,18 +188,19 @@ _LOOP_OPCODES = {
 }
 
 
-_HGMMA_SHAPE_RE = re.compile(r"^\.64x(\d+)x16\b")
+_HGMMA_SHAPE_RE = re.compile(r"^\.64x(\d+)x(\d+)\b")  # m64 nN kK: x16 for 16-bit inputs, x8 for tf32
 _HMMA_SHAPE_RE = re.compile(r"^\.(\d+)\b")
 
 
 def mma_equivalents(opcode: str, operands: str) -> float:
     """How many m16n8k16 MMAs (mma.sync's HMMA.16816) one warp's tensor-core instruction is
-    worth: HMMA.16816 1, HMMA.1688 1/2; a warpgroup's HGMMA.64xNx16 is issued by each of its 4
-    warps, each warp's share 16 x N x 16, i.e. N/8.  ``operands`` starts with the opcode's
-    modifiers (``.64x128x16.F32.BF16 ...``), as :func:`parse_sass` stores them."""
+    worth: HMMA.16816 1, HMMA.1688 1/2; a warpgroup's HGMMA.64xNxK is issued by each of its 4
+    warps, each warp's share 16 x N x K, i.e. N/8 for K = 16 and N/16 for tf32's K = 8.
+    ``operands`` starts with the opcode's modifiers (``.64x128x16.F32.BF16 ...``), as
+    :func:`parse_sass` stores them."""
     if opcode == "HGMMA":
         m = _HGMMA_SHAPE_RE.match(operands)
-        return int(m.group(1)) / 8 if m else 1.0
+        return int(m.group(1)) * int(m.group(2)) / 128 if m else 1.0
     if opcode == "HMMA":
         m = _HMMA_SHAPE_RE.match(operands)
         return 0.5 if m and m.group(1) == "1688" else 1.0
