@@ -112,7 +112,7 @@ gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small
 # and the CUDA dense kernel against Triton's (1.75x faster on the same shapes).
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-  --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --clock-control none \
+  --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section SourceCounters --clock-control none \
   --launch-skip 1 --launch-count 1 --print-summary none"
 L5=$OUT/5_ncu.log
 gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&
