@@ -5,7 +5,8 @@
 #
 # Stages run in order of value; each has its own time limit and log, and a failing stage never
 # stops the next.  The whole script stops starting stages after GPU_CHECK_BUDGET_S seconds
-# (default 500), so it ends inside a device call of timeout_s 560.  A follow-up run can name
+# (default 520), so it ends inside a device call of timeout_s 570, leaving ~5 of a 15-minute
+# lease for one follow-up.  A follow-up run can name
 # its stages, GPU_CHECK_ONLY=env,build,pytest_gpu,... (the names in summary.txt), and the tests
 # of the pytest_gpu stage, GPU_TESTS="tests/test_a.py tests/test_b.py".  At most 8 files land in
 # $OUT (the device tool returns 8).  Without a GPU every GPU stage reports its absence and the
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 CUDA_MODULE_LOADING=LAZY
 SUM=$OUT/summary.txt; : > "$SUM"
-DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-520}))
 HAVE_GPU=$(nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 stage() {  # stage NAME LIMIT_S LOG CMD   (the limit shrinks to what is left before DEADLINE)
   local name=$1 limit=$2 log=$3; shift 3
@@ -38,7 +39,7 @@ gpu_stage() {  # like stage, but reports "no GPU" instead of running without one
   if [ "$HAVE_GPU" = 1 ]; then stage "$@"; else echo "$1 SKIPPED (no GPU: nvidia-smi finds none)" | tee -a "$SUM"; fi
 }
 NPROC=$(nproc)
-PAR=$(python3 -c "import xdist" 2>/dev/null && echo "-n $(( NPROC < 8 ? NPROC : 8 ))")
+PAR16=$(python3 -c "import xdist" 2>/dev/null && echo "-n $NPROC")  # one pytest worker per core
 # per test, shorter than the stages' limits, so that a hanging test is named in the log
 TMO=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 80")
 
@@ -76,7 +77,7 @@ L1=$OUT/1_correctness.log
 gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
 gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
 # 273 tests outran 130 s on 8 workers in run 5 (272 passed): 170 s, and the slowest named
-gpu_stage pytest_gpu 170 "$L1" "python3 -m pytest -m gpu -q -rfE --durations=20 $PAR $TMO -p no:cacheprovider ${GPU_TESTS:-tests}"
+gpu_stage pytest_gpu 170 "$L1" "python3 -m pytest -m gpu -q -rfE --durations=20 $PAR16 $TMO -p no:cacheprovider ${GPU_TESTS:-tests}"
 # The Triton sparse kernel's suite (unmarked: on a CPU it runs in the interpreter; here on CUDA
 # tensors, large shapes included), before its benchmark rows below.
 gpu_stage triton_sparse_tests 90 "$L1" "python3 -m pytest -q -rfE $TMO -p no:cacheprovider tests/test_triton_sparse.py"
@@ -104,9 +105,6 @@ export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
 SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
 gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
 gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
-# trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
-gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
-
 # Nsight Compute on one launch of each kernel whose speed is not understood (bench/NOTES.md,
 # runs 5-6): the CUDA sparse kernel (~2x the shared-memory model of bench/sparse_smem_model.py)
 # and the CUDA dense kernel against Triton's (1.75x faster on the same shapes).
@@ -114,11 +112,14 @@ NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section SourceCounters --clock-control none \
   --launch-skip 1 --launch-count 1 --print-summary none"
-L5=$OUT/5_ncu.log
+L5=$OUT/2_ncu.log
 gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&
   $NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype float32 --sparsity 1"
 gpu_stage ncu_dense 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048 &&
   $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel python3 bench/ncu_target.py --kind rademacher --backend triton --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
+
+# trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
+gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
 
 # 3. compute-sanitizer on tiny shapes (fastjl kernels only)
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -132,7 +133,6 @@ L4=$OUT/1_correctness.log
 # Triton kernels; on a CPU it runs the torch backend), then the Triton suites, which reuse
 # those compiled kernels from Triton's on-disk cache (alone they outran 150 s on 16 cores).
 stage check 130 "$L4" "python3 -m fastjl.check"
-PAR16=$(python3 -c "import xdist" 2>/dev/null && echo "-n $NPROC")
 gpu_stage triton_tests 110 "$L4" "python3 -m pytest -q -rfE $PAR16 $TMO -p no:cacheprovider tests/test_triton.py tests/test_triton_linear.py"
 gpu_stage bench_gauss_fp16 60 "$L2" "$BENCH --kind gaussian --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
 [ -d /tmp/gpu-bench ] && tar -czf "$OUT/2_bench_json.tgz" -C /tmp gpu-bench
