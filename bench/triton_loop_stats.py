@@ -36,7 +36,6 @@ def main(argv=None) -> int:
     p.add_argument("--match", default="project-", help="substring of the configuration names to compile")
     args = p.parse_args(argv)
     import triton
-    from triton.backends.compiler import GPUTarget
 
     cuobjdump = cuda_resources.find_cuobjdump()
     if cuobjdump is None:
@@ -46,9 +45,7 @@ def main(argv=None) -> int:
     for cfg in triton_aot.configs():
         if args.match not in cfg.name:
             continue
-        src, opts = triton_aot._source(cfg)
-        kernel = triton.compile(src, target=GPUTarget("cuda", args.cc, 32), options=opts)
-        loop = loop_stats(kernel.asm["cubin"], cuobjdump)
+        loop = loop_stats(triton_aot.compile_kernel(cfg, args.cc).asm["cubin"], cuobjdump)
         if loop is None:
             print(f"{cfg.name:44s} no loop with tensor-core instructions")
             continue

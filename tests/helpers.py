@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -85,3 +86,12 @@ SPARSE_CASES = [
     ("grass", 4, 0.7),
 ]
 SPARSE_OFFSET = 2**40 + 3
+
+
+def compiling_env(root) -> dict:
+    """The environment for a fresh Python process that compiles Triton kernels: this one's
+    without TRITON_INTERPRET (conftest.py sets it here when there is no GPU), with ``root`` on
+    PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env

@@ -2,7 +2,6 @@
 run, and fails when a backend writes a wrong value, leaves an element unwritten or raises."""
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ import torch
 from fastjl import check
 from fastjl._backends import torch_backend
 
+from .helpers import compiling_env
+
 pytest.importorskip("triton", reason="triton is not installed")  # the interpreter test needs it
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +23,10 @@ QUICK_TORCH = ["--quick", "--device", "cpu", "--backends", "torch", "--seed", "7
 def run_check(*args):
     """``python -m fastjl.check ARGS`` in a fresh process without TRITON_INTERPRET (which
     conftest.py sets for this one when there is no GPU)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run(
-        [sys.executable, "-m", "fastjl.check", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "fastjl.check", *args],
+        cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def test_quick_cpu_run_passes_and_says_what_did_not_run():

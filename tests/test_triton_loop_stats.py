@@ -1,7 +1,6 @@
 """bench/triton_loop_stats.py: a Triton kernel compiled for sm_90 read with the CUDA kernels'
 SASS parser (no GPU needed)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton", reason="triton is not installed")
+
+from .helpers import compiling_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,11 +19,9 @@ def test_the_rademacher_b128_loop_is_read():
     instructions per m16n8k16-equivalent (7.1 with Triton 3.9 on 2026-11-27; the CUDA kernel's
     is 36.7): a loop grown to the CUDA kernel's size would fail the bound.  In a fresh process
     without TRITON_INTERPRET (conftest.py sets it for this one), so Triton compiles."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B128"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("project-"))

@@ -164,13 +164,19 @@ def _sparse_source(cfg: KernelConfig):
     return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
 
 
-def compile_config(cfg: KernelConfig, cc: int) -> CompileReport:
-    """Compile ``cfg`` for ``sm_<cc>`` (no GPU needed); raises on any compile error."""
+def compile_kernel(cfg: KernelConfig, cc: int):
+    """``cfg``'s kernel compiled for ``sm_<cc>`` (no GPU needed): its ``asm`` holds the PTX and
+    the cubin.  Raises on any compile error."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     src, opts = _source(cfg)
-    kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
+    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
+
+
+def compile_config(cfg: KernelConfig, cc: int) -> CompileReport:
+    """Compile ``cfg`` for ``sm_<cc>`` (no GPU needed); raises on any compile error."""
+    kernel = compile_kernel(cfg, cc)
     ptx = kernel.asm["ptx"]
     meta = kernel.metadata
     n_regs, n_spills = _resources(kernel, ptx)
