@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "host_copy16.h"
 #include "linear_args.h"
 #include "linear_tiles.cuh"
 #include "project_args.h"
@@ -109,14 +110,6 @@ void mma_16816(int type, float acc[32][4], const WarpRegs& a, const uint32_t b_r
     }
   }
 }
-
-// cp.async ... 16, src-size: src-size bytes copied, the rest of the 16 zero-filled.
-struct HostCopy16 {
-  void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
-    std::memcpy(dst, src, static_cast<size_t>(bytes));
-    std::memset(dst + bytes, 0, static_cast<size_t>(16 - bytes));
-  }
-};
 
 struct Dest {
   float* base;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "host_copy16.h"
 #include "sparse_chunk.cuh"
 #include "sparse_chunk_args.h"
 
@@ -20,14 +21,6 @@ namespace sparse {
 namespace {
 
 constexpr const char* kOp = "fastjl._C.host_emulate_project_sparse";
-
-// cp.async.cg ... 16, src-size: `bytes` copied, the rest of the 16 zero-filled.
-struct HostCopy16 {
-  void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
-    std::memcpy(dst, src, static_cast<size_t>(bytes));
-    std::memset(dst + bytes, 0, static_cast<size_t>(16 - bytes));
-  }
-};
 
 template <int XDtype, int BatchRows>
 void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, float* dest,

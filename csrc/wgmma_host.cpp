@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "host_copy16.h"
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
 #include "wgmma_layouts.cuh"
@@ -15,14 +16,6 @@ namespace fastjl {
 namespace {
 
 constexpr const char* kOp = "fastjl._C.wgmma_host_stage";
-
-// load_x_tile_vector's copy on the host: `bytes` bytes, zeros for the rest of the 16.
-struct HostCopy16 {
-  void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
-    std::memcpy(dst, src, static_cast<size_t>(bytes));
-    std::memset(dst + bytes, 0, static_cast<size_t>(16 - bytes));
-  }
-};
 
 template <class Cfg>
 void fill_maps(WgmmaHostStage& st) {
