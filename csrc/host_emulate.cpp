@@ -26,6 +26,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "host_copy16.h"
@@ -118,7 +119,8 @@ struct Dest {
 
 // One CTA (tile_b, tile_n, split): the kernel's steps in order, each phase run for all
 // threads / warps before the next (the kernel separates them by barriers).  XDtype is the
-// x tile's element type; fetch(tid, block_b, b0, d0, d_end, tile) is the producer's fetch.
+// x tile's element type; fetch(code, tid, block_b, b0, d0, d_end, tile) is the producer's
+// fetch, code the kernel's TileCode for the kind (a std::integral_constant).
 template <class Cfg, int XDtype, int Kind, class Fetch>
 void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
                  const Dest& dest, std::vector<Packed4>& smem_store, const Fetch& fetch) {
@@ -151,7 +153,9 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
     const int64_t d0 = range.begin + s * kBlockD;
     const uint64_t step_row = row0 + static_cast<uint64_t>(s) * kBlockD;
 
-    for (int tid = 0; tid < kThreads; ++tid) fetch(tid, Cfg::kBlockB, b0, d0, range.end, x_tile);
+    for (int tid = 0; tid < kThreads; ++tid)
+      fetch(std::integral_constant<TileCode, tile_code_for(Kind)>{}, tid, Cfg::kBlockB, b0, d0,
+            range.end, x_tile);
     if (kGauss) {
       for (int tid = 0; tid < kThreads; ++tid)
         gaussian_generate<T>(tid, key, step_row, col0, a.proj_dim, p_hi, p_lo);
@@ -297,10 +301,10 @@ void emulate_project(const ProjectArgs& a, int64_t num_sms) {
                    a.stride_xb, a.stride_xd};
   const bool vector = use_vector_loads(a);
   emulate<XDtype>(problem_of(a), num_sms, kOp,
-                  [&](int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
+                  [&](auto code, int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
                       unsigned char* tile) {
-                    load_x_tile<XDtype>(tid, xs, vector, block_b, b0, d0, d_end, tile,
-                                        HostCopy16{});
+                    load_x_tile<XDtype, PaddedXLayout, decltype(code)::value>(
+                        tid, xs, vector, block_b, b0, d0, d_end, tile, HostCopy16{});
                   });
 }
 
@@ -320,8 +324,8 @@ void host_emulate_project_linear(const LinearArgs& a, int64_t num_sms) {
   validate_linear_args(a, kLinearOp);
   const LinearSource src = linear_source(a);
   emulate<kFloat32>(linear_problem(a, kLinearOp), num_sms, kLinearOp,
-                    [&](int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
-                        unsigned char* tile) {
+                    [&](auto /*code: no choice for gradient tiles*/, int tid, int block_b,
+                        int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
                       load_g_tile(tid, src, block_b, b0, d0, d_end,
                                   reinterpret_cast<float*>(tile));
                     });

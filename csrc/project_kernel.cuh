@@ -95,6 +95,7 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   // partial sum into acc with a float32 add (see multiply()); rademacher tiles (a 16-bit x,
   // or x's bf16 halves, times ±1) chain their MMAs through acc.
   constexpr bool kPromote = kGauss;
+  constexpr TileCode kTileCode = tile_code_for(Kind);  // project_tiles.cuh
   constexpr int kMT = Cfg::kMT, kNT = Cfg::kNT;
   using Layout = SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -118,8 +119,8 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   auto step_row = [&](int64_t step) { return row0 + static_cast<uint64_t>(step) * kBlockD; };
 
   auto fetch_x = [&](int64_t step) {
-    Producer::fetch(tid, kp.src, Cfg::kBlockB, b0, range.begin + step * kBlockD, range.end,
-                    x_tile(step));
+    Producer::template fetch<kTileCode>(tid, kp.src, Cfg::kBlockB, b0,
+                                        range.begin + step * kBlockD, range.end, x_tile(step));
   };
   auto compute_words = [&](int64_t step) {
     rademacher_words(lane, p.key, step_row(step), rademacher_group, words(step));

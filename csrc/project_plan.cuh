@@ -25,6 +25,7 @@ namespace proj {
 
 constexpr int kThreads = 256;  // 8 warps per CTA, always
 constexpr int kWarps = kThreads / 32;
+constexpr int kMaxBlockB = 128;  // the largest batch tile (ConfigB128)
 constexpr int kBlockD = 32;   // rows of P per pipeline step
 constexpr int kBlockN = 128;  // output columns per CTA (one rademacher group)
 // Shared-memory row pitches (elements).  x: 32 used + 8 padding, so that 8 consecutive rows
@@ -54,6 +55,7 @@ struct TileConfig {
   static constexpr int kMT = kWarpM / 16;
   static constexpr int kNT = kWarpN / 8;
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile must be m16 x (2 x n8)");
+  static_assert(BlockB <= kMaxBlockB, "the tile writers size their loops for kMaxBlockB rows");
 };
 using ConfigB32 = TileConfig<32, 2>;    // warp 16 x 32
 using ConfigB64 = TileConfig<64, 2>;    // warp 32 x 32

@@ -66,23 +66,63 @@ struct XSource {
   int64_t batch, stride_xb, stride_xd;
 };
 
+// Thread tid's items of a CTA-wide loop over `items` (tid, tid + 256, ...).  kUnrolled: a
+// fixed trip count, unrolled, so that with `items` known at compile time (the kernels
+// inline every caller with constant tile sizes) there is no loop and no guard when 256
+// divides it.  Otherwise a plain rolled loop.
+template <int kMaxTrips, bool kUnrolled, class Body>
+FASTJL_HD void for_thread_items(int tid, int items, Body body) {
+  if constexpr (kUnrolled) {
+#if defined(__CUDA_ARCH__)
+    __builtin_assume(tid >= 0 && tid < kThreads);  // lets the compiler drop trips past `items`
+#endif
+#pragma unroll
+    for (int i = 0; i < kMaxTrips; ++i) {
+      const int item = tid + i * kThreads;
+      // The first test folds to true for the trips a constant `items` always fills.
+      if (items >= (i + 1) * kThreads || item < items) body(item);
+    }
+  } else {
+#pragma unroll 1
+    for (int item = tid; item < items; item += kThreads) body(item);
+  }
+}
+
+// How a tile writer trades instructions for registers (the kernels pick per kind):
+//   kFewestInstructions: unrolled, compile-time element size.  With the element size read
+//     at run time every thread paid 64- and 32-bit divisions per step, and the rolled loops
+//     a 4-way branch per entry: the rademacher kernels were issue-bound on that
+//     (bench/NOTES.md, issue 12; bench/cuda_loop_probe.py measures it).
+//   kFewestRegisters: a rolled loop, element size at run time.  The gaussian kernels sit at
+//     the 128-register cap of 2 CTAs per SM and are bound by generating P: unrolled, they
+//     spilled more (bench/NOTES.md).
+enum class TileCode : int { kFewestInstructions, kFewestRegisters };
+
+// The choice of every projection kernel (and of their CPU emulation) for a kind.
+constexpr FASTJL_HD TileCode tile_code_for(int kind) {
+  return kind == kGaussian ? TileCode::kFewestRegisters : TileCode::kFewestInstructions;
+}
+
 // Vector path: thread tid's 16-byte chunks of the x tile at (b0, d0), through `copy`
 // (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
 // copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid even
-// when bytes == 0.
-template <class XLayout = PaddedXLayout, class Copy16>
+// when bytes == 0.  kEsize: the element size (s.esize), as a compile-time constant.
+template <int kEsize, class XLayout = PaddedXLayout,
+          TileCode kCode = TileCode::kFewestInstructions, class Copy16>
 FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_t b0,
                                   int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
-  const int per_chunk = static_cast<int>(16 / s.esize);
+  constexpr bool kUnrolled = kCode == TileCode::kFewestInstructions;
+  const int64_t esize = kUnrolled ? kEsize : s.esize;
+  const int per_chunk = static_cast<int>(16 / esize);
   const int chunks = block_b * kBlockD / per_chunk;
-  for (int c = tid; c < chunks; c += kThreads) {
+  constexpr int kMaxTrips = (kMaxBlockB * kBlockD * kEsize / 16 + kThreads - 1) / kThreads;
+  for_thread_items<kMaxTrips, kUnrolled>(tid, chunks, [&](int c) {
     const RowCol rc = x_chunk(c, per_chunk);
     const int64_t b = b0 + rc.row, d = d0 + rc.col;
     const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
-    const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * s.esize : s.x;
-    copy(tile + XLayout::offset(rc.row, rc.col, s.esize), src,
-         static_cast<int>(valid * s.esize));
-  }
+    const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * esize : s.x;
+    copy(tile + XLayout::offset(rc.row, rc.col, esize), src, static_cast<int>(valid * esize));
+  });
 }
 
 // Element path (any strides, any alignment): plain loads, zeros outside the matrix.
@@ -101,11 +141,13 @@ FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int6
 // Thread tid's share of the x tile of element type XDtype (a DtypeCode): the vector path
 // when `vector` (use_vector_loads), else element loads.  The kernel's producer and the CPU
 // emulation both call this, with their own copy functor.
-template <int XDtype, class XLayout = PaddedXLayout, class Copy16>
+template <int XDtype, class XLayout = PaddedXLayout,
+          TileCode kCode = TileCode::kFewestInstructions, class Copy16>
 FASTJL_HD void load_x_tile(int tid, const XSource& s, bool vector, int block_b, int64_t b0,
                            int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
   if (vector)
-    load_x_tile_vector<XLayout>(tid, s, block_b, b0, d0, d_end, tile, copy);
+    load_x_tile_vector<XDtype == kFloat32 ? 4 : 2, XLayout, kCode>(tid, s, block_b, b0, d0,
+                                                                   d_end, tile, copy);
   else if (XDtype == kFloat32)
     load_x_tile_elements<float, XLayout>(tid, s, block_b, b0, d0, d_end,
                                          reinterpret_cast<float*>(tile));
@@ -122,9 +164,12 @@ FASTJL_HD void rademacher_words(int lane, PhiloxKey key, uint64_t row0, uint32_t
   words[lane] = group_words(key, kRademacher, row0 + static_cast<uint64_t>(lane), group);
 }
 
-// Signs of columns col .. col + 7 (col % 8 == 0) as 8 bits, bit q = column col + q.
-FASTJL_HD uint32_t rademacher_byte(const U32x4& r, int col) {
-  return (word(r, static_cast<uint32_t>(col) >> 5) >> (col & 31)) & 0xFFu;
+// Signs of columns col .. col + 7 (col % 8 == 0) of `row` as 8 bits, bit q = column col + q:
+// one 32-bit shared load of the word that holds them (indexing a U32x4 by a runtime word
+// number compiled to a 4-way branch).
+FASTJL_HD uint32_t rademacher_byte(const U32x4* words, int row, int col) {
+  const uint32_t w = reinterpret_cast<const uint32_t*>(words)[row * 4 + (col >> 5)];
+  return (w >> (col & 31)) & 0xFFu;
 }
 
 // 8 sign bits -> 4 registers of two 16-bit ±1 (bit 1 -> -1): only the sign bit (15 or 31)
@@ -133,6 +178,7 @@ template <int T>
 FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
   constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;  // (1.0, 1.0)
   Packed4 p;
+#pragma unroll
   for (int q = 0; q < 4; ++q) {
     const uint32_t pair = bits >> (2 * q);
     p.v[q] = kOnes | ((pair & 1u) << 15) | ((pair & 2u) << 30);
@@ -143,11 +189,11 @@ FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
 // Thread tid's share of expanding a step's words into the P tile.
 template <int T, class PLayout = PaddedPLayout>
 FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) {
-  for (int c = tid; c < kPChunks; c += kThreads) {
+  for_thread_items<kPChunks / kThreads, true>(tid, kPChunks, [&](int c) {
     const RowCol rc = p_chunk(c);
     *reinterpret_cast<Packed4*>(p_tile + PLayout::index(rc.row, rc.col)) =
-        rademacher_pack8<T>(rademacher_byte(words[rc.row], rc.col));
-  }
+        rademacher_pack8<T>(rademacher_byte(words, rc.row, rc.col));
+  });
 }
 
 // ---- gaussian ------------------------------------------------------------------------

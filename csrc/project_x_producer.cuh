@@ -30,14 +30,25 @@ struct XTileProducerIn {
     XSource xs;
     int vector_loads;  // 1: cp.async path (use_vector_loads), 0: element loads
   };
+  template <TileCode kCode>
   __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
                                int64_t d_end, unsigned char* tile) {
-    load_x_tile<XDtype, XLayout>(tid, s.xs, s.vector_loads != 0, block_b, b0, d0, d_end, tile,
-                        AsyncCopy16{});
-    if (s.vector_loads) sm80::cp_async_commit();
+    if (s.vector_loads)
+      fetch_vector<kCode>(tid, s, block_b, b0, d0, d_end, tile);
+    else
+      load_x_tile<XDtype, XLayout>(tid, s.xs, false, block_b, b0, d0, d_end, tile,
+                                   AsyncCopy16{});
   }
   __device__ static void wait(const Source& s) {
     if (s.vector_loads) sm80::cp_async_wait_all();
+  }
+  // The cp.async path alone: the common case, and what bench/cuda_loop_probe.cu measures.
+  template <TileCode kCode>
+  __device__ static void fetch_vector(int tid, const Source& s, int block_b, int64_t b0,
+                                      int64_t d0, int64_t d_end, unsigned char* tile) {
+    load_x_tile<XDtype, XLayout, kCode>(tid, s.xs, true, block_b, b0, d0, d_end, tile,
+                                        AsyncCopy16{});
+    sm80::cp_async_commit();
   }
 };
 

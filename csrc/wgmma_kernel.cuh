@@ -89,6 +89,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
+  constexpr proj::TileCode kTileCode = proj::tile_code_for(Kind);  // project_tiles.cuh
   using W = WarpgroupTile<Cfg>;
   using Layout = Sm90SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
   using PL = PTileMN128B;
@@ -119,8 +120,8 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   auto step_row = [&](int64_t step) { return row0 + static_cast<uint64_t>(step) * kBlockD; };
 
   auto fetch_x = [&](int64_t step) {
-    Producer::fetch(tid, kp.src, Cfg::kBlockB, b0, range.begin + step * kBlockD, range.end,
-                    x_tile(step));
+    Producer::template fetch<kTileCode>(tid, kp.src, Cfg::kBlockB, b0,
+                                        range.begin + step * kBlockD, range.end, x_tile(step));
   };
   auto compute_words = [&](int64_t step) {
     proj::rademacher_words(lane, p.key, step_row(step), rademacher_group, words(step));

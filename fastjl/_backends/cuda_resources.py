@@ -274,14 +274,31 @@ def main_loop_stats(sass: str) -> dict[str, LoopStats]:
     return main_loops(parse_sass(sass))
 
 
-def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
-    loops = []  # (first index, last index) of every backward branch's body
+def _loop_spans(insts: Instructions) -> list[tuple[int, int]]:
+    """(first index, last index) of every backward branch's body."""
+    loops = []
     index = {addr: i for i, (addr, _, _) in enumerate(insts)}
     for i, (addr, op, rest) in enumerate(insts):
         if op == "BRA":
             m = _BRANCH_TARGET_RE.search(rest)
             if m and int(m.group(1), 16) <= addr and int(m.group(1), 16) in index:
                 loops.append((index[int(m.group(1), 16)], i))
+    return loops
+
+
+def main_loop_span(insts: Instructions) -> tuple[int, int] | None:
+    """(first, last) instruction index of the main loop (see :class:`LoopStats`), or None."""
+    found = _main_loop_and_span(insts)
+    return found[1] if found else None
+
+
+def _main_loop(insts: Instructions) -> LoopStats | None:
+    found = _main_loop_and_span(insts)
+    return found[0] if found else None
+
+
+def _main_loop_and_span(insts: Instructions) -> tuple[LoopStats, tuple[int, int]] | None:
+    loops = _loop_spans(insts)
     best = None
     for first, last in loops:
         body = insts[first : last + 1]
@@ -293,8 +310,8 @@ def _main_loop(insts: list[tuple[int, str, str]]) -> LoopStats | None:
         equiv = sum(mma_equivalents(op, rest) for _, op, rest in body)
         stats = LoopStats(instructions=len(body), inner_loops=inner, mma_equiv=equiv, **counts)
         # The most MMAs wins; among equals the innermost (shortest) body.
-        if stats.mma and (best is None or (stats.mma, -stats.instructions) > (best.mma, -best.instructions)):
-            best = stats
+        if stats.mma and (best is None or (stats.mma, -stats.instructions) > (best[0].mma, -best[0].instructions)):
+            best = (stats, (first, last))
     return best
 
 

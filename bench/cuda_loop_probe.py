@@ -1,0 +1,177 @@
+"""Instructions one warp issues per CTA step of the CUDA projection kernels' main loop, for
+contiguous aligned x (the cp.async path), estimated from the compiled code without a GPU.
+
+    python bench/cuda_loop_probe.py                 # mma.sync (sm_90) and wgmma (sm_90a)
+    python bench/cuda_loop_probe.py --arch sm_80 --match B128
+
+``bench/cuda_resources.py`` reads the main loop of the kernels in ``fastjl._C``; their loop
+also holds the element-load path that contiguous x never takes, and the static count charges
+it as if taken.  This script compiles ``bench/cuda_loop_probe.cu`` (the same kernels with the
+cp.async path only) with nvcc to a cubin, so the loop is what a step runs, and amortizes the
+one branch every step does take for only one warp: the rademacher words (Philox), computed by
+warp ``s % 8`` (found as the smallest forward branch around the Philox multiplier's
+instructions), counted 1/8.  Columns:
+
+    loop    static instructions of the main loop (one CTA step)
+    inner   loops left inside it (not unrolled: their bodies run more than once per step)
+    words   instructions of the words branch (0: gaussian, no words)
+    step    loop - 7/8 words: instructions per warp per step
+    MMA-eq  m16n8k16-equivalent MMAs per warp per step (2048 multiply-adds each)
+    /MMA    step / MMA-eq
+
+On an H100 (4 issue slots per SM per clock, ~1024 dense bf16 multiply-adds per SM per clock
+per 2 CTAs' worth of warps) a step of the B128 configuration has ~64 issue slots per warp at
+the tensor cores' peak rate; ``step`` above that is the issue-bound fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHILOX_MULTIPLIER = "0xd2511f53"  # csrc/philox.cuh kPhiloxM0: only Philox rounds use it
+
+
+def _load_cuda_resources():
+    """fastjl/_backends/cuda_resources.py by path: no fastjl (hence no torch) import."""
+    name = "fastjl_cuda_resources"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = ROOT / "fastjl" / "_backends" / "cuda_resources.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_nvcc() -> str | None:
+    for candidate in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def words_block(insts, first: int, last: int) -> int:
+    """Instructions inside the smallest forward branch of the loop [first, last] that skips
+    every Philox round (0 when the loop has none): the words code only warp s % 8 runs."""
+    philox = [i for i in range(first, last + 1) if PHILOX_MULTIPLIER in insts[i][2].lower()]
+    if not philox:
+        return 0
+    cr = _load_cuda_resources()
+    index = {addr: i for i, (addr, _, _) in enumerate(insts)}
+    best = None
+    for i in range(first, philox[0]):
+        addr, op, rest = insts[i]
+        if op != "BRA":
+            continue
+        m = cr._BRANCH_TARGET_RE.search(rest)
+        target = index.get(int(m.group(1), 16)) if m else None
+        if target is not None and target > philox[-1] and target <= last + 1:
+            size = target - i - 1
+            best = size if best is None else min(best, size)
+    if best is None:
+        raise RuntimeError("no forward branch around the Philox rounds: the probe's words rule no longer fits")
+    return best
+
+
+def compile_probe(arch: str, nvcc: str, workdir: Path) -> Path:
+    """bench/cuda_loop_probe.cu -> a cubin for arch (sm_90a: the wgmma kernel)."""
+    wgmma = arch == "sm_90a"
+    code = arch.replace("sm_", "")
+    out = workdir / f"probe_{arch}.cubin"
+    cmd = [
+        nvcc,
+        "-std=c++17",
+        "-O3",
+        "-DNDEBUG",
+        f"-I{ROOT / 'csrc'}",
+        "-cubin",
+        f"-gencode=arch=compute_{code},code={arch}",
+        "-o",
+        str(out),
+        str(ROOT / "bench" / "cuda_loop_probe.cu"),
+    ]
+    if wgmma:
+        cmd.insert(1, "-DPROBE_SM90A")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for {arch}:\n{proc.stderr[-4000:]}")
+    return out
+
+
+def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
+    cr = _load_cuda_resources()
+    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run(
+        [cuobjdump, "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
+    # A lone cubin's listing has no "arch =" header line: one is supplied.
+    resources = {name: fields for _, name, fields in cr.parse_resource_usage("arch = sm_00\n" + usage)}
+    functions = cr.parse_sass(sass)
+    names = cr.demangle(list(functions))
+    rows = []
+    for mangled, insts in functions.items():
+        found = cr._main_loop_and_span(insts)
+        if found is None:
+            continue
+        stats, (first, last) = found
+        name = cr.short_name(names[mangled])
+        rademacher = name.endswith(", 0>")  # Kind: only rademacher has the one-warp words branch
+        words = words_block(insts, first, last) if rademacher else 0
+        step = stats.instructions - words * 7 / 8
+        equiv = stats.mma_equiv or stats.mma
+        fields = resources.get(mangled, {})
+        rows.append(
+            dict(
+                name=name,
+                regs=fields.get("REG", -1),
+                stack=fields.get("STACK", -1),
+                loop=stats.instructions,
+                inner=stats.inner_loops,
+                words=words,
+                step=step,
+                mma_eq=equiv,
+                per_mma=step / equiv,
+                local=stats.local,
+            )
+        )
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", action="append", help="sm_80, sm_90 (mma.sync) or sm_90a (wgmma); repeatable")
+    p.add_argument("--match", default="", help="substring of the kernel names to show")
+    args = p.parse_args(argv)
+    cr = _load_cuda_resources()
+    nvcc, cuobjdump = find_nvcc(), cr.find_cuobjdump()
+    if nvcc is None or cuobjdump is None:
+        raise SystemExit("needs nvcc ($CUDACXX or PATH) and cuobjdump ($CUOBJDUMP, the toolkit or Triton's copy)")
+    archs = args.arch or ["sm_90", "sm_90a"]
+    print(
+        f"{'kernel (cp.async x only)':66s} {'arch':6s} {'regs':>4s} {'stack':>5s} {'lmem':>4s} "
+        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'step':>6s} {'MMA-eq':>6s} {'/MMA':>6s}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in archs:
+            for r in probe_rows(compile_probe(arch, nvcc, Path(tmp)), cuobjdump):
+                if args.match not in r["name"]:
+                    continue
+                print(
+                    f"{r['name'][:66]:66s} {arch:6s} {r['regs']:4d} {r['stack']:5d} {r['local']:4d} "
+                    f"{r['loop']:5d} {r['inner']:5d} {r['words']:5d} {r['step']:6.0f} {r['mma_eq']:6.0f} "
+                    f"{r['per_mma']:6.1f}"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""bench/cuda_loop_probe.py: the CUDA projection kernels' instructions per warp per CTA step,
+for contiguous x, from nvcc's code (no GPU needed).  The bounds lock in issue 12's first cut
+(rademacher 16-bit B128 from ~840 to ~230 instructions per step on sm_90, bench/NOTES.md):
+a change that brings back the divisions, the rolled tile loops or the branchy sign expansion
+fails them."""
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _probe_module():
+    spec = importlib.util.spec_from_file_location("cuda_loop_probe", ROOT / "bench" / "cuda_loop_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cuda_loop_probe"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = _probe_module()
+
+
+def test_words_block_is_the_smallest_branch_around_philox():
+    """Synthetic SASS: a step with one forward branch around the Philox rounds (3 instructions
+    inside) and a wider one around everything: the words block is the inner 3."""
+    insts = [
+        (0x00, "BAR", ".SYNC 0x0 ;"),
+        (0x10, "BRA", "0x90 ;"),  # wide: skips 0x20 .. 0x80
+        (0x20, "IMAD", "R1, R2, R3, RZ ;"),
+        (0x30, "BRA", "0x70 ;"),  # the words branch: skips 0x40 .. 0x60
+        (0x40, "IMAD", ".WIDE.U32 R4, R5, -0x2daee0ad, RZ ; 0xd2511f53"),
+        (0x50, "LOP3", ".LUT R6, R7, UR8, R9, 0x96, !PT ;"),
+        (0x60, "STS", "[R7+0x8000], R4 ;"),
+        (0x70, "LDS", "R5, [R99+0x8000] ;"),
+        (0x80, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
+        (0x90, "BRA", "0x0 ;"),
+    ]
+    assert probe.words_block(insts, 0, 9) == 3
+    assert probe.words_block(insts[:4] + insts[6:], 0, 7) == 0  # no Philox: no words block
+
+
+def _probe_rows(arch):
+    nvcc = probe.find_nvcc()
+    cr = probe._load_cuda_resources()
+    cuobjdump = cr.find_cuobjdump()
+    if nvcc is None or cuobjdump is None:
+        pytest.skip("needs nvcc and cuobjdump (CI installs both with the CUDA toolkit)")
+    with tempfile.TemporaryDirectory() as tmp:
+        return {r["name"]: r for r in probe.probe_rows(probe.compile_probe(arch, nvcc, Path(tmp)), cuobjdump)}
+
+
+# (kernel, arch) -> the most instructions per warp per step allowed.  Measured 2026-11-27
+# (nvcc 13.0): 228 and 202; before the change 838 and 830 (plus the bodies of two rolled
+# loops the static count charged once).
+STEP_BOUNDS = {
+    ("project_kernel<TileConfig<128, 4>, VectorOnly<2, PaddedXLayout>, 0>", "sm_90"): 260,
+    ("project_kernel_sm90<TileConfig<128, 4>, VectorOnly<2, XTileK64B>, 0>", "sm_90a"): 230,
+}
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_90a"])
+def test_rademacher_steps_are_straight_line_and_lean(arch):
+    rows = _probe_rows(arch)
+    rademacher = [r for name, r in rows.items() if name.endswith(", 0>")]
+    gaussian = [r for name, r in rows.items() if name.endswith(", 1>")]
+    assert rademacher and gaussian, sorted(rows)
+    for r in rademacher:
+        assert r["inner"] == 0, f"{r['name']}: a tile loop is no longer unrolled"
+        assert r["local"] == 0 and r["stack"] == 0, f"{r['name']}: spills"
+        assert 30 < r["words"] < 120, f"{r['name']}: words block {r['words']} (one Philox call per lane)"
+        assert r["step"] == pytest.approx(r["loop"] - r["words"] * 7 / 8)
+    for r in gaussian:
+        assert r["words"] == 0, f"{r['name']}: every warp generates gaussian P; nothing to amortize"
+    for (name, bound_arch), bound in STEP_BOUNDS.items():
+        if bound_arch == arch:
+            assert rows[name]["step"] <= bound, f"{name}: {rows[name]['step']:.0f} instructions per step > {bound}"
