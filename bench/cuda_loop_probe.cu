@@ -22,10 +22,14 @@ template <int XDtype, class XLayout>
 struct VectorOnly : proj::XTileProducerIn<XDtype, XLayout> {
   using Base = proj::XTileProducerIn<XDtype, XLayout>;
   using Source = typename Base::Source;
+  using Cursor = typename Base::Cursor;
+  __device__ static Cursor cursor(int tid, const Source& s, int block_b, int64_t b0) {
+    return proj::x_chunk_rows<Base::kEsize>(tid, s.xs, block_b, b0);
+  }
   template <proj::TileCode kCode>
-  __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
-                               int64_t d_end, unsigned char* tile) {
-    Base::template fetch_vector<kCode>(tid, s, block_b, b0, d0, d_end, tile);
+  __device__ static void fetch(const Cursor& cur, int tid, const Source& s, int block_b,
+                               int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
+    Base::template fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, tile);
   }
   __device__ static void wait(const Source&) { sm80::cp_async_wait_all(); }
 };

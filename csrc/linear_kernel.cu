@@ -24,9 +24,11 @@ constexpr const char* kOp = "fastjl._C.project_linear";
 struct GradTileProducer {
   static constexpr int kTileDtype = kFloat32;
   using Source = LinearSource;
+  struct Cursor {};  // no per-thread state (the x producer's row addresses)
+  __device__ static Cursor cursor(int, const Source&, int, int64_t) { return {}; }
   template <TileCode>  // the x producer's code choice (project_tiles.cuh); nothing to choose here
-  __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
-                               int64_t d_end, unsigned char* tile) {
+  __device__ static void fetch(const Cursor&, int tid, const Source& s, int block_b, int64_t b0,
+                               int64_t d0, int64_t d_end, unsigned char* tile) {
     load_g_tile(tid, s, block_b, b0, d0, d_end, reinterpret_cast<float*>(tile));
   }
   __device__ static void wait(const Source&) {}

@@ -118,8 +118,9 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   };
   auto step_row = [&](int64_t step) { return row0 + static_cast<uint64_t>(step) * kBlockD; };
 
+  const typename Producer::Cursor cursor = Producer::cursor(tid, kp.src, Cfg::kBlockB, b0);
   auto fetch_x = [&](int64_t step) {
-    Producer::template fetch<kTileCode>(tid, kp.src, Cfg::kBlockB, b0,
+    Producer::template fetch<kTileCode>(cursor, tid, kp.src, Cfg::kBlockB, b0,
                                         range.begin + step * kBlockD, range.end, x_tile(step));
   };
   auto compute_words = [&](int64_t step) {

@@ -66,10 +66,11 @@ struct XSource {
   int64_t batch, stride_xb, stride_xd;
 };
 
-// Thread tid's items of a CTA-wide loop over `items` (tid, tid + 256, ...).  kUnrolled: a
-// fixed trip count, unrolled, so that with `items` known at compile time (the kernels
-// inline every caller with constant tile sizes) there is no loop and no guard when 256
-// divides it.  Otherwise a plain rolled loop.
+// Thread tid's items of a CTA-wide loop over `items` (tid, tid + 256, ...): body(item, trip),
+// trip = (item - tid) / 256.  kUnrolled: a fixed trip count, unrolled, so that with `items`
+// known at compile time (the kernels inline every caller with constant tile sizes) there is
+// no loop and no guard when 256 divides it, and `trip` is a constant.  Otherwise a plain
+// rolled loop.
 template <int kMaxTrips, bool kUnrolled, class Body>
 FASTJL_HD void for_thread_items(int tid, int items, Body body) {
   if constexpr (kUnrolled) {
@@ -80,11 +81,12 @@ FASTJL_HD void for_thread_items(int tid, int items, Body body) {
     for (int i = 0; i < kMaxTrips; ++i) {
       const int item = tid + i * kThreads;
       // The first test folds to true for the trips a constant `items` always fills.
-      if (items >= (i + 1) * kThreads || item < items) body(item);
+      if (items >= (i + 1) * kThreads || item < items) body(item, i);
     }
   } else {
+    int trip = 0;
 #pragma unroll 1
-    for (int item = tid; item < items; item += kThreads) body(item);
+    for (int item = tid; item < items; item += kThreads) body(item, trip++);
   }
 }
 
@@ -103,26 +105,85 @@ constexpr FASTJL_HD TileCode tile_code_for(int kind) {
   return kind == kGaussian ? TileCode::kFewestRegisters : TileCode::kFewestInstructions;
 }
 
-// Vector path: thread tid's 16-byte chunks of the x tile at (b0, d0), through `copy`
-// (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
-// copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid even
-// when bytes == 0.  kEsize: the element size (s.esize), as a compile-time constant.
+// The vector path's chunks: 16 bytes of one row of x, per_chunk = 16 / element size.
+template <int kEsize>
+constexpr int x_vector_trips() {  // the most chunks one thread copies per step
+  return (kMaxBlockB * kBlockD * kEsize / 16 + kThreads - 1) / kThreads;
+}
+
+// The step-invariant half of thread tid's vector fetch (TileCode::kFewestInstructions), built
+// once per CTA (the kernels' producer keeps it in registers), so that a step only adds d0:
+// recomputing b * stride_xb every step was most of the fetch's cost.  A thread's chunks sit
+// in one column of the tile (256 threads cover whole rows), kRowsPerTrip rows apart, so one
+// address and one stride describe them all (an address per chunk spilled at B128, fp32 x).
+template <int kEsize>
+struct XChunkRows {
+  static constexpr int kPerChunk = 16 / kEsize;
+  static constexpr int kChunksPerRow = kBlockD / kPerChunk;
+  static constexpr int kRowsPerTrip = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0, "a thread's chunks must share one column");
+  const unsigned char* first;  // x at (b0 + the thread's row, its column) for d0 = 0
+  int64_t trip_bytes;          // kRowsPerTrip rows of x
+  uint32_t rows_in;            // bit t: trip t's row is < B
+};
+
+template <int kEsize>
+FASTJL_HD XChunkRows<kEsize> x_chunk_rows(int tid, const XSource& s, int block_b, int64_t b0) {
+  using R = XChunkRows<kEsize>;
+  const RowCol rc = x_chunk(tid, R::kPerChunk);
+  R rows{s.x + ((b0 + rc.row) * s.stride_xb + rc.col) * kEsize,
+         R::kRowsPerTrip * s.stride_xb * kEsize, 0u};
+  for_thread_items<x_vector_trips<kEsize>(), true>(
+      tid, block_b * kBlockD / R::kPerChunk, [&](int c, int trip) {
+        if (b0 + x_chunk(c, R::kPerChunk).row < s.batch) rows.rows_in |= 1u << trip;
+      });
+  return rows;
+}
+
+// Thread tid's 16-byte chunks of the x tile at column d0 (rows from x_chunk_rows), through
+// `copy` (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
+// copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid (x itself)
+// even when bytes == 0.
+template <int kEsize, class XLayout, class Copy16>
+FASTJL_HD void load_x_tile_rows(int tid, const XChunkRows<kEsize>& rows, const XSource& s,
+                                int block_b, int64_t d0, int64_t d_end, unsigned char* tile,
+                                Copy16 copy) {
+  using R = XChunkRows<kEsize>;
+  const RowCol rc0 = x_chunk(tid, R::kPerChunk);
+  const int64_t left = d_end - d0 - rc0.col;  // elements of the thread's rows left in range
+  const int in_range = left <= 0 ? 0 : left < R::kPerChunk ? static_cast<int>(left) : R::kPerChunk;
+  const unsigned char* at_d0 = rows.first + d0 * kEsize;
+  for_thread_items<x_vector_trips<kEsize>(), true>(
+      tid, block_b * kBlockD / R::kPerChunk, [&](int c, int trip) {
+        const int valid = (rows.rows_in >> trip) & 1u ? in_range : 0;
+        const unsigned char* src = valid > 0 ? at_d0 + trip * rows.trip_bytes : s.x;
+        const RowCol rc = x_chunk(c, R::kPerChunk);
+        copy(tile + XLayout::offset(rc.row, rc.col, kEsize), src, valid * kEsize);
+      });
+}
+
+// Vector path, both codes: thread tid's chunks of the x tile at (b0, d0).  kEsize: the
+// element size (s.esize) as a compile-time constant; kFewestRegisters reads s.esize instead.
 template <int kEsize, class XLayout = PaddedXLayout,
           TileCode kCode = TileCode::kFewestInstructions, class Copy16>
 FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_t b0,
                                   int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
-  constexpr bool kUnrolled = kCode == TileCode::kFewestInstructions;
-  const int64_t esize = kUnrolled ? kEsize : s.esize;
-  const int per_chunk = static_cast<int>(16 / esize);
-  const int chunks = block_b * kBlockD / per_chunk;
-  constexpr int kMaxTrips = (kMaxBlockB * kBlockD * kEsize / 16 + kThreads - 1) / kThreads;
-  for_thread_items<kMaxTrips, kUnrolled>(tid, chunks, [&](int c) {
-    const RowCol rc = x_chunk(c, per_chunk);
-    const int64_t b = b0 + rc.row, d = d0 + rc.col;
-    const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
-    const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * esize : s.x;
-    copy(tile + XLayout::offset(rc.row, rc.col, esize), src, static_cast<int>(valid * esize));
-  });
+  if constexpr (kCode == TileCode::kFewestInstructions) {
+    load_x_tile_rows<kEsize, XLayout>(tid, x_chunk_rows<kEsize>(tid, s, block_b, b0), s, block_b,
+                                      d0, d_end, tile, copy);
+  } else {
+    const int64_t esize = s.esize;
+    const int per_chunk = static_cast<int>(16 / esize);
+    for_thread_items<x_vector_trips<kEsize>(), false>(
+        tid, block_b * kBlockD / per_chunk, [&](int c, int) {
+          const RowCol rc = x_chunk(c, per_chunk);
+          const int64_t b = b0 + rc.row, d = d0 + rc.col;
+          const int valid = x_chunk_valid(b, s.batch, d, d_end, per_chunk);
+          const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * esize : s.x;
+          copy(tile + XLayout::offset(rc.row, rc.col, esize), src,
+               static_cast<int>(valid * esize));
+        });
+  }
 }
 
 // Element path (any strides, any alignment): plain loads, zeros outside the matrix.
@@ -189,7 +250,7 @@ FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
 // Thread tid's share of expanding a step's words into the P tile.
 template <int T, class PLayout = PaddedPLayout>
 FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) {
-  for_thread_items<kPChunks / kThreads, true>(tid, kPChunks, [&](int c) {
+  for_thread_items<kPChunks / kThreads, true>(tid, kPChunks, [&](int c, int) {
     const RowCol rc = p_chunk(c);
     *reinterpret_cast<Packed4*>(p_tile + PLayout::index(rc.row, rc.col)) =
         rademacher_pack8<T>(rademacher_byte(words, rc.row, rc.col));

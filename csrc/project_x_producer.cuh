@@ -26,15 +26,21 @@ struct AsyncCopy16 {
 template <int XDtype, class XLayout>
 struct XTileProducerIn {
   static constexpr int kTileDtype = XDtype;
+  static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
   struct Source {
     XSource xs;
     int vector_loads;  // 1: cp.async path (use_vector_loads), 0: element loads
   };
+  // Per-thread state built once per CTA: the cp.async path's row addresses.
+  using Cursor = XChunkRows<kEsize>;
+  __device__ static Cursor cursor(int tid, const Source& s, int block_b, int64_t b0) {
+    return s.vector_loads ? x_chunk_rows<kEsize>(tid, s.xs, block_b, b0) : Cursor{};
+  }
   template <TileCode kCode>
-  __device__ static void fetch(int tid, const Source& s, int block_b, int64_t b0, int64_t d0,
-                               int64_t d_end, unsigned char* tile) {
+  __device__ static void fetch(const Cursor& cur, int tid, const Source& s, int block_b,
+                               int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
     if (s.vector_loads)
-      fetch_vector<kCode>(tid, s, block_b, b0, d0, d_end, tile);
+      fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, tile);
     else
       load_x_tile<XDtype, XLayout>(tid, s.xs, false, block_b, b0, d0, d_end, tile,
                                    AsyncCopy16{});
@@ -44,10 +50,14 @@ struct XTileProducerIn {
   }
   // The cp.async path alone: the common case, and what bench/cuda_loop_probe.cu measures.
   template <TileCode kCode>
-  __device__ static void fetch_vector(int tid, const Source& s, int block_b, int64_t b0,
-                                      int64_t d0, int64_t d_end, unsigned char* tile) {
-    load_x_tile<XDtype, XLayout, kCode>(tid, s.xs, true, block_b, b0, d0, d_end, tile,
-                                        AsyncCopy16{});
+  __device__ static void fetch_vector(const Cursor& cur, int tid, const Source& s, int block_b,
+                                      int64_t b0, int64_t d0, int64_t d_end,
+                                      unsigned char* tile) {
+    if constexpr (kCode == TileCode::kFewestInstructions)
+      load_x_tile_rows<kEsize, XLayout>(tid, cur, s.xs, block_b, d0, d_end, tile, AsyncCopy16{});
+    else
+      load_x_tile_vector<kEsize, XLayout, kCode>(tid, s.xs, block_b, b0, d0, d_end, tile,
+                                                 AsyncCopy16{});
     sm80::cp_async_commit();
   }
 };
