@@ -107,7 +107,7 @@ constexpr FASTJL_HD TileCode tile_code_for(int kind) {
 
 // The vector path's chunks: 16 bytes of one row of x, per_chunk = 16 / element size.
 template <int kEsize>
-constexpr int x_vector_trips() {  // the most chunks one thread copies per step
+constexpr FASTJL_HD int x_vector_trips() {  // the most chunks one thread copies per step
   return (kMaxBlockB * kBlockD * kEsize / 16 + kThreads - 1) / kThreads;
 }
 
