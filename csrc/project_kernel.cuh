@@ -73,8 +73,11 @@ struct PipelineParams {
 //   using Source = ...;               // its kernel argument (trivially copyable)
 //   static constexpr int kTileDtype;  // DtypeCode: kFloat32 (split into bf16 hi + lo for
 //                                     // the MMAs), kFloat16 or kBFloat16 (fed as is)
-//   __device__ static void fetch(int tid, const Source&, int block_b, int64_t b0,
-//                                int64_t d0, int64_t d_end, unsigned char* tile);
+//   using Cursor = ...;               // per-thread state, built once per CTA (may be empty)
+//   __device__ static Cursor cursor(int tid, const Source&, int block_b, int64_t b0);
+//   template <TileCode kCode>         // project_tiles.cuh: the kind's instructions/registers
+//   __device__ static void fetch(const Cursor&, int tid, const Source&, int block_b,
+//                                int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile);
 //   __device__ static void wait(const Source&);  // this thread's fetches have landed
 // All 256 threads call fetch for every step, one step ahead, into the stage not in use;
 // the barrier after wait() publishes the tile.
