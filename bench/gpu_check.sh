@@ -12,6 +12,9 @@
 # $OUT (the device tool returns 8).  Without a GPU every GPU stage reports its absence and the
 # CPU stages (build, compile reports) still run: that is the dry run CI-class machines can do.
 #
+# Baseline: if .base/ holds an older tree of this repository (see the base_build stage), its
+# CUDA kernel is built and timed beside the current one (before/after on one card).
+#
 # Peers: if .peers/fast_jl holds TRAK's fast_jl source, or .peers/sjlt-*.tar.gz the sjlt
 # package's sdist (see bench/README.md), each is built in the background during our build and
 # benchmarked beside fastjl.  Stages run in order of value: correctness, timings, sanitizers,
@@ -92,6 +95,21 @@ gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --co
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 # the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
+# Before/after on the same card in one run (issue 12): if .base/ holds an older tree of this
+# repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
+# beside .peers), its fastjl._C is built for this GPU and its CUDA rows timed on the same shapes.
+if [ -f .base/CMakeLists.txt ]; then
+  gpu_stage base_build 60 "$L0" "rm -rf /tmp/fjl-base-build; cmake -S .base -B /tmp/fjl-base-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/.base/fastjl \
+      -DFASTJL_VERSION=gpu-check-base -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) &&
+    cmake --build /tmp/fjl-base-build -j $NPROC"
+  # run from inside .base, so that its fastjl (not this one) is the one imported; the first
+  # line of the log names the module and its build ("gpu-check-base")
+  gpu_stage bench_rad_bf16_base 50 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&
+    python3 -c 'import fastjl, fastjl._C as C; print(\"baseline:\", fastjl.__file__, C.__file__, C.build_info()[\"version\"])' &&
+    FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
+    FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --batch 128,512 --contenders fastjl-cuda --save /tmp/gpu-bench/base-wgmma"
+fi
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
 # float32 x: "auto" runs the CUDA kernel (bf16 hi + lo, ~1e-5) because Triton's default tf32 errs
