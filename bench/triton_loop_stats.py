@@ -9,6 +9,11 @@ Each configuration (``fastjl._backends.triton_aot.configs()``) is compiled with
 kernels' (``fastjl._backends.cuda_resources``: the innermost backward branch holding the most
 tensor-core instructions is the main loop), so the ``/MMA`` columns (instructions per warp per
 m16n8k16-equivalent MMA, 2048 multiply-adds) of the two scripts compare directly.
+
+The dense project kernel is compiled as the JIT specializes it for contiguous, aligned x at the
+headline shapes (unit stride along D a constant, 16-divisible pointers and sizes: cp.async
+vector loads), the counterpart of ``bench/cuda_loop_probe.py``'s cp.async-only CUDA kernels;
+``--generic`` compiles it for any strides (element loads; what the compile tests check).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cc", type=int, default=90)
     p.add_argument("--match", default="project-", help="substring of the configuration names to compile")
+    p.add_argument(
+        "--generic",
+        action="store_true",
+        help="the dense project kernel for any strides (default: as specialized for contiguous x)",
+    )
     args = p.parse_args(argv)
     import triton
 
@@ -45,7 +55,8 @@ def main(argv=None) -> int:
     for cfg in triton_aot.configs():
         if args.match not in cfg.name:
             continue
-        loop = loop_stats(triton_aot.compile_kernel(cfg, args.cc).asm["cubin"], cuobjdump)
+        kernel = triton_aot.compile_kernel(cfg, args.cc, contiguous=not args.generic)
+        loop = loop_stats(kernel.asm["cubin"], cuobjdump)
         if loop is None:
             print(f"{cfg.name:44s} no loop with tensor-core instructions")
             continue

@@ -233,19 +233,35 @@ FASTJL_HD uint32_t rademacher_byte(const U32x4* words, int row, int col) {
   return (w >> (col & 31)) & 0xFFu;
 }
 
-// 8 sign bits -> 4 registers of two 16-bit ±1 (bit 1 -> -1): only the sign bit (15 or 31)
-// differs from 1.0, so no conversion instruction is needed.
+// 8 sign bits (bits < 256) -> 4 registers of two 16-bit ±1 (bit 1 -> -1): only the sign bit
+// (15 or 31) differs from 1.0, so no conversion instruction is needed.  Register q takes bit 2q
+// to position 15 and bit 2q + 1 to 31: with a second copy of the byte at bit 15 (one multiply:
+// the copies do not overlap), both move by the same shift, 15 - 2q, and one mask keeps them
+// (a shift and a 3-input logic op per register).
 template <int T>
-FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
+constexpr FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
   constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;  // (1.0, 1.0)
-  Packed4 p;
+  const uint32_t twice = bits * 0x8001u;  // bits at 0..7 and again at 15..22
+  Packed4 p{};
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const uint32_t pair = bits >> (2 * q);
-    p.v[q] = kOnes | ((pair & 1u) << 15) | ((pair & 2u) << 30);
-  }
+  for (int q = 0; q < 4; ++q) p.v[q] = ((twice << (15 - 2 * q)) & 0x80008000u) | kOnes;
   return p;
 }
+
+// Every byte against the plain statement (sign bit 15 of register q = bit 2q, sign bit 31 =
+// bit 2q + 1), at compile time.
+template <int T>
+constexpr bool rademacher_pack8_is_exact() {
+  constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;
+  for (uint32_t bits = 0; bits < 256; ++bits)
+    for (int q = 0; q < 4; ++q)
+      if (rademacher_pack8<T>(bits).v[q] !=
+          (kOnes | (((bits >> (2 * q)) & 1u) << 15) | (((bits >> (2 * q + 1)) & 1u) << 31)))
+        return false;
+  return true;
+}
+static_assert(rademacher_pack8_is_exact<kMmaBF16>() && rademacher_pack8_is_exact<kMmaF16>(),
+              "rademacher_pack8 must match the sign rule for every byte");
 
 // Thread tid's share of expanding a step's words into the P tile.
 template <int T, class PLayout = PaddedPLayout>

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_rademacher_b128_loop_is_read():
     """One configuration: its main loop has wgmma instructions on sm_90 and the row reports
-    instructions per m16n8k16-equivalent (7.1 with Triton 3.9 on 2026-11-27; the CUDA kernel's
-    is 36.7): a loop grown to the CUDA kernel's size would fail the bound.  In a fresh process
-    without TRITON_INTERPRET (conftest.py sets it for this one), so Triton compiles."""
+    instructions per m16n8k16-equivalent (4.6 with Triton 3.9 on 2026-11-27 as specialized for
+    contiguous x, 7.1 generic; the CUDA kernel's was ~30 before stop 23): a loop grown to that
+    size would fail the bound.  In a fresh process without TRITON_INTERPRET (conftest.py sets it
+    for this one), so Triton compiles."""
     proc = subprocess.run(
         [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B128"],
         cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
@@ -28,4 +29,4 @@ def test_the_rademacher_b128_loop_is_read():
     _, instructions, mma, equivalents, per_mma = row.split()
     assert int(mma) > 0 and float(equivalents) > 0
     assert float(per_mma) == pytest.approx(int(instructions) / float(equivalents), abs=0.05)
-    assert float(per_mma) < 20
+    assert float(per_mma) < 10

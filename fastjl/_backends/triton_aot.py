@@ -99,8 +99,19 @@ def launch_config(cfg: KernelConfig) -> dict:
     return launch
 
 
-def _source(cfg: KernelConfig):
-    """(ASTSource, launch options) for ``cfg`` as ``triton_backend`` would launch it."""
+# The arguments the JIT finds 16-divisible (pointers: 16-byte aligned) in a launch of the
+# dense project kernel on contiguous x at the headline shapes (B, D, K multiples of 16, offset 0).
+_CONTIGUOUS_PROJECT_ALIGNED = ("x_ptr", "dest_ptr", "B", "D", "K", "stride_xb", "stride_ds", "stride_db",
+                               "offset", "d_per_split")
+
+
+def _source(cfg: KernelConfig, contiguous: bool = False):
+    """(ASTSource, launch options) for ``cfg`` as ``triton_backend`` would launch it.
+    ``contiguous``: as the JIT specializes the dense project kernel for contiguous, aligned x at
+    the headline shapes (unit stride along D a constant, 16-divisible pointers and sizes): the
+    kernel that runs in the common case, with vector loads (the loop measure of
+    ``bench/triton_loop_stats.py``).  Otherwise the generic kernel (any strides: the compile
+    tests)."""
     import triton
     import triton.language as tl
 
@@ -128,6 +139,8 @@ def _source(cfg: KernelConfig):
         sig = {"x_ptr": _PTR[cfg.dtype], "dest_ptr": "*fp32", "B": "i32", "D": "i32", "K": "i32",
                "stride_xb": "i32", "stride_xd": "i32", **dest, **common,
                "row_index_ptr": "*i64" if rows else _PTR[cfg.dtype]}
+        if contiguous:
+            consts["stride_xd"] = 1
     else:
         fn = triton_linear_kernels._project_linear_kernel
         consts["EMULATE"] = False
@@ -138,6 +151,9 @@ def _source(cfg: KernelConfig):
         sig.update(common)
     sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}  # Triton wants the kernel's argument order
+    if contiguous and cfg.op in ("project", "project_rows"):
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in _CONTIGUOUS_PROJECT_ALIGNED}
+        return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
     return triton.compiler.ASTSource(fn, sig, consts), opts
 
 
@@ -164,13 +180,14 @@ def _sparse_source(cfg: KernelConfig):
     return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
 
 
-def compile_kernel(cfg: KernelConfig, cc: int):
+def compile_kernel(cfg: KernelConfig, cc: int, contiguous: bool = False):
     """``cfg``'s kernel compiled for ``sm_<cc>`` (no GPU needed): its ``asm`` holds the PTX and
-    the cubin.  Raises on any compile error."""
+    the cubin.  ``contiguous``: the dense project kernel as specialized for contiguous x (see
+    ``_source``).  Raises on any compile error."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    src, opts = _source(cfg)
+    src, opts = _source(cfg, contiguous)
     return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
 
 
