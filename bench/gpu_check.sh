@@ -17,8 +17,9 @@
 #
 # Peers: if .peers/fast_jl holds TRAK's fast_jl source, or .peers/sjlt-*.tar.gz the sjlt
 # package's sdist (see bench/README.md), each is built in the background during our build and
-# benchmarked beside fastjl.  Stages run in order of value: correctness, timings, sanitizers,
-# then the compile-bound self-check and Triton suites with the time that is left.
+# benchmarked beside fastjl.  Stages run in order of value: correctness (with the sanitizers),
+# timings, Nsight Compute, the .base before/after rows, trak_core on GPT-2 small, then the
+# compile-bound self-check and Triton suites with the time that is left.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
@@ -84,6 +85,13 @@ gpu_stage pytest_gpu 170 "$L1" "python3 -m pytest -m gpu -q -rfE --durations=20 
 # The Triton sparse kernel's suite (unmarked: on a CPU it runs in the interpreter; here on CUDA
 # tensors, large shapes included), before its benchmark rows below.
 gpu_stage triton_sparse_tests 90 "$L1" "python3 -m pytest -q -rfE $TMO -p no:cacheprovider tests/test_triton_sparse.py"
+# compute-sanitizer on tiny shapes (fastjl kernels only), with the correctness stages: they take
+# ~12 s and check what the tests cannot (out-of-bounds addresses, races, barrier misuse)
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+L3=$OUT/3_sanitizer.log
+gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 # 2. timings: fastjl.bench (cuda, triton and, for fp16, TRAK's fast_jl) per kind and dtype
 #    -> log + JSON; the launch-plan probe; the sparse kinds; trak_core on a GPT-2-small shape
 L2=$OUT/2_bench.log
@@ -95,21 +103,6 @@ gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --co
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 # the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
-# Before/after on the same card in one run (issue 12): if .base/ holds an older tree of this
-# repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
-# beside .peers), its fastjl._C is built for this GPU and its CUDA rows timed on the same shapes.
-if [ -f .base/CMakeLists.txt ]; then
-  gpu_stage base_build 60 "$L0" "rm -rf /tmp/fjl-base-build; cmake -S .base -B /tmp/fjl-base-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/.base/fastjl \
-      -DFASTJL_VERSION=gpu-check-base -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) &&
-    cmake --build /tmp/fjl-base-build -j $NPROC"
-  # run from inside .base, so that its fastjl (not this one) is the one imported; the first
-  # line of the log names the module and its build ("gpu-check-base")
-  gpu_stage bench_rad_bf16_base 50 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&
-    python3 -c 'import fastjl, fastjl._C as C; print(\"baseline:\", fastjl.__file__, C.__file__, C.build_info()[\"version\"])' &&
-    FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
-    FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --batch 128,512 --contenders fastjl-cuda --save /tmp/gpu-bench/base-wgmma"
-fi
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
 # float32 x: "auto" runs the CUDA kernel (bf16 hi + lo, ~1e-5) because Triton's default tf32 errs
@@ -136,15 +129,24 @@ gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_pro
 gpu_stage ncu_dense 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048 &&
   $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel python3 bench/ncu_target.py --kind rademacher --backend triton --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
 
+# Before/after on the same card in one run (issue 12): if .base/ holds an older tree of this
+# repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
+# beside .peers), its fastjl._C is built for this GPU and its CUDA rows timed on the same shapes.
+if [ -f .base/CMakeLists.txt ]; then
+  gpu_stage base_build 60 "$L0" "rm -rf /tmp/fjl-base-build; cmake -S .base -B /tmp/fjl-base-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/.base/fastjl \
+      -DFASTJL_VERSION=gpu-check-base -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) &&
+    cmake --build /tmp/fjl-base-build -j $NPROC"
+  # run from inside .base, so that its fastjl (not this one) is the one imported; the first
+  # line of the log names the module and its build ("gpu-check-base")
+  gpu_stage bench_rad_bf16_base 50 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&
+    python3 -c 'import fastjl, fastjl._C as C; print(\"baseline:\", fastjl.__file__, C.__file__, C.build_info()[\"version\"])' &&
+    FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
+    FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --batch 128,512 --contenders fastjl-cuda --save /tmp/gpu-bench/base-wgmma"
+fi
 # trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
 gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
 
-# 3. compute-sanitizer on tiny shapes (fastjl kernels only)
-CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-L3=$OUT/3_sanitizer.log
-gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 # 4. the self-check and the Triton suites last: compile-bound, they take what time is left
 L4=$OUT/1_correctness.log
 # The self-check (every backend and kernel family, ~100 s on an H100, most of it compiling
