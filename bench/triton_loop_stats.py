@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     if cuobjdump is None:
         raise SystemExit("no cuobjdump found (CUDA toolkit, $CUOBJDUMP, or Triton's bundled copy)")
     print(f"triton {triton.__version__}, sm_{args.cc}: main loop per warp per step")
-    print(f"{'configuration':44s} {'loop':>5s} {'MMA':>4s} {'m16n8k16-eq':>11s} {'/MMA':>6s}")
+    print(f"{'configuration':44s} {'loop':>5s} {'MMA':>4s} {'m16n8k16-eq':>11s} {'/MMA':>6s} {'LDGSTS':>6s}")
     for cfg in triton_aot.configs():
         if args.match not in cfg.name:
             continue
@@ -60,7 +60,10 @@ def main(argv=None) -> int:
         if loop is None:
             print(f"{cfg.name:44s} no loop with tensor-core instructions")
             continue
-        print(f"{cfg.name:44s} {loop.instructions:5d} {loop.mma:4d} {loop.mma_equiv:11.1f} {loop.per_mma:6.1f}")
+        print(
+            f"{cfg.name:44s} {loop.instructions:5d} {loop.mma:4d} {loop.mma_equiv:11.1f} {loop.per_mma:6.1f}"
+            f" {loop.ldgsts:6d}"
+        )
     return 0
 
 

@@ -19,14 +19,20 @@ def test_the_rademacher_b128_loop_is_read():
     instructions per m16n8k16-equivalent (4.6 with Triton 3.9 on 2026-11-27 as specialized for
     contiguous x, 7.1 generic; the CUDA kernel's was ~30 before stop 23): a loop grown to that
     size would fail the bound.  In a fresh process without TRITON_INTERPRET (conftest.py sets it
-    for this one), so Triton compiles."""
-    proc = subprocess.run(
-        [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B128"],
-        cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("project-"))
-    _, instructions, mma, equivalents, per_mma = row.split()
+    for this one), so Triton compiles.  The default compile is the JIT's specialization for
+    contiguous x (cp.async vector loads in the loop); --generic, for any strides, has none."""
+    rows = {}
+    for extra in ([], ["--generic"]):
+        proc = subprocess.run(
+            [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B128", *extra],
+            cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        rows[bool(extra)] = next(line for line in proc.stdout.splitlines() if line.startswith("project-")).split()
+    _, instructions, mma, equivalents, per_mma, ldgsts = rows[False]
     assert int(mma) > 0 and float(equivalents) > 0
     assert float(per_mma) == pytest.approx(int(instructions) / float(equivalents), abs=0.05)
     assert float(per_mma) < 10
+    assert int(ldgsts) > 0, "the contiguous specialization should load x with cp.async"
+    _, generic_instructions, *_, generic_ldgsts = rows[True]
+    assert int(generic_ldgsts) == 0 and int(generic_instructions) > int(instructions)
