@@ -27,7 +27,6 @@ the tensor cores' peak rate; ``step`` above that is the issue-bound fraction.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -40,16 +39,13 @@ PHILOX_MULTIPLIER = "0xd2511f53"  # csrc/philox.cuh kPhiloxM0: only Philox round
 
 
 def _load_cuda_resources():
-    """fastjl/_backends/cuda_resources.py by path: no fastjl (hence no torch) import."""
-    name = "fastjl_cuda_resources"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = ROOT / "fastjl" / "_backends" / "cuda_resources.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """fastjl/_backends/cuda_resources.py without importing fastjl (bench/cuda_resources.py's loader)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from cuda_resources import _load_cuda_resources as load
+    finally:
+        sys.path.pop(0)
+    return load()
 
 
 def find_nvcc() -> str | None:
@@ -66,15 +62,9 @@ def words_block(insts, first: int, last: int) -> int:
     if not philox:
         return 0
     cr = _load_cuda_resources()
-    index = {addr: i for i, (addr, _, _) in enumerate(insts)}
     best = None
-    for i in range(first, philox[0]):
-        addr, op, rest = insts[i]
-        if op != "BRA":
-            continue
-        m = cr._BRANCH_TARGET_RE.search(rest)
-        target = index.get(int(m.group(1), 16)) if m else None
-        if target is not None and target > philox[-1] and target <= last + 1:
+    for i, target in cr.branches(insts):
+        if first <= i < philox[0] and philox[-1] < target <= last + 1:
             size = target - i - 1
             best = size if best is None else min(best, size)
     if best is None:
@@ -119,7 +109,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
     names = cr.demangle(list(functions))
     rows = []
     for mangled, insts in functions.items():
-        found = cr._main_loop_and_span(insts)
+        found = cr.main_loop_and_span(insts)
         if found is None:
             continue
         stats, (first, last) = found

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load_cuda_resources():
     """fastjl/_backends/cuda_resources.py by path: no fastjl (hence no torch) import."""
     name = "fastjl_cuda_resources"
+    if name in sys.modules:  # loaded already (bench/cuda_loop_probe.py calls this per kernel)
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / "fastjl" / "_backends" / "cuda_resources.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look the module up while the file executes

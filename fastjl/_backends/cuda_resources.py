@@ -274,30 +274,32 @@ def main_loop_stats(sass: str) -> dict[str, LoopStats]:
     return main_loops(parse_sass(sass))
 
 
-def _loop_spans(insts: Instructions) -> list[tuple[int, int]]:
-    """(first index, last index) of every backward branch's body."""
-    loops = []
+def branches(insts: Instructions) -> list[tuple[int, int]]:
+    """(index, target index) of every branch of a function whose target is one of its
+    instructions: backward ones close loops, forward ones skip code."""
     index = {addr: i for i, (addr, _, _) in enumerate(insts)}
-    for i, (addr, op, rest) in enumerate(insts):
+    found = []
+    for i, (_, op, rest) in enumerate(insts):
         if op == "BRA":
             m = _BRANCH_TARGET_RE.search(rest)
-            if m and int(m.group(1), 16) <= addr and int(m.group(1), 16) in index:
-                loops.append((index[int(m.group(1), 16)], i))
-    return loops
+            target = index.get(int(m.group(1), 16)) if m else None
+            if target is not None:
+                found.append((i, target))
+    return found
 
 
-def main_loop_span(insts: Instructions) -> tuple[int, int] | None:
-    """(first, last) instruction index of the main loop (see :class:`LoopStats`), or None."""
-    found = _main_loop_and_span(insts)
-    return found[1] if found else None
+def _loop_spans(insts: Instructions) -> list[tuple[int, int]]:
+    """(first index, last index) of every backward branch's body."""
+    return [(target, i) for i, target in branches(insts) if target <= i]
 
 
 def _main_loop(insts: Instructions) -> LoopStats | None:
-    found = _main_loop_and_span(insts)
+    found = main_loop_and_span(insts)
     return found[0] if found else None
 
 
-def _main_loop_and_span(insts: Instructions) -> tuple[LoopStats, tuple[int, int]] | None:
+def main_loop_and_span(insts: Instructions) -> tuple[LoopStats, tuple[int, int]] | None:
+    """The main loop's LoopStats and its (first, last) instruction index, or None."""
     loops = _loop_spans(insts)
     best = None
     for first, last in loops:
