@@ -69,10 +69,13 @@ NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 # On the GPU: its own architecture only (fast).  Without one (a dry run): the project's default
 # list, so the dry run leaves the in-tree fastjl._C as complete as `pip install -e .` made it.
 ARCHS=${FASTJL_CUDA_ARCHS:-$( [ "$HAVE_GPU" = 1 ] && echo 90-real )}
-stage build 150 "$L0" "rm -rf /tmp/fjl-build; cmake -S . -B /tmp/fjl-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/fastjl \
-    -DFASTJL_VERSION=gpu-check -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) \
-    -DCMAKE_CUDA_FLAGS='-Xptxas=-v -lineinfo' && cmake --build /tmp/fjl-build -j $NPROC &&
+cmake_build() {  # cmake_build SRC BUILD_DIR VERSION: the command building SRC's fastjl._C into SRC/fastjl
+  echo "rm -rf $2; cmake -S $1 -B $2 -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/$1/fastjl \
+    -DFASTJL_VERSION=$3 -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) \
+    -DCMAKE_CUDA_FLAGS='-Xptxas=-v -lineinfo' && cmake --build $2 -j $NPROC"
+}
+stage build 150 "$L0" "$(cmake_build . /tmp/fjl-build gpu-check) &&
   python3 -c 'import fastjl, fastjl._C as C; print(C.build_info()); print(fastjl.backends())'"
 
 # 1. correctness: every CUDA kernel instantiation (no torch in the process), error against
@@ -133,10 +136,7 @@ gpu_stage ncu_dense 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_ker
 # repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
 # beside .peers), its fastjl._C is built for this GPU and its CUDA rows timed on the same shapes.
 if [ -f .base/CMakeLists.txt ]; then
-  gpu_stage base_build 60 "$L0" "rm -rf /tmp/fjl-base-build; cmake -S .base -B /tmp/fjl-base-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_CUDA_COMPILER=$NVCC ${ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$ARCHS} -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$PWD/.base/fastjl \
-      -DFASTJL_VERSION=gpu-check-base -DPython_EXECUTABLE=\$(command -v python3) -Dpybind11_DIR=\$(python3 -m pybind11 --cmakedir) &&
-    cmake --build /tmp/fjl-base-build -j $NPROC"
+  gpu_stage base_build 90 "$L0" "$(cmake_build .base /tmp/fjl-base-build gpu-check-base)"
   # run from inside .base, so that its fastjl (not this one) is the one imported; the first
   # line of the log names the module and its build ("gpu-check-base")
   gpu_stage bench_rad_bf16_base 50 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&

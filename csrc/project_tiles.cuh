@@ -238,9 +238,13 @@ FASTJL_HD uint32_t rademacher_byte(const U32x4* words, int row, int col) {
 // to position 15 and bit 2q + 1 to 31: with a second copy of the byte at bit 15 (one multiply:
 // the copies do not overlap), both move by the same shift, 15 - 2q, and one mask keeps them
 // (a shift and a 3-input logic op per register).
+// The pair (1.0, 1.0) of 16-bit type T.
+template <int T>
+constexpr uint32_t kRademacherOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;
+
 template <int T>
 constexpr FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
-  constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;  // (1.0, 1.0)
+  constexpr uint32_t kOnes = kRademacherOnes<T>;
   const uint32_t twice = bits * 0x8001u;  // bits at 0..7 and again at 15..22
   Packed4 p{};
 #pragma unroll
@@ -252,7 +256,7 @@ constexpr FASTJL_HD Packed4 rademacher_pack8(uint32_t bits) {
 // bit 2q + 1), at compile time.
 template <int T>
 constexpr bool rademacher_pack8_is_exact() {
-  constexpr uint32_t kOnes = T == kMmaBF16 ? 0x3F803F80u : 0x3C003C00u;
+  constexpr uint32_t kOnes = kRademacherOnes<T>;
   for (uint32_t bits = 0; bits < 256; ++bits)
     for (int q = 0; q < 4; ++q)
       if (rademacher_pack8<T>(bits).v[q] !=

@@ -105,6 +105,12 @@ _CONTIGUOUS_PROJECT_ALIGNED = ("x_ptr", "dest_ptr", "B", "D", "K", "stride_xb", 
                                "offset", "d_per_split")
 
 
+def _divisible_by_16(fn, names) -> dict:
+    """ASTSource attributes marking the arguments ``names`` of ``fn`` 16-divisible, as the JIT
+    marks a launch's 16-byte aligned pointers and 16-divisible integers."""
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
 def _source(cfg: KernelConfig, contiguous: bool = False):
     """(ASTSource, launch options) for ``cfg`` as ``triton_backend`` would launch it.
     ``contiguous``: as the JIT specializes the dense project kernel for contiguous, aligned x at
@@ -152,8 +158,7 @@ def _source(cfg: KernelConfig, contiguous: bool = False):
     sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}  # Triton wants the kernel's argument order
     if contiguous and cfg.op in ("project", "project_rows"):
-        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in _CONTIGUOUS_PROJECT_ALIGNED}
-        return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
+        return triton.compiler.ASTSource(fn, sig, consts, _divisible_by_16(fn, _CONTIGUOUS_PROJECT_ALIGNED)), opts
     return triton.compiler.ASTSource(fn, sig, consts), opts
 
 
@@ -176,8 +181,7 @@ def _sparse_source(cfg: KernelConfig):
     sig.update({n: "constexpr" for n in consts})
     sig = {n: sig[n] for n in fn.arg_names}
     aligned = ("x_ptr", "entries_ptr", "col_ptr_ptr", "dest_ptr", "ptr_stride", "stride_xb")
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    return triton.compiler.ASTSource(fn, sig, consts, attrs), opts
+    return triton.compiler.ASTSource(fn, sig, consts, _divisible_by_16(fn, aligned)), opts
 
 
 def compile_kernel(cfg: KernelConfig, cc: int, contiguous: bool = False):
