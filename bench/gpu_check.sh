@@ -17,9 +17,12 @@
 #
 # Peers: if .peers/fast_jl holds TRAK's fast_jl source, or .peers/sjlt-*.tar.gz the sjlt
 # package's sdist (see bench/README.md), each is built in the background during our build and
-# benchmarked beside fastjl.  Stages run in order of value: correctness (with the sanitizers),
-# timings, Nsight Compute, the .base before/after rows, trak_core on GPT-2 small, then the
-# compile-bound self-check and Triton suites with the time that is left.
+# benchmarked beside fastjl.  Stages run in four parts, in order of value for the next run:
+# (1) the kernels changed since the last GPU run (every instantiation, the sanitizers, their
+# tests: GPU_TESTS_FIRST), (2) before/after on one card and Nsight Compute, (3) the issues'
+# other target rows (fast_jl, float32, sparse against sjlt, gaussian), (4) the rest of the GPU
+# suite, precision, trak_core on GPT-2 small, and the compile-bound self-check and Triton
+# suites with the time that is left.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}; mkdir -p "$OUT"
@@ -77,66 +80,41 @@ cmake_build() {  # cmake_build SRC BUILD_DIR VERSION: the command building SRC's
 }
 stage build 150 "$L0" "$(cmake_build . /tmp/fjl-build gpu-check) &&
   python3 -c 'import fastjl, fastjl._C as C; print(C.build_info()); print(fastjl.backends())'"
+# Before/after on the same card in one run (issue 12): if .base/ holds an older tree of this
+# repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
+# beside .peers), its fastjl._C is built for this GPU here and its CUDA rows timed in part 2.
+HAVE_BASE=$([ -f .base/CMakeLists.txt ] && echo 1 || echo 0)
+[ "$HAVE_BASE" = 1 ] && gpu_stage base_build 90 "$L0" "$(cmake_build .base /tmp/fjl-base-build gpu-check-base)"
 
-# 1. correctness: every CUDA kernel instantiation (no torch in the process), error against
-#    float64 as D grows, the GPU-marked tests (CUDA kernels, sparse kinds on CUDA tensors, nccl)
+# The stages run in four parts, in order of value for the next run (bench/NOTES.md, "Next lent
+# GPU"); run 5's durations (H100, 16 cores) in brackets, ~420 s for parts 1-3.
+# 1. the kernels changed since the last GPU run, before anything is timed: every CUDA kernel
+#    instantiation once (no torch in the process) [2 s], compute-sanitizer on tiny shapes
+#    (out-of-bounds addresses, races, barrier misuse) [12 s], and the GPU tests of the changed
+#    kernels (GPU_TESTS_FIRST; part 4 runs the rest of the suite)
 L1=$OUT/1_correctness.log
 gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
-gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
-# 273 tests outran 130 s on 8 workers in run 5 (272 passed): 170 s, and the slowest named
-gpu_stage pytest_gpu 170 "$L1" "python3 -m pytest -m gpu -q -rfE --durations=20 $PAR16 $TMO -p no:cacheprovider ${GPU_TESTS:-tests}"
-# The Triton sparse kernel's suite (unmarked: on a CPU it runs in the interpreter; here on CUDA
-# tensors, large shapes included), before its benchmark rows below.
-gpu_stage triton_sparse_tests 90 "$L1" "python3 -m pytest -q -rfE $TMO -p no:cacheprovider tests/test_triton_sparse.py"
-# compute-sanitizer on tiny shapes (fastjl kernels only), with the correctness stages: they take
-# ~12 s and check what the tests cannot (out-of-bounds addresses, races, barrier misuse)
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 L3=$OUT/3_sanitizer.log
 gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-# 2. timings: fastjl.bench (cuda, triton and, for fp16, TRAK's fast_jl) per kind and dtype
-#    -> log + JSON; the launch-plan probe; the sparse kinds; trak_core on a GPT-2-small shape
+GPU_TESTS_FIRST=${GPU_TESTS_FIRST:-tests/test_cuda_backend.py tests/test_cuda_wgmma.py tests/test_cuda_linear.py}
+PYTEST_GPU="python3 -m pytest -m gpu -q -rfE --durations=15 $PAR16 $TMO -p no:cacheprovider"
+gpu_stage pytest_changed 90 "$L1" "$PYTEST_GPU $GPU_TESTS_FIRST"
+
+# 2. the questions the last static work left open: the CUDA rows before and after on this card
+#    (mma.sync [17 s], wgmma [12 s], the .base tree's [~30 s]), then Nsight Compute on one
+#    launch of each kernel whose limiter is not known (the CUDA sparse kernel, the CUDA dense
+#    kernels against Triton's: issue slots, shared-memory and L2 throughput, stall reasons)
 L2=$OUT/2_bench.log
-[ -n "${PEER_PID:-}" ] && { wait "$PEER_PID"; cat /tmp/fast_jl_build.log >> "$L0"; }
 export PYTHONPATH=$PWD:/tmp/peers
 BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHECK_DIM:-2000000} --proj-dim 2048,8192 \
   --save /tmp/gpu-bench"
-gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 # the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
-gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
-gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
-# float32 x: "auto" runs the CUDA kernel (bf16 hi + lo, ~1e-5) because Triton's default tf32 errs
-# 4e-4 to 8e-4; Triton's tf32x3 (3 tf32 products) may give both: its speed and error decide the order
-gpu_stage bench_rad_fp32_tf32x3 40 "$L2" "FASTJL_TRITON_FP32_PRECISION=tf32x3 $BENCH --kind rademacher --dtype float32 --contenders fastjl-triton --save /tmp/gpu-bench/tf32x3 &&
-  FASTJL_TRITON_FP32_PRECISION=tf32x3 python3 bench/gpu_precision.py --backends triton --dims 1e6,1e8"
-gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
-# sparse kinds (the CUDA and Triton kernels, the torch backend on CUDA tensors) against index_add_ and the sjlt package
-[ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
-export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
-SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
-gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
-gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
-# Nsight Compute on one launch of each kernel whose speed is not understood (bench/NOTES.md,
-# runs 5-6): the CUDA sparse kernel (~2x the shared-memory model of bench/sparse_smem_model.py)
-# and the CUDA dense kernel against Triton's (1.75x faster on the same shapes).
-NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-  --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section SourceCounters --clock-control none \
-  --launch-skip 1 --launch-count 1 --print-summary none"
-L5=$OUT/2_ncu.log
-gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&
-  $NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype float32 --sparsity 1"
-gpu_stage ncu_dense 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048 &&
-  $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel python3 bench/ncu_target.py --kind rademacher --backend triton --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
-
-# Before/after on the same card in one run (issue 12): if .base/ holds an older tree of this
-# repository (plain files, e.g. `mkdir .base && git archive REV | tar -x -C .base`, carried
-# beside .peers), its fastjl._C is built for this GPU and its CUDA rows timed on the same shapes.
-if [ -f .base/CMakeLists.txt ]; then
-  gpu_stage base_build 90 "$L0" "$(cmake_build .base /tmp/fjl-base-build gpu-check-base)"
+if [ "$HAVE_BASE" = 1 ]; then
   # run from inside .base, so that its fastjl (not this one) is the one imported; the first
   # line of the log names the module and its build ("gpu-check-base")
   gpu_stage bench_rad_bf16_base 50 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&
@@ -144,14 +122,47 @@ if [ -f .base/CMakeLists.txt ]; then
     FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
     FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --batch 128,512 --contenders fastjl-cuda --save /tmp/gpu-bench/base-wgmma"
 fi
-# trak_core featurizing a GPT-2-small-shaped HF model: torch.func vs hooks (dense, kronecker)
-gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  --section SchedulerStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section SourceCounters --clock-control none \
+  --launch-skip 1 --launch-count 1 --print-summary none"
+NCU_DENSE="python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
+L5=$OUT/2_ncu.log
+gpu_stage ncu_dense 90 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel $NCU_DENSE &&
+  FASTJL_CUDA_WGMMA=1 $NCU $NCU_SECTIONS --kernel-name regex:project_kernel $NCU_DENSE &&
+  $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel $NCU_DENSE --backend triton"
+gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&
+  $NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype float32 --sparsity 1"
 
-# 4. the self-check and the Triton suites last: compile-bound, they take what time is left
+# 3. the rest of the issues' target rows: TRAK's fast_jl (fp16) [21 s], float32 x [18 s], the
+#    sparse kinds against index_add_ and the sjlt package [31 s], gaussian [26 s]
+[ -n "${PEER_PID:-}" ] && { wait "$PEER_PID"; cat /tmp/fast_jl_build.log >> "$L0"; }
+gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
+gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
+[ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
+export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
+SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
+gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
+gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
+gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
+
+# 4. the rest of correctness, then what is left: error against float64 as D grows [32 s]; the
+#    other GPU-marked tests (sparse kinds on CUDA tensors, nccl, dispatch; [~130 s]); the Triton
+#    sparse suite on CUDA tensors [24 s]; Triton's tf32x3 for float32 x; the launch-plan probe
+#    [19 s]; trak_core on a GPT-2-small shape [30 s]; the compile-bound self-check and Triton
+#    suites (they reuse the self-check's compiled kernels from Triton's on-disk cache).
+gpu_stage precision 90 "$L1" "python3 bench/gpu_precision.py --json $OUT/1_precision.json"
+IGNORE_FIRST=""
+grep -q "^pytest_changed rc=" "$SUM" && for f in $GPU_TESTS_FIRST; do IGNORE_FIRST="$IGNORE_FIRST --ignore=$f"; done
+gpu_stage pytest_gpu 170 "$L1" "$PYTEST_GPU $IGNORE_FIRST ${GPU_TESTS:-tests}"
+gpu_stage triton_sparse_tests 90 "$L1" "python3 -m pytest -q -rfE $TMO -p no:cacheprovider tests/test_triton_sparse.py"
+# float32 x: "auto" runs the CUDA kernel (bf16 hi + lo, ~1e-5) because Triton's default tf32 errs
+# 4e-4 to 8e-4; Triton's tf32x3 (3 tf32 products) may give both: its speed and error decide the order
+gpu_stage bench_rad_fp32_tf32x3 40 "$L2" "FASTJL_TRITON_FP32_PRECISION=tf32x3 $BENCH --kind rademacher --dtype float32 --contenders fastjl-triton --save /tmp/gpu-bench/tf32x3 &&
+  FASTJL_TRITON_FP32_PRECISION=tf32x3 python3 bench/gpu_precision.py --backends triton --dims 1e6,1e8"
+gpu_stage plan_bench 30 "$L2" "python3 bench/gpu_plan_bench.py --quick"
+gpu_stage lm_gpt2_small 60 "$L2" "python3 -m trak_core.bench --preset gpt2-small --device cuda --save /tmp/gpu-bench"
 L4=$OUT/1_correctness.log
-# The self-check (every backend and kernel family, ~100 s on an H100, most of it compiling
-# Triton kernels; on a CPU it runs the torch backend), then the Triton suites, which reuse
-# those compiled kernels from Triton's on-disk cache (alone they outran 150 s on 16 cores).
 stage check 130 "$L4" "python3 -m fastjl.check"
 gpu_stage triton_tests 110 "$L4" "python3 -m pytest -q -rfE $PAR16 $TMO -p no:cacheprovider tests/test_triton.py tests/test_triton_linear.py"
 gpu_stage bench_gauss_fp16 60 "$L2" "$BENCH --kind gaussian --dtype float16 --contenders fastjl-cuda,fastjl-triton,fast_jl"
