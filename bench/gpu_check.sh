@@ -104,13 +104,14 @@ PYTEST_GPU="python3 -m pytest -m gpu -q -rfE --durations=15 $PAR16 $TMO -p no:ca
 gpu_stage pytest_changed 90 "$L1" "$PYTEST_GPU $GPU_TESTS_FIRST"
 
 # 2. the questions the last static work left open: the CUDA rows before and after on this card
-#    (mma.sync [17 s], wgmma [12 s], the .base tree's [~30 s]), then Nsight Compute on one
+#    (mma.sync [17 s], wgmma [12 s], the .base tree's dense [~30 s] and sparse [~10 s]), then Nsight Compute on one
 #    launch of each kernel whose limiter is not known (the CUDA sparse kernel, the CUDA dense
 #    kernels against Triton's: issue slots, shared-memory and L2 throughput, stall reasons)
 L2=$OUT/2_bench.log
 export PYTHONPATH=$PWD:/tmp/peers
 BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHECK_DIM:-2000000} --proj-dim 2048,8192 \
   --save /tmp/gpu-bench"
+SPARSE_CMD="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096"
 gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
 # the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
@@ -121,6 +122,10 @@ if [ "$HAVE_BASE" = 1 ]; then
     python3 -c 'import fastjl, fastjl._C as C; print(\"baseline:\", fastjl.__file__, C.__file__, C.build_info()[\"version\"])' &&
     FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
     FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --batch 128,512 --contenders fastjl-cuda --save /tmp/gpu-bench/base-wgmma"
+  # the CUDA sparse kernel's rows in the .base tree (part 3 times the current ones)
+  gpu_stage bench_sjlt_base 30 "$L2" "cd .base && export PYTHONPATH=$PWD/.base:/tmp/peers &&
+    $SPARSE_CMD --dtype float32 --contenders fastjl-cuda --save /tmp/gpu-bench/base &&
+    $SPARSE_CMD --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda --save /tmp/gpu-bench/base"
 fi
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
@@ -141,7 +146,7 @@ gpu_stage bench_rad_fp16 80 "$L2" "$BENCH --kind rademacher --dtype float16 --co
 gpu_stage bench_rad_fp32 40 "$L2" "$BENCH --kind rademacher --dtype float32 --contenders fastjl-cuda,fastjl-triton"
 [ -n "${SJLT_PID:-}" ] && { wait "$SJLT_PID"; cat /tmp/sjlt_build.log >> "$L0"; }
 export PYTHONPATH=$PYTHONPATH:/tmp/peers_sjlt
-SPARSE="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096 --save /tmp/gpu-bench"
+SPARSE="$SPARSE_CMD --save /tmp/gpu-bench"
 gpu_stage bench_sjlt_fp32 45 "$L2" "$SPARSE --dtype float32 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
 gpu_stage bench_sjlt_bf16 35 "$L2" "$SPARSE --dtype bfloat16 --sparsity 4 --contenders fastjl-cuda,fastjl-triton,fastjl-torch,index-add,sjlt"
 gpu_stage bench_gauss_bf16 80 "$L2" "$BENCH --kind gaussian --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"

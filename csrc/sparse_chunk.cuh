@@ -124,30 +124,51 @@ FASTJL_HD float window_value(const unsigned char* window, int row) {
 // Thread tid adds the staged chunk's contribution to its columns: for each of its 8 columns
 // in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
 // sign is entry bit 0 moved to the float's sign bit (no multiply).
+//
+// Written for latency, not issue slots (16 warps per SM, one CTA): every shared load a sum
+// waits on is issued as early as its address is known.  The 8 columns' bounds and first
+// entries are loaded before any sum (a column then starts without a pointer -> entry chain),
+// and within a run entry j + 1 is loaded before entry j's x values, so an entry costs one
+// shared-load latency (x) instead of two (entry, then x).  The look-ahead reads one entry past
+// a run's end: at most entries[kChunkNonzeros], i.e. the first pointer of the same buffer.
 template <int XDtype, int BatchRows>
 FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
                              float (&acc)[BatchRows][kColsPerThread]) {
   using L = SmemLayout<XDtype, BatchRows>;
+  static_assert(L::kPtrOffset == L::kEntriesOffset + kChunkNonzeros * 2,
+                "the look-ahead past the last entry must land in the chunk's buffer");
   const uint16_t* entries = reinterpret_cast<const uint16_t*>(buf + L::kEntriesOffset);
   const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::kPtrOffset);
+  int begin[kColsPerThread], end[kColsPerThread];
+  uint32_t first[kColsPerThread];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int c = 0; c < kColsPerThread; ++c) {
     const int k = c * kThreads + tid;  // lanes of a warp: consecutive columns
-    if (k < ncols) {
-      const int end = ptr[k + 1];
-      for (int j = ptr[k]; j < end; ++j) {
-        const uint32_t code = entries[j];
-        const uint32_t sign = code << 31;
-        const int row = static_cast<int>(code >> 1);
+    begin[c] = k < ncols ? ptr[k] : 0;
+    end[c] = k < ncols ? ptr[k + 1] : 0;  // empty past the tile's columns
+  }
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-        for (int r = 0; r < BatchRows; ++r)
-          acc[r][c] += bits_float(
-              float_bits(window_value<XDtype>(buf + r * L::kWindowBytes, row)) ^ sign);
-      }
+  for (int c = 0; c < kColsPerThread; ++c) first[c] = entries[begin[c]];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int c = 0; c < kColsPerThread; ++c) {
+    uint32_t code = first[c];
+    for (int j = begin[c]; j < end[c]; ++j) {
+      const uint32_t next = entries[j + 1];
+      const uint32_t sign = code << 31;
+      const int row = static_cast<int>(code >> 1);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+      for (int r = 0; r < BatchRows; ++r)
+        acc[r][c] += bits_float(
+            float_bits(window_value<XDtype>(buf + r * L::kWindowBytes, row)) ^ sign);
+      code = next;
     }
   }
 }
