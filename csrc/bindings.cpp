@@ -46,15 +46,6 @@ fastjl::BlockArgs block_args(uint64_t seed, int kind, int64_t row0, int64_t nrow
   return fastjl::BlockArgs{seed, kind, row0, nrows, col0, ncols, out_ptr, dtype_code};
 }
 
-fastjl::ProjectArgs project_args(uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim,
-                                 int64_t stride_xb, int64_t stride_xd, uintptr_t out_ptr,
-                                 int64_t proj_dim, int64_t stride_ob, int64_t stride_ok,
-                                 uint64_t seed, int kind, int64_t offset) {
-  return fastjl::ProjectArgs{x_ptr,    x_dtype,   batch,     dim,  stride_xb,
-                             stride_xd, out_ptr,  proj_dim, stride_ob, stride_ok,
-                             seed,     kind,      offset};
-}
-
 fastjl::proj::Plan project_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_sms,
                                 const char* op) {
   fastjl::validate_project_sizes(batch, dim, proj_dim, op);
@@ -161,10 +152,10 @@ PYBIND11_MODULE(_C, m) {
          int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
          int64_t stride_ok, uint64_t seed, int kind, int64_t offset, uintptr_t workspace_ptr,
          int64_t workspace_bytes, int64_t num_sms, uintptr_t stream) {
-        fastjl::project_device(project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd,
-                                            out_ptr, proj_dim, stride_ob, stride_ok, seed,
-                                            kind, offset),
-                               workspace_ptr, workspace_bytes, num_sms, stream);
+        fastjl::project_device(
+            fastjl::project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, out_ptr,
+                                 proj_dim, stride_ob, stride_ok, seed, kind, offset),
+            workspace_ptr, workspace_bytes, num_sms, stream);
       },
       py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("D"), py::arg("stride_xb"),
       py::arg("stride_xd"), py::arg("out_ptr"), py::arg("K"), py::arg("stride_ob"),
@@ -212,8 +203,9 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
          int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
          int64_t stride_ok, uint64_t seed, int kind, int64_t offset, int64_t num_sms) {
-        const auto a = project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, out_ptr,
-                                    proj_dim, stride_ob, stride_ok, seed, kind, offset);
+        const auto a = fastjl::project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd,
+                                            out_ptr, proj_dim, stride_ob, stride_ok, seed, kind,
+                                            offset);
         fastjl::host_emulate_project(a, num_sms);
         return fastjl::use_vector_loads(a);
       },

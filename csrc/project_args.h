@@ -29,6 +29,15 @@ struct ProjectArgs {
   int64_t offset;  // signed so that a negative Python int arrives here as a ValueError
 };
 
+// ProjectArgs from the bindings' positional arguments (both bindings files build it so).
+inline ProjectArgs project_args(uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim,
+                                int64_t stride_xb, int64_t stride_xd, uintptr_t out_ptr,
+                                int64_t proj_dim, int64_t stride_ob, int64_t stride_ok,
+                                uint64_t seed, int kind, int64_t offset) {
+  return ProjectArgs{x_ptr,    x_dtype,   batch,     dim,  stride_xb, stride_xd, out_ptr,
+                     proj_dim, stride_ob, stride_ok, seed, kind,      offset};
+}
+
 inline int64_t dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
 
 // What the projection pipeline computes, whatever produces the rows of x (x itself for

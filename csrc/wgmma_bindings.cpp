@@ -23,22 +23,16 @@ void project_device_sm90(const ProjectArgs& a, uintptr_t workspace, int64_t work
 #endif
 
 void bind_wgmma(py::module_& m) {
-  auto args = [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
-                 int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
-                 int64_t stride_ok, uint64_t seed, int kind, int64_t offset) {
-    return ProjectArgs{x_ptr,   x_dtype,  batch,     dim,       stride_xb, stride_xd, out_ptr,
-                       proj_dim, stride_ob, stride_ok, seed, kind,      offset};
-  };
 #ifdef FASTJL_HAS_SM90A
   m.def(
       "project_sm90",
-      [args](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
-             int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
-             int64_t stride_ok, uint64_t seed, int kind, int64_t offset,
-             uintptr_t workspace_ptr, int64_t workspace_bytes, int64_t num_sms,
-             uintptr_t stream) {
-        project_device_sm90(args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, out_ptr,
-                                 proj_dim, stride_ob, stride_ok, seed, kind, offset),
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
+         int64_t stride_xd, uintptr_t out_ptr, int64_t proj_dim, int64_t stride_ob,
+         int64_t stride_ok, uint64_t seed, int kind, int64_t offset, uintptr_t workspace_ptr,
+         int64_t workspace_bytes, int64_t num_sms, uintptr_t stream) {
+        project_device_sm90(project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd,
+                                         out_ptr, proj_dim, stride_ob, stride_ok, seed, kind,
+                                         offset),
                             workspace_ptr, workspace_bytes, num_sms, stream);
       },
       py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("D"), py::arg("stride_xb"),
@@ -53,12 +47,12 @@ void bind_wgmma(py::module_& m) {
 
   m.def(
       "wgmma_host_stage",
-      [args](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
-             int64_t stride_xd, int64_t proj_dim, uint64_t seed, int kind, int64_t offset,
-             int config, int64_t b0, int64_t d0, int64_t d_end, int64_t col0, bool vector) {
+      [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t dim, int64_t stride_xb,
+         int64_t stride_xd, int64_t proj_dim, uint64_t seed, int kind, int64_t offset,
+         int config, int64_t b0, int64_t d0, int64_t d_end, int64_t col0, bool vector) {
         // out is never touched: a dummy non-null address passes validate_project_args.
-        const ProjectArgs a = args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, 1,
-                                   proj_dim, 0, 0, seed, kind, offset);
+        const ProjectArgs a = project_args(x_ptr, x_dtype, batch, dim, stride_xb, stride_xd, 1,
+                                           proj_dim, 0, 0, seed, kind, offset);
         const WgmmaHostStage st = wgmma_host_stage(a, config, b0, d0, d_end, col0, vector);
         auto bytes = [](const std::vector<uint8_t>& v) {
           return py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
