@@ -4,10 +4,11 @@ counted on the real chunk structure: the static measure of that kernel's summing
     python bench/sparse_smem_model.py                      # s = 1, 2, 4, 8; fp32 and 16-bit x
     python bench/sparse_smem_model.py --sparsity 1 --chunks 8
 
-A CTA of 512 threads (16 warps) owns 4096 columns; lane l of warp w owns columns
-c·512 + 32·w + l, c = 0..7 (``chunk_columns``).  Per column a lane loads its two pointers, then
-walks its run of entries; per entry it loads the entry and, per batch row, that row's x.  The
-warp repeats an iteration until its longest run ends (lanes past their run are inactive).  The
+A CTA of 1024 threads (32 warps) owns 4096 columns; lane l of warp w owns columns
+c·1024 + 32·w + l, c = 0..3 (``chunk_columns``).  Per column a lane loads its two pointers and
+its run's first entry, then walks the run; per entry it loads the next entry (one past the
+run's end at its last) and, per batch row, that row's x.  The warp repeats an iteration until
+its longest run ends (lanes past their run are inactive).  The
 model replays those accesses warp by warp with the banking rules of sm_70+ shared memory
 (32 banks of 4 bytes; per request, distinct 4-byte words in one bank serialize, equal words
 broadcast; 64-bit requests run as 2 phases of 16 lanes, 128-bit as 4 phases of 8 lanes) and
@@ -30,7 +31,7 @@ import numpy as np
 
 from fastjl._backends.sparse_chunks import GPU_NONZEROS, chunk_structure
 
-THREADS, COLS_PER_THREAD, WARP, BANKS = 512, 8, 32, 32
+THREADS, COLS_PER_THREAD, WARP, BANKS = 1024, 4, 32, 32  # csrc/sparse_chunk_args.h
 BATCH_ROWS = 4
 CLOCK_GHZ = 1.98  # H100 SXM's maximum SM clock (nvidia-smi clocks.max.sm in run 5)
 
@@ -63,10 +64,12 @@ def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: s
             begin, end = ptr[k].astype(np.int64), ptr[k + 1].astype(np.int64)
             for p in (k, k + 1):
                 counts["pointers"] += request_wavefronts(np.stack([lanes, ptr_offset + 2 * p], 1), 2)
+            counts["entries"] += request_wavefronts(np.stack([lanes, entries_offset + 2 * begin], 1), 2)
             for t in range(int((end - begin).max(initial=0))):
                 active = lanes[begin + t < end]
                 j = begin[active] + t
-                counts["entries"] += request_wavefronts(np.stack([active, entries_offset + 2 * j], 1), 2)
+                look_ahead = entries_offset + 2 * (j + 1)
+                counts["entries"] += request_wavefronts(np.stack([active, look_ahead], 1), 2)
                 row = entries[j].astype(np.int64) >> 1
                 if layout == "rows":
                     for r in range(BATCH_ROWS):

@@ -4,14 +4,15 @@
 // of a CTA on a host buffer.  The structure they read is described in sparse_chunk_args.h.
 //
 // A CTA owns BatchRows batch rows and kBlockK = 4096 output columns; thread t owns columns
-// t, t + 512, ..., t + 7·512 of the tile for all BatchRows rows (8·BatchRows float32
-// accumulators in registers, kept across the CTA's chunks).  The lanes of a warp hold
+// t + c·kThreads (c < kColsPerThread: t, t + 1024, t + 2048, t + 3072) of the tile for all
+// BatchRows rows (kColsPerThread·BatchRows float32 accumulators in registers, kept across the
+// CTA's chunks).  The lanes of a warp hold
 // consecutive columns: their pointer loads are consecutive int16 (conflict-free), their runs
 // adjacent in the entries (few bank conflicts), their stores coalesced.  Per chunk, one buffer of shared memory holds
 //   * the x window of each batch row (the chunk's rows of x, native dtype),
 //   * the chunk's entries (kChunkNonzeros int16) and its tile's column pointers,
 // staged once and read by all BatchRows rows: the structure is decoded once per CTA, not once
-// per batch row.  Thread t walks the runs of its 8 columns in order (rows ascending within a
+// per batch row.  Thread t walks the runs of its columns in order (rows ascending within a
 // column) and adds ±x to its accumulators: float32 sums in a fixed order (no atomics, no
 // prefix difference), so results are bitwise reproducible and as accurate as a sequential
 // float32 sum over each column's nonzeros.
@@ -121,12 +122,12 @@ FASTJL_HD float window_value(const unsigned char* window, int row) {
   return XDtype == kBFloat16 ? bits_float(h << 16) : half_to_float<kMmaF16>(h);
 }
 
-// Thread tid adds the staged chunk's contribution to its columns: for each of its 8 columns
+// Thread tid adds the staged chunk's contribution to its columns: for each of its columns
 // in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
 // sign is entry bit 0 moved to the float's sign bit (no multiply).
 //
-// Written for latency, not issue slots (16 warps per SM, one CTA): every shared load a sum
-// waits on is issued as early as its address is known.  The 8 columns' bounds and first
+// Written for latency, not issue slots (one CTA per SM): every shared load a sum waits on is
+// issued as early as its address is known.  The thread's columns' bounds and first
 // entries are loaded before any sum (a column then starts without a pointer -> entry chain),
 // and within a run entry j + 1 is loaded before entry j's x values, so an entry costs one
 // shared-load latency (x) instead of two (entry, then x).  The look-ahead reads one entry past
@@ -173,7 +174,7 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
   }
 }
 
-// Thread tid's accumulators to dest (rows b0 + r < batch, columns k0 + 512 c + tid < width).
+// Thread tid's accumulators to dest (rows b0 + r < batch, columns k0 + kThreads c + tid < width).
 template <int BatchRows>
 FASTJL_HD void store_columns(int tid, const float (&acc)[BatchRows][kColsPerThread], float* dest,
                              int64_t stride_b, int64_t stride_k, int64_t b0, int64_t batch,

@@ -21,8 +21,12 @@
 namespace fastjl {
 namespace sparse {
 
-constexpr int kThreads = 512;         // 16 warps per CTA
-constexpr int kColsPerThread = 8;     // thread t owns columns t + 512 c (c < 8) of the CTA's tile
+// 32 warps per CTA, 4 columns each: the summing step waits on chains of shared loads, and 32
+// warps per SM hide twice the latency of 16 (512 threads x 8 columns, until stop 24), for the
+// same instructions in all; at 64 registers a thread (1024 threads x 64 = the register file),
+// no kernel spills (tests/test_cuda_compile.py).
+constexpr int kThreads = 1024;
+constexpr int kColsPerThread = 4;  // thread t owns columns t + kThreads c (c < 4) of the tile
 constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
 // Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
 // the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
@@ -54,8 +58,8 @@ struct SparsePlan {
   int64_t workspace_bytes;    // float32 [splits, B, width] when splits > 1, else 0
 };
 
-// Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 512 threads
-// and ~128 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
+// Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 1024 threads
+// and ~96-160 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
 // chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
 // model.
 inline void validate_batch_rows(int batch_rows, const char* op) {

@@ -3,7 +3,7 @@
 //
 // Same plan (make_sparse_plan), same grid walk (cta_tile), same per-thread code
 // (stage_chunk, chunk_columns, store_columns from sparse_chunk.cuh, compiled for the host) and
-// the same double buffering; each phase runs for all 512 threads of a CTA before the next, as
+// the same double buffering; each phase runs for all kThreads threads of a CTA before the next, as
 // the kernel's barrier orders them.  cp.async is modelled by a copy that zero-fills the rest of
 // its 16 bytes; shared memory starts poisoned (0xFF: NaN), so reading anything unstaged shows.
 // The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.

@@ -39,7 +39,7 @@ struct KernelArgs {
   int64_t dest_stride_split, dest_stride_b, dest_stride_k;
 };
 
-// One CTA per SM (512 threads, up to 128 registers each, ~96-160 KiB of shared memory).
+// One CTA per SM (1024 threads, up to 64 registers each, ~96-160 KiB of shared memory).
 template <int XDtype, int BatchRows>
 __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const KernelArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

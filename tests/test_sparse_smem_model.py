@@ -28,11 +28,11 @@ def test_banking_rules():
 
 def test_chunk_counts_follow_the_structure():
     """Interleaving the 4 batch rows' x cuts the x wavefronts; everything else is the layout's
-    own constant (pointers: 2 loads x 8 columns x 16 warps, conflict-free)."""
+    own constant (pointers: 2 loads x 4 columns x 32 warps, conflict-free)."""
     entries, ptr = model.chunk_structure(0, 0, 4096, 4096, 1, None, 4096, 0, 4096, "cpu")
     rows = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 4, "rows")
     inter = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 4, "interleaved")
-    assert rows["pointers"] == inter["pointers"] == 2 * 8 * 16
+    assert rows["pointers"] == inter["pointers"] == 2 * model.COLS_PER_THREAD * model.THREADS // 32
     assert rows["entries"] == inter["entries"] > 0
     assert 0 < inter["x"] < rows["x"]
     assert rows["total"] == sum(v for k, v in rows.items() if k != "total")

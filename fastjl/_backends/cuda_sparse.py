@@ -4,12 +4,12 @@
 ``out = x @ P[offset:offset+D, :K]`` (entries ±1, GraSS's masked rows 0) from P's chunk
 structure (:mod:`.sparse_chunks`, the one the Triton kernel reads, shared through
 :mod:`.sparse_cache`): chunks of ``4096 / s`` rows, each chunk's nonzeros sorted by column.
-A CTA owns 2 or 4 batch rows (:func:`batch_rows`) and 4096 columns; each thread sums the runs
-of its 8 columns in float32, rows ascending, for all its batch rows.  No atomics and no float64:
+A CTA owns 2 or 4 batch rows (:func:`batch_rows`) and 4096 columns; each of its 1024 threads
+sums the runs of its 4 columns in float32, rows ascending, for all its batch rows.  No atomics and no float64:
 the order of every sum is fixed by the structure and the plan (chunks in order within a split,
 splits added in order), and the plan depends only on (B, D, K, s, the GPU's SM count), so a
-call is bitwise the same run after run on one GPU model.  Not yet run on a GPU:
-``backend="auto"`` keeps the torch backend for the sparse kinds (``fastjl/sparse.py``).
+call is bitwise the same run after run on one GPU model (``tests/test_cuda_sparse.py`` checks
+it on a GPU).  ``backend="auto"`` picks this backend first for the sparse kinds on CUDA tensors.
 
 K beyond ``COLUMN_RANGE`` goes one range of columns at a time (a pass over x each), D in pieces
 of at most ``PIECE_NONZEROS`` nonzeros (the structure's build memory); pieces after the first
