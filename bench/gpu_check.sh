@@ -99,7 +99,7 @@ L3=$OUT/3_sanitizer.log
 gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
 gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-GPU_TESTS_FIRST=${GPU_TESTS_FIRST:-tests/test_cuda_backend.py tests/test_cuda_wgmma.py tests/test_cuda_linear.py}
+GPU_TESTS_FIRST=${GPU_TESTS_FIRST:-tests/test_cuda_backend.py tests/test_cuda_wgmma.py tests/test_cuda_linear.py tests/test_cuda_sparse.py}
 PYTEST_GPU="python3 -m pytest -m gpu -q -rfE --durations=15 $PAR16 $TMO -p no:cacheprovider"
 gpu_stage pytest_changed 90 "$L1" "$PYTEST_GPU $GPU_TESTS_FIRST"
 
