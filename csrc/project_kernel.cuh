@@ -49,6 +49,7 @@
 
 #include <cstdint>
 
+#include "cta_steps.cuh"  // PipelineParams, KernelParams, CtaSteps
 #include "project_args.h"
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
@@ -56,16 +57,6 @@
 
 namespace fastjl {
 namespace proj {
-
-// Everything a CTA needs besides its producer's source.
-struct PipelineParams {
-  float* dest;  // out when there is one split, else the [splits, B, K] workspace
-  int64_t dest_stride_split, dest_stride_b, dest_stride_k;
-  int64_t batch, dim, proj_dim;
-  int64_t tiles_n, d_per_split;
-  PhiloxKey key;
-  uint64_t offset;
-};
 
 // An x-tile producer writes the CTA's [block_b x kBlockD] tile of x -- rows b0 .., columns
 // d0 .. of x, zeros at rows >= B and columns >= d_end -- into shared memory (row pitch
@@ -81,12 +72,6 @@ struct PipelineParams {
 //   __device__ static void wait(const Source&);  // this thread's fetches have landed
 // All 256 threads call fetch for every step, one step ahead, into the stage not in use;
 // the barrier after wait() publishes the tile.
-template <class Producer>
-struct KernelParams {
-  typename Producer::Source src;
-  PipelineParams pipe;
-};
-
 template <class Cfg, class Producer, int Kind>
 __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams<Producer> kp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -98,44 +83,12 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   // partial sum into acc with a float32 add (see multiply()); rademacher tiles (a 16-bit x,
   // or x's bf16 halves, times ±1) chain their MMAs through acc.
   constexpr bool kPromote = kGauss;
-  constexpr TileCode kTileCode = tile_code_for(Kind);  // project_tiles.cuh
   constexpr int kMT = Cfg::kMT, kNT = Cfg::kNT;
   using Layout = SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
   extern __shared__ __align__(16) unsigned char smem[];
   const PipelineParams& p = kp.pipe;
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x / p.tiles_n) * Cfg::kBlockB;
-  const uint32_t col0 = static_cast<uint32_t>(blockIdx.x % p.tiles_n) * kBlockN;
-  const uint32_t rademacher_group = col0 / kRademacherColumnsPerCounter;
-  const DRange range = split_range(blockIdx.y, p.d_per_split, p.dim);
-  const int64_t steps = (range.end - range.begin + kBlockD - 1) / kBlockD;
-  const uint64_t row0 = p.offset + static_cast<uint64_t>(range.begin);  // P row of step 0
-
-  auto x_tile = [&](int64_t step) { return smem + Layout::x(static_cast<int>(step & 1)); };
-  auto p_tile = [&](int64_t step, int plane) {
-    return reinterpret_cast<uint16_t*>(smem + Layout::p(static_cast<int>(step & 1), plane));
-  };
-  auto words = [&](int64_t step) {
-    return reinterpret_cast<U32x4*>(smem + Layout::w(static_cast<int>(step & 1)));
-  };
-  auto step_row = [&](int64_t step) { return row0 + static_cast<uint64_t>(step) * kBlockD; };
-
-  const typename Producer::Cursor cursor = Producer::cursor(tid, kp.src, Cfg::kBlockB, b0);
-  auto fetch_x = [&](int64_t step) {
-    Producer::template fetch<kTileCode>(cursor, tid, kp.src, Cfg::kBlockB, b0,
-                                        range.begin + step * kBlockD, range.end, x_tile(step));
-  };
-  auto compute_words = [&](int64_t step) {
-    rademacher_words(lane, p.key, step_row(step), rademacher_group, words(step));
-  };
-  auto generate_p = [&](int64_t step) {
-    if (kGauss)
-      gaussian_generate<T>(tid, p.key, step_row(step), col0, p.proj_dim, p_tile(step, 0),
-                           p_tile(step, 1));
-    else
-      rademacher_expand<T>(tid, words(step), p_tile(step, 0));
-  };
+  const CtaSteps<Cfg, Producer, Kind, Layout, PaddedPLayout> cta(smem, kp, threadIdx.x);
+  const int warp = cta.warp, lane = cta.lane;
 
   const RowCol wo = warp_origin<Cfg>(warp);
   const RowCol lm = ldmatrix_x4_source(lane);
@@ -148,9 +101,9 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
       for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
 
   auto multiply = [&](int64_t step) {
-    const unsigned char* xt = x_tile(step);
-    const uint16_t* p_hi = p_tile(step, 0);
-    const uint16_t* p_lo = p_tile(step, kGauss ? 1 : 0);
+    const unsigned char* xt = cta.x_tile(step);
+    const uint16_t* p_hi = cta.p_tile(step, 0);
+    const uint16_t* p_lo = cta.p_tile(step, kGauss ? 1 : 0);
 #pragma unroll
     for (int kk = 0; kk < kBlockD; kk += 16) {
       uint32_t a_hi[kMT][4], a_lo[kMT][4];
@@ -202,25 +155,11 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
     }
   };
 
-  // Prologue: x(0), P(0), and for rademacher words(1).
-  fetch_x(0);
-  if (kGauss) {
-    generate_p(0);
-  } else {
-    if (warp == 0) compute_words(0);
-    if (warp == 1 && steps > 1) compute_words(1);
-    __syncthreads();
-    generate_p(0);
-  }
-
-  for (int64_t s = 0; s < steps; ++s) {
+  cta.prologue();
+  for (int64_t s = 0; s < cta.steps; ++s) {
     Producer::wait(kp.src);
     __syncthreads();
-    if (s + 1 < steps) {
-      fetch_x(s + 1);
-      if (!kGauss && s + 2 < steps && warp == s % kWarps) compute_words(s + 2);
-      generate_p(s + 1);
-    }
+    cta.produce_next(s);
     multiply(s);
   }
 
@@ -232,8 +171,8 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const RowCol c = c_fragment(lane, r);
-        const int64_t b = b0 + wo.row + mt * 16 + c.row;
-        const int64_t k = static_cast<int64_t>(col0) + wo.col + nt * 8 + c.col;
+        const int64_t b = cta.b0 + wo.row + mt * 16 + c.row;
+        const int64_t k = static_cast<int64_t>(cta.col0) + wo.col + nt * 8 + c.col;
         if (b < p.batch && k < p.proj_dim)
           dest[b * p.dest_stride_b + k * p.dest_stride_k] = acc[mt][nt][r];
       }

@@ -89,7 +89,6 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
-  constexpr proj::TileCode kTileCode = proj::tile_code_for(Kind);  // project_tiles.cuh
   using W = WarpgroupTile<Cfg>;
   using Layout = Sm90SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
   using PL = PTileMN128B;
@@ -101,39 +100,9 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
       smem_raw + ((1024u - (sm80::smem_addr(smem_raw) & 1023u)) & 1023u);
   const PipelineParams& p = kp.pipe;
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const proj::CtaSteps<Cfg, Producer, Kind, Layout, PL> cta(smem, kp, threadIdx.x);
+  const int tid = cta.tid;
   const int wg = tid >> 7, wt = tid & 127;  // warpgroup, thread within it
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x / p.tiles_n) * Cfg::kBlockB;
-  const uint32_t col0 = static_cast<uint32_t>(blockIdx.x % p.tiles_n) * proj::kBlockN;
-  const uint32_t rademacher_group = col0 / kRademacherColumnsPerCounter;
-  const proj::DRange range = proj::split_range(blockIdx.y, p.d_per_split, p.dim);
-  const int64_t steps = (range.end - range.begin + kBlockD - 1) / kBlockD;
-  const uint64_t row0 = p.offset + static_cast<uint64_t>(range.begin);
-
-  auto x_tile = [&](int64_t step) { return smem + Layout::x(static_cast<int>(step & 1)); };
-  auto p_tile = [&](int64_t step, int plane) {
-    return reinterpret_cast<uint16_t*>(smem + Layout::p(static_cast<int>(step & 1), plane));
-  };
-  auto words = [&](int64_t step) {
-    return reinterpret_cast<U32x4*>(smem + Layout::w(static_cast<int>(step & 1)));
-  };
-  auto step_row = [&](int64_t step) { return row0 + static_cast<uint64_t>(step) * kBlockD; };
-
-  const typename Producer::Cursor cursor = Producer::cursor(tid, kp.src, Cfg::kBlockB, b0);
-  auto fetch_x = [&](int64_t step) {
-    Producer::template fetch<kTileCode>(cursor, tid, kp.src, Cfg::kBlockB, b0,
-                                        range.begin + step * kBlockD, range.end, x_tile(step));
-  };
-  auto compute_words = [&](int64_t step) {
-    proj::rademacher_words(lane, p.key, step_row(step), rademacher_group, words(step));
-  };
-  auto generate_p = [&](int64_t step) {
-    if (kGauss)
-      proj::gaussian_generate<T, PL>(tid, p.key, step_row(step), col0, p.proj_dim,
-                                     p_tile(step, 0), p_tile(step, 1));
-    else
-      proj::rademacher_expand<T, PL>(tid, words(step), p_tile(step, 0));
-  };
 
   float acc[kRegs];
 #pragma unroll
@@ -146,12 +115,12 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   // slices are formed first, so one wgmma.fence covers them and the accumulators.
   auto issue = [&](int64_t step) {
     float(&dst)[kRegs] = *(kGauss ? &part : &acc);
-    const uint32_t p_hi = sm80::smem_addr(p_tile(step, 0));
-    const uint32_t p_lo = sm80::smem_addr(p_tile(step, kGauss ? 1 : 0));
+    const uint32_t p_hi = sm80::smem_addr(cta.p_tile(step, 0));
+    const uint32_t p_lo = sm80::smem_addr(cta.p_tile(step, kGauss ? 1 : 0));
     constexpr int kSlices = kBlockD / 16;
     uint32_t a_hi[kSlices][4], a_lo[kSlices][4];
     if constexpr (kFp32) {
-      const float* xf = reinterpret_cast<const float*>(x_tile(step));
+      const float* xf = reinterpret_cast<const float*>(cta.x_tile(step));
 #pragma unroll
       for (int kk = 0; kk < kSlices; ++kk)
 #pragma unroll
@@ -173,7 +142,8 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
         Wgmma<W::kN>::template rs<kMmaBF16>(dst, a_lo[kk], b_hi, 1);
         if (kGauss) Wgmma<W::kN>::template rs<kMmaBF16>(dst, a_hi[kk], b_lo, 1);
       } else {
-        const uint64_t a = XTileK64B::descriptor(sm80::smem_addr(x_tile(step)), W::row0(wg), kk);
+        const uint64_t a =
+            XTileK64B::descriptor(sm80::smem_addr(cta.x_tile(step)), W::row0(wg), kk);
         Wgmma<W::kN>::template ss<T>(dst, a, b_hi, first);
         if (kGauss) Wgmma<W::kN>::template ss<T>(dst, a, b_lo, 1);
       }
@@ -181,27 +151,13 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
     wgmma_commit();
   };
 
-  // Prologue: x(0), P(0), and for rademacher words(1).
-  fetch_x(0);
-  if (kGauss) {
-    generate_p(0);
-  } else {
-    if (warp == 0) compute_words(0);
-    if (warp == 1 && steps > 1) compute_words(1);
-    __syncthreads();
-    generate_p(0);
-  }
-
-  for (int64_t s = 0; s < steps; ++s) {
+  cta.prologue();
+  for (int64_t s = 0; s < cta.steps; ++s) {
     Producer::wait(kp.src);
     fence_proxy_async_shared();  // this thread's x and P writes -> visible to wgmma
     __syncthreads();
     issue(s);
-    if (s + 1 < steps) {
-      fetch_x(s + 1);
-      if (!kGauss && s + 2 < steps && warp == s % proj::kWarps) compute_words(s + 2);
-      generate_p(s + 1);
-    }
+    cta.produce_next(s);  // overlaps the wgmmas in flight
     wgmma_wait<0>();
     if constexpr (kGauss) {
 #pragma unroll
@@ -213,8 +169,8 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
 #pragma unroll
   for (int i = 0; i < kRegs; ++i) {
     const proj::RowCol e = epilogue_element<Cfg>(tid, i);
-    const int64_t b = b0 + e.row;
-    const int64_t k = static_cast<int64_t>(col0) + e.col;
+    const int64_t b = cta.b0 + e.row;
+    const int64_t k = static_cast<int64_t>(cta.col0) + e.col;
     if (b < p.batch && k < p.proj_dim) dest[b * p.dest_stride_b + k * p.dest_stride_k] = acc[i];
   }
 #else
