@@ -10,11 +10,22 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace fastjl {
 
 // dtype codes shared with the Python side (fastjl maps torch dtypes to these).
 enum DtypeCode : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// f(std::integral_constant<int, code>{}) for an x dtype code (kFloat32, kFloat16, else
+// kBFloat16; callers validate the code first): the one dtype switch of the launchers and the
+// CPU emulations.
+template <class F>
+decltype(auto) with_x_dtype(int code, F&& f) {
+  if (code == kFloat32) return f(std::integral_constant<int, kFloat32>{});
+  if (code == kFloat16) return f(std::integral_constant<int, kFloat16>{});
+  return f(std::integral_constant<int, kBFloat16>{});
+}
 
 constexpr int64_t kMaxRows = int64_t(1) << 48;     // global row index i < 2^48
 constexpr int64_t kMaxColumns = int64_t(1) << 32;  // j / 4 must fit counter word c2

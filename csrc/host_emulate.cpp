@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "host_copy16.h"
+#include "host_sum_splits.h"
 #include "linear_args.h"
 #include "linear_tiles.cuh"
 #include "project_args.h"
@@ -282,23 +283,15 @@ void emulate(const Problem& a, int64_t num_sms, const char* op, const Fetch& fet
   else
     emulate_config<ConfigB128, XDtype>(a, plan, dest, fetch);
 
-  if (plan.splits > 1) {  // sum_splits_kernel: fixed split order
-    const int64_t n = a.batch * a.proj_dim;
-    float* out = reinterpret_cast<float*>(a.out);
-    for (int64_t idx = 0; idx < n; ++idx) {
-      float total = workspace[idx];
-      for (int64_t s = 1; s < plan.splits; ++s) total += workspace[s * n + idx];
-      const int64_t b = idx / a.proj_dim;
-      out[b * a.stride_ob + (idx - b * a.proj_dim) * a.stride_ok] = total;
-    }
-  }
+  if (plan.splits > 1)
+    host_sum_splits(workspace, plan.splits, a.batch, a.proj_dim, reinterpret_cast<float*>(a.out),
+                    a.stride_ob, a.stride_ok);
 }
 
 // project's producer: x's own tiles, vector (cp.async, modelled by HostCopy16) or element path.
 template <int XDtype>
 void emulate_project(const ProjectArgs& a, int64_t num_sms) {
-  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
-                   a.stride_xb, a.stride_xd};
+  const XSource xs = x_source(a);
   const bool vector = use_vector_loads(a);
   emulate<XDtype>(problem_of(a), num_sms, kOp,
                   [&](auto code, int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
@@ -312,12 +305,8 @@ void emulate_project(const ProjectArgs& a, int64_t num_sms) {
 
 void host_emulate_project(const ProjectArgs& a, int64_t num_sms) {
   validate_project_args(a, kOp);
-  if (a.x_dtype == kFloat32)
-    emulate_project<kFloat32>(a, num_sms);
-  else if (a.x_dtype == kFloat16)
-    emulate_project<kFloat16>(a, num_sms);
-  else
-    emulate_project<kBFloat16>(a, num_sms);
+  with_x_dtype(a.x_dtype,
+               [&](auto dtype) { emulate_project<decltype(dtype)::value>(a, num_sms); });
 }
 
 void host_emulate_project_linear(const LinearArgs& a, int64_t num_sms) {

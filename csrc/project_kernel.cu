@@ -88,16 +88,13 @@ void project_device(const ProjectArgs& a, uintptr_t workspace, int64_t workspace
   if (a.batch == 0) return;
   check_device_pointer(kOp, a.x, "x_ptr");
 
-  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
-                   a.stride_xb, a.stride_xd};
+  const XSource xs = x_source(a);
   const int vector_loads = use_vector_loads(a) ? 1 : 0;
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (a.x_dtype == kFloat32)
-    run_pipeline<XTileProducer<kFloat32>>(kOp, {xs, vector_loads}, pr, plan, workspace, stream);
-  else if (a.x_dtype == kFloat16)
-    run_pipeline<XTileProducer<kFloat16>>(kOp, {xs, vector_loads}, pr, plan, workspace, stream);
-  else
-    run_pipeline<XTileProducer<kBFloat16>>(kOp, {xs, vector_loads}, pr, plan, workspace, stream);
+  with_x_dtype(a.x_dtype, [&](auto dtype) {
+    using Producer = XTileProducer<decltype(dtype)::value>;
+    run_pipeline<Producer>(kOp, {xs, vector_loads}, pr, plan, workspace, stream);
+  });
 }
 
 }  // namespace fastjl

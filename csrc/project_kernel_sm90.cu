@@ -43,19 +43,13 @@ void project_device_sm90(const ProjectArgs& a, uintptr_t workspace, int64_t work
                                 std::to_string(a.batch) + "; use fastjl._C.project");
   check_device_pointer(kOp, a.x, "x_ptr");
 
-  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
-                   a.stride_xb, a.stride_xd};
+  const XSource xs = x_source(a);
   const int vector_loads = use_vector_loads(a) ? 1 : 0;
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (a.x_dtype == kFloat32)
-    sm90::run_pipeline_sm90<Sm90XProducer<kFloat32>>(kOp, {xs, vector_loads}, pr, plan,
-                                                      workspace, stream);
-  else if (a.x_dtype == kFloat16)
-    sm90::run_pipeline_sm90<Sm90XProducer<kFloat16>>(kOp, {xs, vector_loads}, pr, plan,
-                                                      workspace, stream);
-  else
-    sm90::run_pipeline_sm90<Sm90XProducer<kBFloat16>>(kOp, {xs, vector_loads}, pr, plan,
-                                                       workspace, stream);
+  with_x_dtype(a.x_dtype, [&](auto dtype) {
+    using Producer = Sm90XProducer<decltype(dtype)::value>;
+    sm90::run_pipeline_sm90<Producer>(kOp, {xs, vector_loads}, pr, plan, workspace, stream);
+  });
 }
 
 }  // namespace fastjl

@@ -25,6 +25,7 @@
 
 #include "block_args.h"  // DtypeCode
 #include "half_bits.cuh"
+#include "project_args.h"  // ProjectArgs, dtype_size
 #include "matrix_entries.cuh"
 #include "project_index.cuh"
 
@@ -65,6 +66,11 @@ struct XSource {
   int64_t esize;           // bytes per element
   int64_t batch, stride_xb, stride_xd;
 };
+
+inline XSource x_source(const ProjectArgs& a) {
+  return XSource{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
+                 a.stride_xb, a.stride_xd};
+}
 
 // Thread tid's items of a CTA-wide loop over `items` (tid, tid + 256, ...): body(item, trip),
 // trip = (item - tid) / 256.  kUnrolled: a fixed trip count, unrolled, so that with `items`

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "host_copy16.h"
+#include "host_sum_splits.h"
 #include "sparse_chunk.cuh"
 #include "sparse_chunk_args.h"
 
@@ -93,22 +94,13 @@ bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64
     stride_b = a.width;
     stride_k = 1;
   }
-  if (a.x_dtype == kFloat32)
-    emulate_rows<kFloat32>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
-  else if (a.x_dtype == kFloat16)
-    emulate_rows<kFloat16>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
-  else
-    emulate_rows<kBFloat16>(batch_rows, a, plan, vector, dest, stride_split, stride_b, stride_k);
-  if (plan.splits > 1) {  // sum_splits_kernel's order: split 0, then 1, 2, ...
-    const int64_t n = a.batch * a.width;
-    float* out = reinterpret_cast<float*>(a.out);
-    for (int64_t idx = 0; idx < n; ++idx) {
-      float total = workspace[idx];
-      for (int64_t s = 1; s < plan.splits; ++s) total += workspace[s * n + idx];
-      const int64_t b = idx / a.width;
-      out[b * a.stride_ob + (idx - b * a.width) * a.stride_ok] = total;
-    }
-  }
+  with_x_dtype(a.x_dtype, [&](auto dtype) {
+    emulate_rows<decltype(dtype)::value>(batch_rows, a, plan, vector, dest, stride_split,
+                                         stride_b, stride_k);
+  });
+  if (plan.splits > 1)
+    host_sum_splits(workspace, plan.splits, a.batch, a.width, reinterpret_cast<float*>(a.out),
+                    a.stride_ob, a.stride_ok);
   return vector;
 }
 

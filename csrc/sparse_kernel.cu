@@ -139,12 +139,9 @@ void sparse_project_device(const SparseChunkArgs& a, int batch_rows, uintptr_t w
     ka.dest_stride_k = 1;
   }
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (a.x_dtype == kFloat32)
-    launch_rows<kFloat32>(batch_rows, ka, plan, stream);
-  else if (a.x_dtype == kFloat16)
-    launch_rows<kFloat16>(batch_rows, ka, plan, stream);
-  else
-    launch_rows<kBFloat16>(batch_rows, ka, plan, stream);
+  with_x_dtype(a.x_dtype, [&](auto dtype) {
+    launch_rows<decltype(dtype)::value>(batch_rows, ka, plan, stream);
+  });
 
   if (plan.splits > 1) {
     // project_kernel.cu's ordered reduction reads only these fields of its Problem and Plan.

@@ -78,8 +78,7 @@ WgmmaHostStage wgmma_host_stage(const ProjectArgs& a, int config, int64_t b0, in
   WgmmaHostStage st{};
   const int block_b = static_cast<int>(config_block_b(config));
   st.x_tile.assign(static_cast<size_t>(block_b) * sm90::XTileK64B::kRowBytes, 0xEE);
-  const XSource xs{reinterpret_cast<const unsigned char*>(a.x), dtype_size(a.x_dtype), a.batch,
-                   a.stride_xb, a.stride_xd};
+  const XSource xs = x_source(a);
   for (int tid = 0; tid < kThreads; ++tid)
     load_x_tile<kFloat16, sm90::XTileK64B>(tid, xs, vector, block_b, b0, d0, d_end,
                                            st.x_tile.data(), HostCopy16{});
