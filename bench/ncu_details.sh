@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Nsight Compute with details (stall reasons, the source lines behind excessive shared-memory
+# wavefronts and uncoalesced sectors) for the kernels gpu_check.sh's ncu stages summarize:
+# the CUDA dense kernels (mma.sync, and wgmma with FASTJL_CUDA_WGMMA=1; rademacher bf16, B = 128)
+# and the CUDA sparse kernel (bf16, s = 4).  Needs fastjl._C built for the GPU (e.g.
+# GPU_CHECK_ONLY=build bash bench/gpu_check.sh); logs under $OUT (default /tmp/ncu-details).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/ncu-details}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+SECTIONS="--section WarpStateStats --section SourceCounters --section MemoryWorkloadAnalysis_Tables \
+  --print-details all --clock-control none --launch-skip 1 --launch-count 1 --print-summary none"
+DENSE="python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
+timeout 60 $NCU $SECTIONS --kernel-name regex:project_kernel $DENSE > "$OUT/ncu_mma_sync.log" 2>&1
+echo "mma.sync rc=$?"
+FASTJL_CUDA_WGMMA=1 timeout 60 $NCU $SECTIONS --kernel-name regex:project_kernel $DENSE > "$OUT/ncu_wgmma.log" 2>&1
+echo "wgmma rc=$?"
+timeout 60 $NCU $SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt \
+  --dtype bfloat16 --sparsity 4 > "$OUT/ncu_sparse.log" 2>&1
+echo "sparse rc=$?"
