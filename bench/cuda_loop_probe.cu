@@ -44,7 +44,7 @@ using Producer = VectorOnly<XDtype, std::conditional_t<XDtype == kFloat32, proj:
 #define PROBE_CONFIGS(DT, KIND) PROBE(ConfigB64, DT, KIND) PROBE(ConfigB128, DT, KIND)
 #else
 template <int XDtype>
-using Producer = VectorOnly<XDtype, proj::PaddedXLayout>;
+using Producer = VectorOnly<XDtype, proj::MmaXLayout<XDtype>>;
 #define PROBE(CFG, DT, KIND)                                                 \
   template __global__ void proj::project_kernel<proj::CFG, probe::Producer<DT>, KIND>( \
       const proj::KernelParams<probe::Producer<DT>>);

@@ -173,7 +173,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
         WarpRegs a_hi[kMT], a_lo[kMT];
         for (int mt = 0; mt < kMT; ++mt) {
           const int row = wo.row + mt * 16;
-          if (kFp32) {
+          if constexpr (kFp32) {
             const float* xf = reinterpret_cast<const float*>(x_tile);
             for (int lane = 0; lane < 32; ++lane)
               for (int r = 0; r < 4; ++r) {
@@ -185,7 +185,10 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
             const unsigned char* address[32];
             for (int lane = 0; lane < 32; ++lane) {
               const RowCol lm = ldmatrix_x4_source(lane);
-              address[lane] = x_tile + 2 * ((row + lm.row) * kXStride + kk + lm.col);
+              // As the kernel: the lane's base offset, then the m16 tile and k16 slice.
+              using XL = MmaXLayout<XDtype>;
+              const auto base = static_cast<uint32_t>(XL::offset(wo.row + lm.row, lm.col, 2));
+              address[lane] = x_tile + XL::shifted(base, mt * 16, kk);
             }
             a_hi[mt] = ldmatrix_x4(address, false);
           }
@@ -296,7 +299,7 @@ void emulate_project(const ProjectArgs& a, int64_t num_sms) {
   emulate<XDtype>(problem_of(a), num_sms, kOp,
                   [&](auto code, int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
                       unsigned char* tile) {
-                    load_x_tile<XDtype, PaddedXLayout, decltype(code)::value>(
+                    load_x_tile<XDtype, MmaXLayout<XDtype>, decltype(code)::value>(
                         tid, xs, vector, block_b, b0, d0, d_end, tile, HostCopy16{});
                   });
 }

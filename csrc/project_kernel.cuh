@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   constexpr bool kPromote = kGauss;
   constexpr int kMT = Cfg::kMT, kNT = Cfg::kNT;
   using Layout = SmemLayout<Cfg, kFp32 ? 4 : 2, Kind>;
+  using XLayout = MmaXLayout<XDtype>;  // the producers' 16-bit tiles (fp32: kXStride rows)
   extern __shared__ __align__(16) unsigned char smem[];
   const PipelineParams& p = kp.pipe;
   const CtaSteps<Cfg, Producer, Kind, Layout, PaddedPLayout> cta(smem, kp, threadIdx.x);
@@ -92,6 +93,9 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
 
   const RowCol wo = warp_origin<Cfg>(warp);
   const RowCol lm = ldmatrix_x4_source(lane);
+  // 16-bit x: this lane's ldmatrix row address in the tile (m16 tile 0, k16 slice 0).
+  const uint32_t a_base =
+      kFp32 ? 0u : static_cast<uint32_t>(XLayout::offset(wo.row + lm.row, lm.col, 2));
   float acc[kMT][kNT][4];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
@@ -120,8 +124,8 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
             split_pair<kMmaBF16>(v.x, v.y, a_hi[mt][r], a_lo[mt][r]);
           }
         } else {
-          sm80::ldmatrix_x4(a_hi[mt], reinterpret_cast<const uint16_t*>(xt) +
-                                          (row + lm.row) * kXStride + kk + lm.col);
+          sm80::ldmatrix_x4(a_hi[mt], reinterpret_cast<const uint16_t*>(
+                                          xt + XLayout::shifted(a_base, mt * 16, kk)));
         }
       }
 #pragma unroll

@@ -4,7 +4,8 @@
 // byte array standing in for shared memory.
 //
 // Shared-memory layouts (pitches in project_plan.cuh):
-//   x tile  [block_b][kXStride]  raw input elements (fp32 or 16-bit), rows = batch
+//   x tile  [block_b][row]       raw input elements, rows = batch: fp32 padded to kXStride,
+//                                16-bit 64-byte rows swizzled (MmaXLayout)
 //   P tile  [kBlockD][kPStride]  16-bit MMA operands, rows = input index d, cols = output n
 //                                (gaussian: two such planes, hi and lo)
 //   words   [kBlockD]            rademacher: the 4 Philox words of each row (128 signs)
@@ -28,6 +29,7 @@
 #include "project_args.h"  // ProjectArgs, dtype_size
 #include "matrix_entries.cuh"
 #include "project_index.cuh"
+#include "x_layouts.cuh"  // PaddedXLayout, SwizzledXLayout, MmaXLayout
 
 namespace fastjl {
 namespace proj {
@@ -41,20 +43,12 @@ struct alignas(8) Packed2 {
 };
 
 // ---- tile layouts ----------------------------------------------------------------------
-// Where each writer below puts element (row, col) of its tile.  The defaults are the padded
-// row-major layouts above (the mma.sync kernel's: ldmatrix reads them conflict-free); the
-// sm_90a kernel passes the swizzled canonical layouts its wgmma descriptors describe
-// (wgmma_layouts.cuh), so both kernels share one writer of each tile.
+// Where each writer below puts element (row, col) of its tile.  x: the XLayouts of
+// x_layouts.cuh (the mma.sync kernel takes MmaXLayout: padded fp32 rows, swizzled 16-bit rows).
+// P: the padded row-major layout (the mma.sync kernel's: ldmatrix.trans reads it
+// conflict-free); the sm_90a kernel passes the swizzled canonical layouts its wgmma
+// descriptors describe (wgmma_layouts.cuh), so both kernels share one writer of each tile.
 
-// An XLayout gives the byte offset of x tile element (row, col) for elements of esize bytes
-// (offset: the vector path's 16-byte chunks) and its element index (element: the element
-// path's stores).
-struct PaddedXLayout {
-  static FASTJL_HD int64_t offset(int row, int col, int64_t esize) {
-    return (static_cast<int64_t>(row) * kXStride + col) * esize;
-  }
-  static FASTJL_HD int element(int row, int col) { return row * kXStride + col; }
-};
 struct PaddedPLayout {  // 16-bit element index of P tile element (row d, col n)
   static FASTJL_HD int index(int row, int col) { return row * kPStride + col; }
 };
@@ -313,7 +307,9 @@ FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t
 // Byte offsets of the double-buffered tiles (stage s = step % 2).  All 16-byte aligned.
 template <class Cfg, int XDtypeSize, int Kind>
 struct SmemLayout {
-  static constexpr int kXBytes = Cfg::kBlockB * kXStride * XDtypeSize;  // per stage
+  static constexpr int kXBytes = XDtypeSize == 4  // per stage: MmaXLayout's rows
+                                     ? Cfg::kBlockB * kXStride * 4
+                                     : Cfg::kBlockB * SwizzledXLayout::kRowBytes;
   static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
   static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
   static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;  // per stage

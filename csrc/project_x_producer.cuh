@@ -62,11 +62,11 @@ struct XTileProducerIn {
   }
 };
 
-// The mma.sync kernel's producer: the padded layout.  A type of its own (not a default
+// The mma.sync kernel's producer: MmaXLayout (project_tiles.cuh).  A type of its own (not a default
 // template argument) so that its kernels keep their names, which the register and spill
 // tables (tests/test_cuda_compile.py, bench/NOTES.md) are keyed by.
 template <int XDtype>
-struct XTileProducer : XTileProducerIn<XDtype, PaddedXLayout> {};
+struct XTileProducer : XTileProducerIn<XDtype, MmaXLayout<XDtype>> {};
 
 }  // namespace proj
 }  // namespace fastjl

@@ -37,6 +37,7 @@
 #include "philox.cuh"  // FASTJL_HD
 #include "project_index.cuh"  // RowCol
 #include "project_plan.cuh"   // kBlockD, kBlockN
+#include "x_layouts.cuh"     // SwizzledXLayout
 
 namespace fastjl {
 namespace sm90 {
@@ -64,19 +65,12 @@ FASTJL_HD uint64_t make_descriptor(uint32_t start, uint32_t lbo, uint32_t sbo, i
 }
 
 // x tile, 16-bit elements: the XLayout of project_tiles.cuh's writers (byte offsets).
-struct XTileK64B {
+struct XTileK64B : proj::SwizzledXLayout {  // offset / element: Swizzle<2,4,3>, 64-byte rows
   static constexpr uint32_t kRowBytes = proj::kBlockD * 2;  // 64: one swizzle row
   static constexpr uint32_t kSBO = 8 * kRowBytes;            // next 8 rows
   static constexpr uint32_t kLBO = 16;  // unused (swizzled K-major); encodes as 1
   static constexpr int kSwizzle = kSwizzle64B;
   static constexpr uint32_t kAtomBytes = 512;
-  static FASTJL_HD int64_t offset(int row, int col, int64_t /*esize: 2*/) {
-    return swizzle_bytes<2>(static_cast<uint32_t>(row) * kRowBytes +
-                            static_cast<uint32_t>(col) * 2u);
-  }
-  static FASTJL_HD int element(int row, int col) {
-    return static_cast<int>(offset(row, col, 2) / 2);
-  }
   // Operand A of one m64nNk16: rows row0 .. row0 + 63 (row0 % 8 == 0), k16 slice kk.
   static FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int row0, int kk) {
     return make_descriptor(tile_addr + static_cast<uint32_t>(row0) * kRowBytes +

@@ -58,8 +58,8 @@ def _probe_rows(arch):
 # (nvcc 13.0): 170 and 164; before issue 12's changes 3-5 838 and 830 (plus the bodies of
 # two rolled loops the static count charged once).
 STEP_BOUNDS = {
-    ("project_kernel<TileConfig<128, 4>, VectorOnly<2, PaddedXLayout>, 0>", "sm_90"): 185,
-    ("project_kernel<TileConfig<32, 2>, VectorOnly<2, PaddedXLayout>, 0>", "sm_90"): 140,
+    ("project_kernel<TileConfig<128, 4>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 185,
+    ("project_kernel<TileConfig<32, 2>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 140,
     ("project_kernel_sm90<TileConfig<128, 4>, VectorOnly<2, XTileK64B>, 0>", "sm_90a"): 180,
 }
 
