@@ -81,7 +81,7 @@ def project(
     scale = check_scale(scale)
     given_out = out is not None
     out = check_out(out, x, proj_dim)
-    module = _backends.select(backend, x.device, dtype=x.dtype)
+    module = _backends.select(backend, x.device, dtype=x.dtype, batch=x.shape[0], kind=kind)
     if x.dtype == torch.float64 and module.NAME != "torch":
         raise TypeError(f"x of dtype float64 is supported by backend='torch' only, not {module.NAME!r}")
     factor = jl_factor(scale, proj_dim)

@@ -145,16 +145,20 @@ def test_small_batches_are_refused():
 
 @pytest.mark.gpu
 @needs_hopper
-def test_opt_in_routes_project_through_the_wgmma_kernel(monkeypatch):
+def test_project_routes_through_the_wgmma_kernel_where_measured_faster(monkeypatch):
     x = random_input(256, 5000, torch.bfloat16)
-    monkeypatch.delenv(cuda_backend.WGMMA_ENV, raising=False)
-    default = fastjl.project(x, 300, seed=SEED, backend="cuda")
-    assert torch.equal(default, mma_sync(x, 300))
+    monkeypatch.delenv(cuda_backend.WGMMA_ENV, raising=False)  # default: rademacher, 16-bit, B > 64
+    assert torch.equal(fastjl.project(x, 300, seed=SEED, backend="cuda"), sm90(x, 300))
+    gauss = fastjl.project(x, 300, seed=SEED, kind="gaussian", backend="cuda")  # not measured: mma.sync
+    assert torch.equal(gauss, mma_sync(x, 300, kind="gaussian"))
+    b64 = random_input(64, 5000, torch.bfloat16)  # the 64-row tile: opt-in only
+    assert torch.equal(fastjl.project(b64, 300, seed=SEED, backend="cuda"), mma_sync(b64, 300))
     monkeypatch.setenv(cuda_backend.WGMMA_ENV, "1")
-    opted = fastjl.project(x, 300, seed=SEED, backend="cuda")
-    assert torch.equal(opted, sm90(x, 300))
+    assert torch.equal(fastjl.project(b64, 300, seed=SEED, backend="cuda"), sm90(b64, 300))
     small = random_input(63, 5000, torch.bfloat16)  # below WGMMA_MIN_BATCH: mma.sync
     assert torch.equal(fastjl.project(small, 300, seed=SEED, backend="cuda"), mma_sync(small, 300))
+    monkeypatch.setenv(cuda_backend.WGMMA_ENV, "0")
+    assert torch.equal(fastjl.project(x, 300, seed=SEED, backend="cuda"), mma_sync(x, 300))
 
 
 # --------------------------------------------------------------------------- without a GPU
@@ -165,23 +169,31 @@ class _FakeC:
         raise AssertionError
 
 
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+
 @pytest.mark.parametrize(
-    "env, batch, capability, built, expected",
+    "env, batch, kind, dtype, capability, built, expected",
     [
-        ("1", 64, (9, 0), True, True),
-        ("1", 63, (9, 0), True, False),  # below the 64-row tile
-        ("", 4096, (9, 0), True, False),  # not opted in: the default
-        ("0", 4096, (9, 0), True, False),
-        ("1", 4096, (8, 0), True, False),  # mma.sync on sm_80/86/89
-        ("1", 4096, (10, 0), True, False),  # sm_90a code does not run on other majors
-        ("1", 4096, (9, 0), False, False),  # a build without the sm_90a kernel
+        ("1", 64, "rademacher", BF16, (9, 0), True, True),
+        ("1", 63, "rademacher", BF16, (9, 0), True, False),  # below the 64-row tile
+        ("1", 4096, "gaussian", FP32, (9, 0), True, True),  # opted in: any kind and dtype
+        ("", 65, "rademacher", BF16, (9, 0), True, True),  # the default where measured faster
+        ("", 4096, "rademacher", FP16, (9, 0), True, True),
+        ("", 64, "rademacher", BF16, (9, 0), True, False),  # the 64-row tile: not measured
+        ("", 4096, "gaussian", BF16, (9, 0), True, False),  # not measured: mma.sync
+        ("", 4096, "rademacher", FP32, (9, 0), True, False),
+        ("0", 4096, "rademacher", BF16, (9, 0), True, False),  # turned off
+        ("1", 4096, "rademacher", BF16, (8, 0), True, False),  # mma.sync on sm_80/86/89
+        ("", 4096, "rademacher", BF16, (10, 0), True, False),  # sm_90a code runs on 9.0 only
+        ("", 4096, "rademacher", BF16, (9, 0), False, False),  # a build without the sm_90a kernel
     ],
 )
-def test_wgmma_opt_in_gating(monkeypatch, env, batch, capability, built, expected):
+def test_wgmma_gating(monkeypatch, env, batch, kind, dtype, capability, built, expected):
     monkeypatch.setenv(cuda_backend.WGMMA_ENV, env)
     monkeypatch.setattr(cuda_backend, "_C", _FakeC() if built else object())
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert cuda_backend.use_wgmma(batch, torch.device("cuda", 0)) is expected
+    assert cuda_backend.use_wgmma(batch, torch.device("cuda", 0), kind=kind, dtype=dtype) is expected
 
 
 # The sm_90a cubin's static budget.  Registers: 2 CTAs per SM (<= 128) except gaussian B128

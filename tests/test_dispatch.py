@@ -48,9 +48,10 @@ def test_auto_on_cuda_prefers_compiled_backends():
         assert picked == next(n for n in (*order, "torch") if status[n].available), dtype
 
 
-def test_auto_order_by_dtype():
+def test_auto_order_by_dtype(monkeypatch):
     """On CUDA tensors 16-bit inputs try Triton first (measured faster, same precision), float32
     the CUDA kernel (more precise than Triton's tf32); CPU tensors always get torch."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert _backends.auto_order(cuda, torch.float16)[0] == "triton"
     assert _backends.auto_order(cuda, torch.bfloat16)[0] == "triton"
@@ -60,3 +61,25 @@ def test_auto_order_by_dtype():
     for dtype in (torch.float32, torch.float16, torch.bfloat16):  # sparse kinds: CUDA kernel first
         assert _backends.auto_order(cuda, dtype, "project_sparse") == ("cuda", "triton", "torch")
         assert _backends.auto_order(cpu, dtype, "project_sparse") == ("torch",)
+
+
+@pytest.mark.parametrize(
+    "batch, kind, dtype, op, capability, first",
+    [
+        (65, "rademacher", torch.bfloat16, "project", (9, 0), "cuda"),  # measured: CUDA (wgmma) faster
+        (4096, "rademacher", torch.float16, "project", (9, 0), "cuda"),
+        (64, "rademacher", torch.bfloat16, "project", (9, 0), "triton"),  # B <= 64: Triton
+        (4096, "gaussian", torch.bfloat16, "project", (9, 0), "triton"),  # gaussian: Triton
+        (4096, "rademacher", torch.bfloat16, "project_linear", (9, 0), "triton"),
+        (4096, "rademacher", torch.bfloat16, "project", (8, 0), "triton"),  # not measured elsewhere
+        (None, "rademacher", torch.bfloat16, "project", (9, 0), "triton"),
+        (4096, "rademacher", torch.float32, "project", (8, 0), "cuda"),  # float32: always CUDA
+    ],
+)
+def test_auto_order_on_hopper_by_batch_and_kind(monkeypatch, batch, kind, dtype, op, capability, first):
+    """Rademacher projections of 16-bit x with B > 64 on compute capability 9.0 try the CUDA kernel
+    first (H100, run 7: its wgmma kernel 1.18-1.21x Triton's); everything else as before."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    order = _backends.auto_order(torch.device("cuda"), dtype, op, batch, kind)
+    assert order[0] == first
+    assert sorted(order) == ["cuda", "torch", "triton"] and order[-1] == "torch"

@@ -35,6 +35,13 @@ AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
 AUTO_ORDER_SPARSE_CUDA = ("cuda", "triton", "torch")
 AUTO_ORDER_CUDA_16BIT = ("triton", "cuda", "torch")
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+# Except rademacher projections of 16-bit x with B > 64 on compute capability 9.0: there the CUDA
+# kernel (wgmma, cuda_backend.use_wgmma) measured 1.18-1.21x Triton's and even the mma.sync
+# kernel 1.05-1.07x (H100, run 7: bf16 and fp16, B = 128 and 512, K = 2048 and 8192).  Triton
+# stays first for B <= 64 (B = 32: 1.13-1.18x faster than CUDA), for gaussian (1.15x faster at
+# B >= 128), for project_linear, and on other GPUs (not measured since the CUDA kernel's rework).
+CUDA_FIRST_16BIT_CAPABILITY = (9, 0)
+CUDA_FIRST_16BIT_MIN_BATCH = 65
 ENV_VAR = "FASTJL_BACKEND"
 
 
@@ -89,18 +96,42 @@ def _unavailable(module, device: torch.device, op: str) -> str | None:
     return reason
 
 
-def auto_order(device: torch.device, dtype: torch.dtype | None = None, op: str = "project") -> tuple[str, ...]:
-    """The backends "auto" tries, in order, for ``op`` on inputs of ``dtype`` on ``device``."""
+def auto_order(
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    op: str = "project",
+    batch: int | None = None,
+    kind: str | None = None,
+) -> tuple[str, ...]:
+    """The backends "auto" tries, in order, for ``op`` on ``batch`` rows of ``dtype`` and a
+    matrix of ``kind`` on ``device`` (see AUTO_ORDER_CUDA and CUDA_FIRST_16BIT_CAPABILITY)."""
     if device.type != "cuda":
         return ("torch",)
     if op in SPARSE_OPS:
         return AUTO_ORDER_SPARSE_CUDA
-    return AUTO_ORDER_CUDA_16BIT if dtype in SIXTEEN_BIT else AUTO_ORDER_CUDA
+    if dtype not in SIXTEEN_BIT:
+        return AUTO_ORDER_CUDA
+    cuda_first = (
+        op == "project"
+        and kind == "rademacher"
+        and batch is not None
+        and batch >= CUDA_FIRST_16BIT_MIN_BATCH
+        and tuple(torch.cuda.get_device_capability(device)) == CUDA_FIRST_16BIT_CAPABILITY
+    )
+    return AUTO_ORDER_CUDA if cuda_first else AUTO_ORDER_CUDA_16BIT
 
 
-def select(backend: str, device: torch.device, op: str = "project", dtype: torch.dtype | None = None):
+def select(
+    backend: str,
+    device: torch.device,
+    op: str = "project",
+    dtype: torch.dtype | None = None,
+    batch: int | None = None,
+    kind: str | None = None,
+):
     """The backend module for ``backend`` ("auto" or a name) that runs ``op`` on ``device`` for
-    inputs of ``dtype`` (which orders "auto"'s preference on CUDA tensors; see AUTO_ORDER_CUDA).
+    ``batch`` rows of ``dtype`` and a matrix of ``kind`` (which order "auto"'s preference on
+    CUDA tensors; see :func:`auto_order`).
 
     ``FASTJL_BACKEND`` overrides "auto".  An explicitly requested backend that cannot run
     raises RuntimeError with the reason; "auto" never picks an unavailable one.
@@ -109,7 +140,7 @@ def select(backend: str, device: torch.device, op: str = "project", dtype: torch
     if backend == "auto":
         backend = _check_name(os.environ.get(ENV_VAR, "auto"), f"environment variable {ENV_VAR}")
     if backend == "auto":
-        order = auto_order(device, dtype, op)
+        order = auto_order(device, dtype, op, batch, kind)
         for name in order:
             if _unavailable(_module(name, op), device, op) is None:
                 return _module(name, op)

@@ -29,13 +29,17 @@ NAME = "cuda"
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MIN_CAPABILITY = (8, 0)  # mma.sync bf16 m16n8k16, cp.async
-# The sm_90a kernel (wgmma.mma_async; csrc/wgmma_kernel.cuh): for B >= 64 on compute
-# capability 9.0 only, and OPT-IN (FASTJL_CUDA_WGMMA=1): verified on an H100 (tests/test_cuda_wgmma.py,
-# run 6) but only 1.05x the mma.sync kernel for rademacher bf16 (run 5), timed for no other kind
-# or dtype; the default stays mma.sync.
+# The sm_90a kernel (wgmma.mma_async; csrc/wgmma_kernel.cuh), on compute capability 9.0 only.
+# The default where it was measured faster: rademacher, 16-bit x, B > 64 (the 128-row tile) --
+# on an H100 (run 7, bench/results/gpu-h100-20261128-run7) 1.12-1.14x the mma.sync kernel
+# (bf16, B = 128 and 512, K = 2048 and 8192) and 1.18-1.21x Triton's, verified by
+# tests/test_cuda_wgmma.py in the same run.  Gaussian, float32 x and the 64-row tile were not
+# timed, so they keep mma.sync unless FASTJL_CUDA_WGMMA=1 (any kind or dtype, B >= 64);
+# FASTJL_CUDA_WGMMA=0 turns it off.
 WGMMA_ENV = "FASTJL_CUDA_WGMMA"
 WGMMA_CAPABILITY = (9, 0)
-WGMMA_MIN_BATCH = 64
+WGMMA_MIN_BATCH = 64  # the kernel's smallest tile (B <= 32 has no wgmma tile)
+WGMMA_DEFAULT_MIN_BATCH = 65  # the 128-row tile, as measured
 
 
 def build_state() -> str:
@@ -88,18 +92,26 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     """
     batch, dim = x.shape
     args = tensor_args(x, out, seed=seed, kind=kind, offset=offset)
-    kernel = _C.project_sm90 if use_wgmma(batch, x.device) else _C.project
+    kernel = _C.project_sm90 if use_wgmma(batch, x.device, kind=kind, dtype=x.dtype) else _C.project
     _launch(kernel, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
 
 
-def use_wgmma(batch: int, device: torch.device) -> bool:
-    """Whether :func:`project` runs the sm_90a (wgmma) kernel: ``FASTJL_CUDA_WGMMA=1``, B >= 64,
-    a GPU of compute capability 9.0, and a build that has it (``_C.project_sm90``).  Same plan,
-    workspace and D-split order as the mma.sync kernel, so results agree to float32 rounding
-    (not bitwise: another MMA order within a step) and are bitwise reproducible run to run."""
+def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=torch.bfloat16) -> bool:
+    """Whether :func:`project` runs the sm_90a (wgmma) kernel: a GPU of compute capability 9.0, a
+    build that has it (``_C.project_sm90``), and either ``FASTJL_CUDA_WGMMA=1`` with B >= 64 or,
+    by default (the variable unset or empty), rademacher with 16-bit x and B > 64 (measured
+    faster, see WGMMA_ENV); ``FASTJL_CUDA_WGMMA=0`` never.  Same plan, workspace and D-split
+    order as the mma.sync kernel, so results agree to float32 rounding (not bitwise: another
+    MMA order within a step) and are bitwise reproducible run to run."""
+    env = os.environ.get(WGMMA_ENV, "")
+    if env == "1":
+        wanted = batch >= WGMMA_MIN_BATCH
+    elif env == "":
+        wanted = kind == "rademacher" and dtype in (torch.float16, torch.bfloat16) and batch >= WGMMA_DEFAULT_MIN_BATCH
+    else:
+        wanted = False
     return (
-        os.environ.get(WGMMA_ENV, "") == "1"
-        and batch >= WGMMA_MIN_BATCH
+        wanted
         and hasattr(_C, "project_sm90")
         and tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
     )
