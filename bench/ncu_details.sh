@@ -19,3 +19,11 @@ echo "wgmma rc=$?"
 timeout 60 $NCU $SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt \
   --dtype bfloat16 --sparsity 4 > "$OUT/ncu_sparse.log" 2>&1
 echo "sparse rc=$?"
+# NCU_SOURCE=1: also the per-SASS-instruction view of the mma.sync kernel (warp stall samples and
+# shared-memory wavefronts per instruction, CSV), to find which instructions the stalls sit on.
+if [ "${NCU_SOURCE:-0}" = 1 ]; then
+  timeout 90 $NCU --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+    --clock-control none --launch-skip 1 --launch-count 1 --kernel-name regex:project_kernel $DENSE \
+    > "$OUT/ncu_mma_sync_source.csv" 2>&1
+  echo "mma.sync source rc=$?"
+fi
