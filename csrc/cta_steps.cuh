@@ -37,7 +37,7 @@ struct KernelParams {
 // offsets); PLayout: where the P writers put an element (project_tiles.cuh).
 template <class Cfg, class Producer, int Kind, class Layout, class PLayout>
 struct CtaSteps {
-  static constexpr int kT = Producer::kTileDtype == kFloat16 ? kMmaF16 : kMmaBF16;
+  static constexpr int kT = mma_type_for(Producer::kTileDtype);
   static constexpr bool kGauss = Kind == kGaussian;
 
   unsigned char* smem;
@@ -51,7 +51,8 @@ struct CtaSteps {
   uint64_t row0;  // P row of step 0
   typename Producer::Cursor cursor;
 
-  __device__ __forceinline__ CtaSteps(unsigned char* smem_, const KernelParams<Producer>& kp_, int tid_)
+  __device__ __forceinline__ CtaSteps(unsigned char* smem_, const KernelParams<Producer>& kp_,
+                                      int tid_)
       : smem(smem_),
         kp(kp_),
         tid(tid_),

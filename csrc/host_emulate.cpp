@@ -125,7 +125,7 @@ struct Dest {
 template <class Cfg, int XDtype, int Kind, class Fetch>
 void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
                  const Dest& dest, std::vector<Packed4>& smem_store, const Fetch& fetch) {
-  constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
+  constexpr int T = mma_type_for(XDtype);
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
   constexpr int kMT = Cfg::kMT, kNT = Cfg::kNT;

@@ -76,7 +76,7 @@ template <class Cfg, class Producer, int Kind>
 __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams<Producer> kp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int XDtype = Producer::kTileDtype;
-  constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
+  constexpr int T = mma_type_for(XDtype);
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
   // Gaussian tiles (products of up to 16 + 16 significant bits) promote each k16 slice's

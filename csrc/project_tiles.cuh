@@ -100,6 +100,12 @@ FASTJL_HD void for_thread_items(int tid, int items, Body body) {
 //     spilled more (bench/NOTES.md).
 enum class TileCode : int { kFewestInstructions, kFewestRegisters };
 
+// The MMAs' 16-bit operand type for x of DtypeCode x_dtype: fp16 x as it is, bf16 x as it is,
+// fp32 x split into bf16 halves (so is P, to match).
+constexpr FASTJL_HD int mma_type_for(int x_dtype) {
+  return x_dtype == kFloat16 ? kMmaF16 : kMmaBF16;
+}
+
 // The choice of every projection kernel (and of their CPU emulation) for a kind.
 constexpr FASTJL_HD TileCode tile_code_for(int kind) {
   return kind == kGaussian ? TileCode::kFewestRegisters : TileCode::kFewestInstructions;

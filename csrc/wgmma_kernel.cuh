@@ -59,7 +59,7 @@ struct Sm90SmemLayout {
   static constexpr int kPBytes = PTileMN128B::kPlaneBytes;  // per plane and stage
   static constexpr int kXBytes = XDtypeSize == 4
                                      ? Cfg::kBlockB * proj::kXStride * 4
-                                     : Cfg::kBlockB * static_cast<int>(XTileK64B::kRowBytes);
+                                     : Cfg::kBlockB * XTileK64B::kRowBytes;
   static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;
   static constexpr int kTotal = 2 * kPPlanes * kPBytes + 2 * kXBytes + 2 * kWBytes;
   static constexpr int kAlign = 1024;  // rounding slack requested on top of kTotal
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
     project_kernel_sm90(const KernelParams<Producer> kp) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int XDtype = Producer::kTileDtype;
-  constexpr int T = XDtype == kFloat16 ? kMmaF16 : kMmaBF16;
+  constexpr int T = proj::mma_type_for(XDtype);
   constexpr bool kFp32 = XDtype == kFloat32;
   constexpr bool kGauss = Kind == kGaussian;
   using W = WarpgroupTile<Cfg>;

@@ -47,11 +47,7 @@ using proj::RowCol;
 // Descriptor bits 63-62 (PTX ISA "Matrix Descriptor Format").
 enum SwizzleMode : int { kSwizzleNone = 0, kSwizzle128B = 1, kSwizzle64B = 2, kSwizzle32B = 3 };
 
-// Swizzle<B, 4, 3> on a byte offset from an atom-aligned base.
-template <int B>
-FASTJL_HD uint32_t swizzle_bytes(uint32_t byte) {
-  return byte ^ (((byte >> 7) & ((1u << B) - 1u)) << 4);
-}
+using proj::swizzle_bytes;  // x_layouts.cuh
 
 // matrix-descriptor-encode(x) = (x & 0x3FFFF) >> 4.
 FASTJL_HD uint64_t descriptor_encode(uint32_t bytes) { return (bytes & 0x3FFFFu) >> 4; }
@@ -65,9 +61,9 @@ FASTJL_HD uint64_t make_descriptor(uint32_t start, uint32_t lbo, uint32_t sbo, i
 }
 
 // x tile, 16-bit elements: the XLayout of project_tiles.cuh's writers (byte offsets).
-struct XTileK64B : proj::SwizzledXLayout {  // offset / element: Swizzle<2,4,3>, 64-byte rows
-  static constexpr uint32_t kRowBytes = proj::kBlockD * 2;  // 64: one swizzle row
-  static constexpr uint32_t kSBO = 8 * kRowBytes;            // next 8 rows
+// offset / element / kRowBytes (64: one swizzle row) from SwizzledXLayout.
+struct XTileK64B : proj::SwizzledXLayout {
+  static constexpr uint32_t kSBO = 8 * kRowBytes;  // next 8 rows
   static constexpr uint32_t kLBO = 16;  // unused (swizzled K-major); encodes as 1
   static constexpr int kSwizzle = kSwizzle64B;
   static constexpr uint32_t kAtomBytes = 512;

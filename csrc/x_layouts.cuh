@@ -14,6 +14,14 @@
 namespace fastjl {
 namespace proj {
 
+// Swizzle<B, 4, 3> on a byte offset from an atom-aligned base: bits [4, 4+B) ^= bits [7, 7+B),
+// i.e. the 16-byte chunk index within a 128-byte row XORed with the row index (mod 2^B).  The
+// wgmma kernel's layouts (wgmma_layouts.cuh) and SwizzledXLayout below.
+template <int B>
+constexpr FASTJL_HD uint32_t swizzle_bytes(uint32_t byte) {
+  return byte ^ (((byte >> 7) & ((1u << B) - 1u)) << 4);
+}
+
 // An XLayout gives the byte offset of x tile element (row, col) for elements of esize bytes
 // (offset: the vector path's 16-byte chunks) and its element index (element: the element
 // path's stores).
@@ -32,11 +40,9 @@ struct PaddedXLayout {
 // ideal global sectors, against 1.0x for the wgmma kernel's same fetch into this layout.
 struct SwizzledXLayout {
   static constexpr int kRowBytes = kBlockD * 2;
-  static constexpr FASTJL_HD uint32_t swizzle(uint32_t byte) {
-    return byte ^ (((byte >> 7) & 3u) << 4);
-  }
   static constexpr FASTJL_HD int64_t offset(int row, int col, int64_t /*esize: 2*/) {
-    return swizzle(static_cast<uint32_t>(row) * kRowBytes + static_cast<uint32_t>(col) * 2u);
+    return swizzle_bytes<2>(static_cast<uint32_t>(row) * kRowBytes +
+                            static_cast<uint32_t>(col) * 2u);
   }
   static FASTJL_HD int element(int row, int col) {
     return static_cast<int>(offset(row, col, 2) / 2);

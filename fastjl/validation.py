@@ -13,6 +13,7 @@ import torch
 from .spec import MAX_PROJ_DIM, MAX_ROWS, check_int, check_kind, check_seed
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)  # the input dtypes fed to the MMAs as they are
 # float64 is accepted by the torch backend only, as an exact reference (output float64).
 REFERENCE_DTYPE = torch.float64
 SCALES = (None, "jl")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import SIXTEEN_BIT
 from . import cuda_backend, sparse_torch, torch_backend, triton_backend
 
 _BACKENDS = {m.NAME: m for m in (cuda_backend, triton_backend, torch_backend)}
@@ -34,7 +35,6 @@ AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
 # (bf16, s = 4: 2.58 / 7.60 / 61.1 ms); all three agree with the spec (GPU tests of that run).
 AUTO_ORDER_SPARSE_CUDA = ("cuda", "triton", "torch")
 AUTO_ORDER_CUDA_16BIT = ("triton", "cuda", "torch")
-SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 # Except rademacher projections of 16-bit x with B > 64 on compute capability 9.0: there the CUDA
 # kernel (wgmma, cuda_backend.use_wgmma) measured 1.18-1.21x Triton's and even the mma.sync
 # kernel 1.05-1.07x (H100, run 7: bf16 and fp16, B = 128 and 512, K = 2048 and 8192).  Triton

@@ -23,6 +23,7 @@ import torch
 from .._extension import _C, BUILT_WITHOUT_CUDA, IMPORT_ERROR, built_with_cuda
 from ..devices import device_problem
 from ..spec import KIND_CODES
+from ..validation import SIXTEEN_BIT
 from . import linear_chunked
 
 NAME = "cuda"
@@ -107,7 +108,7 @@ def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=
     if env == "1":
         wanted = batch >= WGMMA_MIN_BATCH
     elif env == "":
-        wanted = kind == "rademacher" and dtype in (torch.float16, torch.bfloat16) and batch >= WGMMA_DEFAULT_MIN_BATCH
+        wanted = kind == "rademacher" and dtype in SIXTEEN_BIT and batch >= WGMMA_DEFAULT_MIN_BATCH
     else:
         wanted = False
     return (
