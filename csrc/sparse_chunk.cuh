@@ -18,6 +18,7 @@
 // float32 sum over each column's nonzeros.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -48,7 +49,15 @@ struct ChunkSource {
   const uint16_t* entries;                    // (chunks, kChunkNonzeros)
   const uint16_t* col_ptr;                    // (chunks, ptr_stride)
   int64_t ptr_stride, chunk_rows, width;
+  int rows_shift;  // log2(chunk_rows): chunk_rows = kChunkNonzeros / s is a power of two
 };
+
+// log2 of a power of two (chunk_rows), on the host: chunk_source runs there.
+inline int log2_exact(int64_t pow2) {
+  int shift = 0;
+  while ((int64_t(1) << shift) < pow2) ++shift;
+  return shift;
+}
 
 // The source view of a call's arguments (one place for the launcher and the emulation).
 inline ChunkSource chunk_source(const SparseChunkArgs& a) {
@@ -61,7 +70,8 @@ inline ChunkSource chunk_source(const SparseChunkArgs& a) {
                      reinterpret_cast<const uint16_t*>(a.col_ptr),
                      a.ptr_stride,
                      chunk_rows(a.sparsity),
-                     a.width};
+                     a.width,
+                     log2_exact(chunk_rows(a.sparsity))};
 }
 
 // Columns of the tile starting at k0 (the last tile may be narrower than kBlockK).
@@ -74,32 +84,45 @@ FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
 // zero-fills the rest of 16 (cp.async on the GPU).  Vector path (sparse_vector_loads): x in
 // 16-byte pieces; element path: plain loads (any strides and alignment).  Rows past B and
 // past the chunk's end read as zeros.
+//
+// Vector path, written for few instructions per copy (every thread runs it every chunk): a row
+// window is `pieces` = chunk_rows / (16 / esize) pieces, a power of two <= kThreads, so thread
+// tid always copies piece q = tid % pieces, of rows tid / pieces, + kThreads / pieces, ... : its
+// valid byte count and source offset within a row are computed once, in 32 bits, with shifts
+// (no division, no 64-bit clamps), and each copy is a pointer step.
 template <int XDtype, int BatchRows, class Copy16>
 FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b0, int64_t k0,
                            int64_t chunk, unsigned char* buf, Copy16 copy) {
   using L = SmemLayout<XDtype, BatchRows>;
   constexpr int kE = L::kEsize;
   const int64_t d0 = chunk * s.chunk_rows;
-  const int64_t d_end = d0 + s.chunk_rows < s.rows ? d0 + s.chunk_rows : s.rows;
+  // Rows of this chunk that exist (the last chunk may be short): 1 .. chunk_rows.
+  const int rows_here = static_cast<int>(s.rows - d0 < s.chunk_rows ? s.rows - d0 : s.chunk_rows);
   if (vector) {
-    constexpr int kPer = 16 / kE;
-    const int pieces = static_cast<int>(s.chunk_rows / kPer);
-    for (int i = tid; i < BatchRows * pieces; i += kThreads) {
-      const int r = i / pieces, q = i - r * pieces;
-      const int64_t b = b0 + r, d = d0 + static_cast<int64_t>(q) * kPer;
-      int64_t valid = b < s.batch ? d_end - d : 0;
-      valid = valid < 0 ? 0 : valid > kPer ? kPer : valid;
-      const unsigned char* src = valid > 0 ? s.x + (b * s.stride_xb + d) * kE : s.x;
-      copy(buf + r * L::kWindowBytes + q * 16, src, static_cast<int>(valid * kE));
+    constexpr int kPer = 16 / kE, kPerShift = kE == 4 ? 2 : 3;  // elements per piece, log2
+    static_assert(kChunkNonzeros / kPer <= kThreads, "a thread copies one piece of a row");
+    const int piece_shift = s.rows_shift - kPerShift;  // log2(pieces)
+    const int q = tid & ((1 << piece_shift) - 1);
+    const int row_step = kThreads >> piece_shift;
+    int valid = rows_here - (q << kPerShift);
+    valid = valid < 0 ? 0 : valid > kPer ? kPer : valid;
+    const int rows_real = s.batch - b0 < BatchRows ? static_cast<int>(s.batch - b0) : BatchRows;
+    int r = tid >> piece_shift;
+    int64_t offset = ((b0 + r) * s.stride_xb + d0 + (q << kPerShift)) * kE;  // bytes
+    const int64_t step = row_step * s.stride_xb * kE;
+    for (; r < BatchRows; r += row_step, offset += step) {
+      const int bytes = r < rows_real ? valid * kE : 0;
+      copy(buf + r * L::kWindowBytes + q * 16, bytes > 0 ? s.x + offset : s.x, bytes);
     }
   } else {
     using Elem = typename std::conditional<kE == 4, uint32_t, uint16_t>::type;
     const Elem* x = reinterpret_cast<const Elem*>(s.x);
-    for (int64_t i = tid; i < BatchRows * s.chunk_rows; i += kThreads) {
-      const int r = static_cast<int>(i / s.chunk_rows);
-      const int64_t q = i - r * s.chunk_rows, b = b0 + r, d = d0 + q;
+    const int mask = (1 << s.rows_shift) - 1;
+    for (int i = tid; i < (BatchRows << s.rows_shift); i += kThreads) {
+      const int r = i >> s.rows_shift, q = i & mask;
+      const int64_t b = b0 + r;
       reinterpret_cast<Elem*>(buf + r * L::kWindowBytes)[q] =
-          (b < s.batch && d < d_end) ? x[b * s.stride_xb + d * s.stride_xd] : Elem(0);
+          (b < s.batch && q < rows_here) ? x[b * s.stride_xb + (d0 + q) * s.stride_xd] : Elem(0);
     }
   }
   const unsigned char* e =
@@ -124,7 +147,9 @@ FASTJL_HD float window_value(const unsigned char* window, int row) {
 
 // Thread tid adds the staged chunk's contribution to its columns: for each of its columns
 // in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
-// sign is entry bit 0 moved to the float's sign bit (no multiply).
+// sign is entry bit 0 moved into the sign bit of a ±1.0f, and each add is an FFMA acc + x·(±1):
+// the product is exact, so the result is bitwise acc ± x, one instruction instead of a sign flip
+// and an add.
 //
 // Written for latency, not issue slots (one CTA per SM): every shared load a sum waits on is
 // issued as early as its address is known.  The thread's columns' bounds and first
@@ -161,14 +186,13 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
     uint32_t code = first[c];
     for (int j = begin[c]; j < end[c]; ++j) {
       const uint32_t next = entries[j + 1];
-      const uint32_t sign = code << 31;
+      const float unit = bits_float(0x3F800000u | (code << 31));  // -1 or +1
       const int row = static_cast<int>(code >> 1);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-      for (int r = 0; r < BatchRows; ++r)
-        acc[r][c] += bits_float(
-            float_bits(window_value<XDtype>(buf + r * L::kWindowBytes, row)) ^ sign);
+      for (int r = 0; r < BatchRows; ++r)  // x·(±1) is exact: one rounding, as acc ± x
+        acc[r][c] = fmaf(window_value<XDtype>(buf + r * L::kWindowBytes, row), unit, acc[r][c]);
       code = next;
     }
   }

@@ -5,10 +5,11 @@
 // (stage_chunk, chunk_columns, store_columns from sparse_chunk.cuh, compiled for the host) and
 // the same double buffering; each phase runs for all kThreads threads of a CTA before the next, as
 // the kernel's barrier orders them.  cp.async is modelled by a copy that zero-fills the rest of
-// its 16 bytes; shared memory starts poisoned (0xFF: NaN), so reading anything unstaged shows.
+// its 16 bytes and refuses to read outside x's rows or the structure; shared memory starts poisoned (0xFF: NaN), so reading anything unstaged shows.
 // The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,10 +24,37 @@ namespace {
 
 constexpr const char* kOp = "fastjl._C.host_emulate_project_sparse";
 
+// HostCopy16 that first checks what the GPU's cp.async would read: a copy of x stays inside one
+// batch row's `rows` elements (reading past a row, or past x, is a bug even where the values are
+// never summed), a copy of the structure inside its arrays.  Throws (-> RuntimeError) otherwise.
+struct CheckedCopy16 {
+  const SparseChunkArgs* a;
+  int64_t esize;
+  void operator()(unsigned char* dst, const unsigned char* src, int bytes) const {
+    if (bytes > 0 && !inside(src, bytes))
+      throw std::runtime_error(std::string(kOp) + ": a 16-byte copy reads outside x's rows or "
+                                                  "the chunk structure");
+    HostCopy16{}(dst, src, bytes);
+  }
+  bool inside(const unsigned char* src, int bytes) const {
+    const auto at = reinterpret_cast<uintptr_t>(src);
+    const int64_t entries_bytes = a->chunks * int64_t(kChunkNonzeros) * 2;
+    const int64_t ptr_bytes = a->chunks * a->ptr_stride * 2;
+    if (at >= a->entries && at + bytes <= a->entries + entries_bytes) return true;
+    if (at >= a->col_ptr && at + bytes <= a->col_ptr + ptr_bytes) return true;
+    if (at < a->x || (at - a->x) % esize != 0) return false;
+    const int64_t element = static_cast<int64_t>(at - a->x) / esize;
+    const int64_t row_pitch = a->batch > 1 ? a->stride_xb : a->rows;
+    const int64_t b = element / row_pitch, d = element - b * row_pitch;
+    return b < a->batch && d + bytes / esize <= a->rows;  // vector copies: stride_xd == 1
+  }
+};
+
 template <int XDtype, int BatchRows>
 void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, float* dest,
              int64_t stride_split, int64_t stride_b, int64_t stride_k) {
   using L = SmemLayout<XDtype, BatchRows>;
+  const CheckedCopy16 copy{&a, L::kEsize};
   std::vector<uint64_t> smem_store(L::kTotal / sizeof(uint64_t));  // 8-byte aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
   const ChunkSource src = chunk_source(a);
@@ -43,14 +71,14 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
           for (float& v : row) v = 0.0f;
       for (int tid = 0; tid < kThreads; ++tid)
         stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, t.chunk_begin, smem,
-                                       HostCopy16{});
+                                       copy);
       for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
         unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * L::kBufferBytes;
         if (c + 1 < t.chunk_end) {
           unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * L::kBufferBytes;
           for (int tid = 0; tid < kThreads; ++tid)
             stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, c + 1, next,
-                                           HostCopy16{});
+                                           copy);
         }
         for (int tid = 0; tid < kThreads; ++tid)
           chunk_columns<XDtype, BatchRows>(tid, cur, ncols, acc[tid]);

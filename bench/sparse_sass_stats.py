@@ -1,0 +1,111 @@
+"""Instructions of the sparse kinds' CUDA kernel (csrc/sparse_kernel.cu) per unit of work, read
+from the compiled code without a GPU: the static measure of its staging and summing steps.
+
+    python bench/sparse_sass_stats.py                    # fastjl/_C*.so of this checkout
+    python bench/sparse_sass_stats.py old.cubin --arch sm_90
+
+A chunk step of a thread is (csrc/sparse_chunk.cuh) its share of the 16-byte copies that stage
+the next chunk (``stage_chunk``), then the runs of its columns (``chunk_columns``).  Columns:
+
+    static    instructions of the whole kernel
+    copy      instructions per 16-byte copy of x in the vector staging loop (the innermost loop
+              with the most LDGSTS.ZFILL, x's copies, divided by their number)
+    entry     instructions per entry in the run loop (the loop body with the most adds,
+              divided by the entries it handles: adds / batch rows)
+    adds      the run loop's add opcode (FADD before stop 25, FFMA since: acc + x·(±1))
+
+Compare a build before and after a change: these are the figures bench/NOTES.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_resources import ROOT, _load_cuda_resources  # noqa: E402
+
+_KERNEL_RE = re.compile(r"sparse_project_kernelILi(\d)ELi(\d)E")
+DTYPES = {"0": "float32", "1": "float16", "2": "bfloat16"}
+ADDS = ("FADD", "FFMA")
+
+
+def innermost_loops(cr, insts) -> list:
+    """The bodies of the loops (backward branches) that hold no other loop."""
+    spans = [(target, i) for i, target in cr.branches(insts) if target <= i]
+    inner = [(f, l) for f, l in spans if not any(f <= f2 and l2 <= l and (f2, l2) != (f, l) for f2, l2 in spans)]
+    return [insts[f : l + 1] for f, l in inner]
+
+
+def kernel_stats(cr, insts, batch_rows: int) -> dict:
+    bodies = innermost_loops(cr, insts)
+    count = lambda body, ops: sum(op in ops for _, op, _ in body)  # noqa: E731
+    # x's copies are the LDGSTS with a source size (.ZFILL); the structure's copy 16 bytes.
+    zfill = lambda body: sum(op == "LDGSTS" and ".ZFILL" in rest for _, op, rest in body)  # noqa: E731
+    copy = [b for b in bodies if zfill(b) and not count(b, ADDS)]
+    runs = [b for b in bodies if count(b, ADDS)]
+    stats = {"static": len(insts), "copy": None, "entry": None, "adds": "-"}
+    if copy:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
+        body = max(copy, key=lambda b: (zfill(b), -len(b)))
+        stats["copy"] = len(body) / zfill(body)
+    if runs:  # the run loop: the innermost loop with the most adds (unrolled entries)
+        body = max(runs, key=lambda b: (count(b, ADDS), -len(b)))
+        stats["entry"] = len(body) / (count(body, ADDS) / batch_rows)
+        stats["adds"] = next(op for _, op, _ in body if op in ADDS)
+    return stats
+
+
+def sass_by_arch(tool: str, path: Path) -> dict[str, str]:
+    """{sm_XX: its SASS} of a module or a cubin (cuobjdump heads each with 'code for sm_XX')."""
+    text = cr_run(tool, path)
+    parts = re.split(r"^\s*code for (sm_\w+)\s*$", text, flags=re.M)
+    found: dict[str, str] = {}
+    for arch, body in zip(parts[1::2], parts[2::2]):
+        found[arch] = found.get(arch, "") + body
+    return found
+
+
+def cr_run(tool: str, path: Path) -> str:
+    return _load_cuda_resources()._run([tool, "--dump-sass", str(path)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    cr = _load_cuda_resources()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, help="a module or cubin (default: fastjl/_C*.so)")
+    parser.add_argument("--arch", action="append", help="sm_XX to show (repeatable; default: all embedded)")
+    args = parser.parse_args(argv)
+    path = args.path
+    if path is None:
+        found = sorted((ROOT / "fastjl").glob("_C*.so"))
+        if not found:
+            parser.error("fastjl/_C*.so is not built here (pip install -e .); pass a module or cubin")
+        path = found[0]
+    tool = cr.find_cuobjdump()
+    if tool is None:
+        parser.error("cuobjdump not found (set $CUOBJDUMP or put the CUDA toolkit's bin on PATH)")
+    by_arch = sass_by_arch(tool, path)
+    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'entry':>6}  adds")
+    rows = 0
+    for arch in sorted(by_arch):
+        if args.arch and arch not in args.arch:
+            continue
+        for name, insts in sorted(cr.parse_sass(by_arch[arch]).items()):
+            m = _KERNEL_RE.search(name)
+            if not m:
+                continue
+            s = kernel_stats(cr, insts, int(m.group(2)))
+            fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            label = f"{DTYPES[m.group(1)]}, {m.group(2)} rows"
+            print(f"{label:<28} {arch:<6} {s['static']:>6} {fmt(s['copy']):>6} {fmt(s['entry']):>6}  {s['adds']}")
+            rows += 1
+    if not rows:
+        print(f"no sparse_project_kernel in {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""bench/sparse_sass_stats.py: the sparse kinds' CUDA kernel's instructions per staged 16-byte
+copy of x and per summed entry, read from the built module's sm_80 / sm_90 code (no GPU).  The
+bounds lock in issue 13's stop-25 changes (bench/NOTES.md): the staging loop's division by the
+pieces per row and its 64-bit clamps (~60 instructions a copy before) and the sign flip + add
+per batch row (FADD, 16 instructions an entry for float32 x and 4 batch rows before) fail them."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastjl._backends import cuda_resources as cr
+from fastjl._extension import BUILT_WITHOUT_CUDA
+
+from .helpers import HAS_CUDA_BUILD, HAS_EXTENSION
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stats_module():
+    spec = importlib.util.spec_from_file_location("sparse_sass_stats", ROOT / "bench" / "sparse_sass_stats.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sparse_sass_stats"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+stats = _stats_module()
+ARCHS = ("sm_80", "sm_90")
+COPY_BOUND = 26  # measured 22 (sm_80) / 23 (sm_90), nvcc 13.0
+# Per entry, 4x-unrolled run loop (measured sm_90: fp32 12.2, fp16 16.5, bf16 16.0 for 4 rows;
+# 8.2-10.2 for 2 rows).  The 16-bit kinds pay one conversion per batch row.
+ENTRY_BOUND = {("float32", 4): 13.0, ("float16", 4): 17.5, ("bfloat16", 4): 17.0}
+ENTRY_BOUND_TWO_ROWS = 11.0
+
+
+@pytest.fixture(scope="module")
+def rows():
+    so = cr.extension_path()
+    if so is None:
+        pytest.skip("fastjl._C is not built (pip install -e . with nvcc available builds it)")
+    if HAS_EXTENSION and not HAS_CUDA_BUILD:
+        pytest.skip(f"{BUILT_WITHOUT_CUDA}: it embeds no cubins to check")
+    tool = cr.find_cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found ($CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, triton's bin)")
+    found = {}
+    for arch, sass in stats.sass_by_arch(tool, so).items():
+        if arch not in ARCHS:
+            continue
+        for name, insts in cr.parse_sass(sass).items():
+            m = stats._KERNEL_RE.search(name)
+            if m:
+                key = (arch, stats.DTYPES[m.group(1)], int(m.group(2)))
+                found[key] = stats.kernel_stats(cr, insts, int(m.group(2)))
+    return found
+
+
+def test_every_instantiation_is_read(rows):
+    expected = {(a, d, r) for a in ARCHS for d in stats.DTYPES.values() for r in (2, 4)}
+    assert set(rows) == expected
+    assert all(s["copy"] is not None and s["entry"] is not None for s in rows.values()), rows
+
+
+def test_staging_copies_without_divisions(rows):
+    over = {k: s["copy"] for k, s in rows.items() if s["copy"] > COPY_BOUND}
+    assert not over, f"instructions per 16-byte copy of x above {COPY_BOUND}: {over}"
+
+
+def test_entries_add_with_one_ffma_per_batch_row(rows):
+    assert {s["adds"] for s in rows.values()} == {"FFMA"}
+    over = {
+        k: s["entry"]
+        for k, s in rows.items()
+        if s["entry"] > (ENTRY_BOUND[k[1:]] if k[2] == 4 else ENTRY_BOUND_TWO_ROWS)
+    }
+    assert not over, f"instructions per entry above the bounds: {over}"
+
+
+def test_kernel_stats_on_synthetic_sass():
+    """Two loops: x's copy loop (2 .ZFILL copies in 10 instructions) and a run loop (8 FFMA for
+    4 batch rows, i.e. 2 entries, in 12): 5 per copy, 6 per entry."""
+    copy_loop = [(i * 16, "IMAD", "R1, R2, R3, RZ ;") for i in range(8)]
+    copy_loop[3] = (0x30, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R2.64], P0 ;")
+    copy_loop[6] = (0x60, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R4.64], P0 ;")
+    copy_loop += [(0x80, "LDGSTS", ".E.BYPASS.128 [R5], desc[UR4][R6.64] ;"), (0x90, "BRA", "0x0 ;")]
+    run_loop = [(0x100 + i * 16, "FFMA", "R8, R9, R10, R8 ;") for i in range(8)]
+    run_loop += [(0x180 + i * 16, "LDS", "R9, [R1] ;") for i in range(3)] + [(0x1B0, "BRA", "0x100 ;")]
+    s = stats.kernel_stats(cr, copy_loop + run_loop, 4)
+    assert s == {"static": 22, "copy": 5.0, "entry": 6.0, "adds": "FFMA"}
