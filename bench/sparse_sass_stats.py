@@ -10,8 +10,10 @@ the next chunk (``stage_chunk``), then the runs of its columns (``chunk_columns`
     static    instructions of the whole kernel
     copy      instructions per 16-byte copy of x in the vector staging loop (the innermost loop
               with the most LDGSTS.ZFILL, x's copies, divided by their number)
-    entry     instructions per entry in the run loop (the loop body with the most adds,
-              divided by the entries it handles: adds / batch rows)
+    entry     instructions per entry in the run loop (the innermost loop with the most adds,
+              divided by the entries its body handles: adds / batch rows)
+    unroll    entries per run-loop body: 1 since stop 25 (runs average ~1 entry a chunk, and
+              nvcc's 4x unroll paid a remainder loop and a 4-entry body per column: NOTES)
     adds      the run loop's add opcode (FADD before stop 25, FFMA since: acc + x·(±1))
 
 Compare a build before and after a change: these are the figures bench/NOTES.md quotes.
@@ -46,13 +48,14 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
     zfill = lambda body: sum(op == "LDGSTS" and ".ZFILL" in rest for _, op, rest in body)  # noqa: E731
     copy = [b for b in bodies if zfill(b) and not count(b, ADDS)]
     runs = [b for b in bodies if count(b, ADDS)]
-    stats = {"static": len(insts), "copy": None, "entry": None, "adds": "-"}
+    stats = {"static": len(insts), "copy": None, "entry": None, "unroll": None, "adds": "-"}
     if copy:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
         body = max(copy, key=lambda b: (zfill(b), -len(b)))
         stats["copy"] = len(body) / zfill(body)
     if runs:  # the run loop: the innermost loop with the most adds (unrolled entries)
         body = max(runs, key=lambda b: (count(b, ADDS), -len(b)))
-        stats["entry"] = len(body) / (count(body, ADDS) / batch_rows)
+        stats["unroll"] = count(body, ADDS) / batch_rows
+        stats["entry"] = len(body) / stats["unroll"]
         stats["adds"] = next(op for _, op, _ in body if op in ADDS)
     return stats
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if tool is None:
         parser.error("cuobjdump not found (set $CUOBJDUMP or put the CUDA toolkit's bin on PATH)")
     by_arch = sass_by_arch(tool, path)
-    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'entry':>6}  adds")
+    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'entry':>6} {'unroll':>6}  adds")
     rows = 0
     for arch in sorted(by_arch):
         if args.arch and arch not in args.arch:
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             s = kernel_stats(cr, insts, int(m.group(2)))
             fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
             label = f"{DTYPES[m.group(1)]}, {m.group(2)} rows"
-            print(f"{label:<28} {arch:<6} {s['static']:>6} {fmt(s['copy']):>6} {fmt(s['entry']):>6}  {s['adds']}")
+            figures = " ".join(f"{fmt(s[k]):>6}" for k in ("copy", "entry", "unroll"))
+            print(f"{label:<28} {arch:<6} {s['static']:>6} {figures}  {s['adds']}")
             rows += 1
     if not rows:
         print(f"no sparse_project_kernel in {path}", file=sys.stderr)

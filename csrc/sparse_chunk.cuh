@@ -145,6 +145,21 @@ FASTJL_HD float window_value(const unsigned char* window, int row) {
   return XDtype == kBFloat16 ? bits_float(h << 16) : half_to_float<kMmaF16>(h);
 }
 
+// entries[j], loaded where it is written: on the GPU as a volatile shared load, so that nvcc
+// keeps the run loop's look-ahead (entry j + 1 loaded before entry j's x) instead of reloading
+// entry j at the top of the next iteration, which would chain two shared loads per entry.
+FASTJL_HD uint32_t look_ahead(const uint16_t* entries, int j) {
+#if defined(__CUDA_ARCH__)
+  uint32_t v;  // ld.u16 into a 32-bit register zero-extends (no mask instruction)
+  asm volatile("ld.shared.u16 %0, [%1];\n"
+               : "=r"(v)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(entries + j))));
+  return v;
+#else
+  return entries[j];
+#endif
+}
+
 // Thread tid adds the staged chunk's contribution to its columns: for each of its columns
 // in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
 // sign is entry bit 0 moved into the sign bit of a ±1.0f, and each add is an FFMA acc + x·(±1):
@@ -184,8 +199,15 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
 #endif
   for (int c = 0; c < kColsPerThread; ++c) {
     uint32_t code = first[c];
+    // Not unrolled: runs are short (~1 entry a column per chunk at K = 4096), and nvcc's 4x
+    // unroll runs a remainder loop first, so a warp paid max over lanes of (run % 4) remainder
+    // iterations, then a 4-entry body whenever one lane's run reached 4, plus the split's
+    // setup: ~3.5 iterations' worth more per column than max(run) single iterations.
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
     for (int j = begin[c]; j < end[c]; ++j) {
-      const uint32_t next = entries[j + 1];
+      const uint32_t next = look_ahead(entries, j + 1);
       const float unit = bits_float(0x3F800000u | (code << 31));  // -1 or +1
       const int row = static_cast<int>(code >> 1);
 #if defined(__CUDA_ARCH__)
