@@ -32,6 +32,7 @@ import numpy as np
 from fastjl._backends.sparse_chunks import GPU_NONZEROS, chunk_structure
 
 THREADS, COLS_PER_THREAD, WARP, BANKS = 1024, 4, 32, 32  # csrc/sparse_chunk_args.h
+MAX_CHUNK_ROWS = 4096  # kMaxChunkRows: every x window is sized for it
 BATCH_ROWS = 4
 CLOCK_GHZ = 1.98  # H100 SXM's maximum SM clock (nvidia-smi clocks.max.sm in run 5)
 
@@ -52,10 +53,12 @@ def request_wavefronts(byte_addresses: np.ndarray, width: int) -> int:
 
 
 def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: str) -> dict:
-    """Summing-step wavefronts of one chunk for one CTA (4 batch rows), by access kind."""
-    window_bytes = GPU_NONZEROS * esize
+    """Summing-step wavefronts of one chunk for one CTA (4 batch rows), by access kind; the
+    chunk's nonzeros (the kernel's chunk_nonzeros) are ``entries.size``."""
+    nonzeros = entries.size
+    window_bytes = MAX_CHUNK_ROWS * esize
     entries_offset = BATCH_ROWS * window_bytes
-    ptr_offset = entries_offset + GPU_NONZEROS * 2
+    ptr_offset = entries_offset + nonzeros * 2
     counts = {"pointers": 0, "entries": 0, "x": 0}
     for warp in range(THREADS // WARP):
         lanes = np.arange(WARP)
@@ -78,7 +81,8 @@ def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: s
                 else:
                     addr = row * esize * BATCH_ROWS
                     counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize * BATCH_ROWS)
-    counts["staging"] = (BATCH_ROWS * window_bytes + GPU_NONZEROS * 2 + (ptr.size * 2)) // 128
+    rows = min(MAX_CHUNK_ROWS, nonzeros)  # s = 1's rows; fewer for s > 1 (an upper bound)
+    counts["staging"] = (BATCH_ROWS * rows * esize + nonzeros * 2 + (ptr.size * 2)) // 128
     counts["total"] = sum(counts.values())
     return counts
 
@@ -88,12 +92,18 @@ def main(argv=None) -> None:
     p.add_argument("--sparsity", default="1,2,4,8")
     p.add_argument("--chunks", type=int, default=4, help="chunks averaged per row of the table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chunk-nonzeros", type=int, default=GPU_NONZEROS, help="4096, 8192 or 16384 (at most 4096 rows a chunk)"
+    )
     args = p.parse_args(argv)
-    print(f"wavefronts per chunk per CTA (4 batch rows, K = 4096), µs at {CLOCK_GHZ} GHz, one wavefront a cycle")
+    nnz = args.chunk_nonzeros
+    print(f"wavefronts per chunk of {nnz} nonzeros per CTA (4 batch rows, K = 4096), µs at {CLOCK_GHZ} GHz")
     columns = ("pointers", 9), ("entries", 8), ("x", 7), ("staging", 8), ("total", 7), ("µs", 6)
     print(f"{'s':>2} {'x':>5} {'layout':>11} " + " ".join(f"{name:>{width}}" for name, width in columns))
     for s in (int(v) for v in args.sparsity.split(",")):
-        rows = GPU_NONZEROS // s
+        rows = nnz // s
+        if rows > MAX_CHUNK_ROWS:
+            continue  # the kernel takes at most 4096 rows a chunk
         entries, ptr = chunk_structure(args.seed, 0, rows * args.chunks, 4096, s, None, rows, 0, 4096, "cpu")
         for esize, name in ((4, "fp32"), (2, "16bit")):
             for layout in ("rows", "interleaved"):

@@ -292,30 +292,34 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- sparse kinds on the GPU (sparse_kernel.cu; CPU emulation: sparse_emulate.cpp) ------
   // Argument order: x (pointer, dtype code, B, rows, element strides), the chunk structure
-  // (entries, col_ptr pointers, col_ptr row stride, chunks, sparsity), out (pointer, width,
+  // (entries, col_ptr pointers, col_ptr row stride, chunks, sparsity, nonzeros per chunk), out (pointer, width,
   // element strides; float32), batch_rows (2 or 4), then the launch resources.
 #ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "project_sparse",
       [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
          int64_t stride_xd, uintptr_t entries_ptr, uintptr_t col_ptr_ptr, int64_t ptr_stride,
-         int64_t chunks, int sparsity, uintptr_t out_ptr, int64_t width, int64_t stride_ob,
+         int64_t chunks, int sparsity, int chunk_nonzeros, uintptr_t out_ptr, int64_t width,
+         int64_t stride_ob,
          int64_t stride_ok, int batch_rows, uintptr_t workspace_ptr, int64_t workspace_bytes,
          int64_t num_sms, uintptr_t stream) {
         fastjl::sparse::sparse_project_device(
             fastjl::sparse::SparseChunkArgs{x_ptr, x_dtype, batch, rows, stride_xb, stride_xd,
                                             entries_ptr, col_ptr_ptr, ptr_stride, chunks,
-                                            sparsity, out_ptr, width, stride_ob, stride_ok},
+                                            sparsity, chunk_nonzeros, out_ptr, width,
+                                            stride_ob, stride_ok},
             batch_rows, workspace_ptr, workspace_bytes, num_sms, stream);
       },
       py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("rows"), py::arg("stride_xb"),
       py::arg("stride_xd"), py::arg("entries_ptr"), py::arg("col_ptr_ptr"),
-      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("out_ptr"),
+      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("chunk_nonzeros"),
+      py::arg("out_ptr"),
       py::arg("width"), py::arg("stride_ob"), py::arg("stride_ok"), py::arg("batch_rows"),
       py::arg("workspace_ptr"), py::arg("workspace_bytes"), py::arg("num_sms"),
       py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
       "out = x @ P for a sparse kind (sjlt, grass) from P's chunk structure\n"
-      "(fastjl/_backends/sparse_chunks.py): entries int16 (chunks, 4096), col_ptr int16\n"
+      "(fastjl/_backends/sparse_chunks.py): entries int16 (chunks, chunk_nonzeros: 4096, 8192\n"
+      "or 16384, at most 4096 rows a chunk), col_ptr int16\n"
       "(chunks, ptr_stride).  Device pointers; out float32, fully overwritten; no atomics.\n"
       "workspace: project_sparse_workspace_bytes(...) bytes (0/0 when that is 0).\n"
       "Asynchronous on `stream`.  ValueError for bad arguments.");
@@ -348,25 +352,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("batch_rows"), "The launch plan of project_sparse() (grid, splits), for tests.");
 
   m.def("project_sparse_smem_bytes", &fastjl::sparse::sparse_smem_bytes, py::arg("x_dtype"),
-        py::arg("batch_rows"),
-        "Dynamic shared memory (bytes) of project_sparse's kernel for an x dtype code and\n"
-        "batch_rows: 4 rows need the GPU's opt-in limit to allow it (A100/H100 do).");
+        py::arg("batch_rows"), py::arg("chunk_nonzeros"),
+        "Dynamic shared memory (bytes) of project_sparse's kernel for an x dtype code,\n"
+        "batch_rows and chunk_nonzeros; the GPU's opt-in limit must allow it.");
 
   m.def(
       "host_emulate_project_sparse",
       [](uintptr_t x_ptr, int x_dtype, int64_t batch, int64_t rows, int64_t stride_xb,
          int64_t stride_xd, uintptr_t entries_ptr, uintptr_t col_ptr_ptr, int64_t ptr_stride,
-         int64_t chunks, int sparsity, uintptr_t out_ptr, int64_t width, int64_t stride_ob,
+         int64_t chunks, int sparsity, int chunk_nonzeros, uintptr_t out_ptr, int64_t width,
+         int64_t stride_ob,
          int64_t stride_ok, int batch_rows, int64_t num_sms) {
         return fastjl::sparse::host_emulate_sparse_project(
             fastjl::sparse::SparseChunkArgs{x_ptr, x_dtype, batch, rows, stride_xb, stride_xd,
                                             entries_ptr, col_ptr_ptr, ptr_stride, chunks,
-                                            sparsity, out_ptr, width, stride_ob, stride_ok},
+                                            sparsity, chunk_nonzeros, out_ptr, width,
+                                            stride_ob, stride_ok},
             batch_rows, num_sms);
       },
       py::arg("x_ptr"), py::arg("x_dtype"), py::arg("B"), py::arg("rows"), py::arg("stride_xb"),
       py::arg("stride_xd"), py::arg("entries_ptr"), py::arg("col_ptr_ptr"),
-      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("out_ptr"),
+      py::arg("ptr_stride"), py::arg("chunks"), py::arg("sparsity"), py::arg("chunk_nonzeros"),
+      py::arg("out_ptr"),
       py::arg("width"), py::arg("stride_ob"), py::arg("stride_ok"), py::arg("batch_rows"),
       py::arg("num_sms"), py::call_guard<py::gil_scoped_release>(),
       "project_sparse() emulated on the CPU on HOST pointers: the kernel's plan, staging and\n"

@@ -10,7 +10,7 @@
 // consecutive columns: their pointer loads are consecutive int16 (conflict-free), their runs
 // adjacent in the entries (few bank conflicts), their stores coalesced.  Per chunk, one buffer of shared memory holds
 //   * the x window of each batch row (the chunk's rows of x, native dtype),
-//   * the chunk's entries (kChunkNonzeros int16) and its tile's column pointers,
+//   * the chunk's entries (chunk_nonzeros int16) and its tile's column pointers,
 // staged once and read by all BatchRows rows: the structure is decoded once per CTA, not once
 // per batch row.  Thread t walks the runs of its columns in order (rows ascending within a
 // column) and adds ±x to its accumulators: float32 sums in a fixed order (no atomics, no
@@ -28,28 +28,36 @@
 namespace fastjl {
 namespace sparse {
 
-// Byte offsets of one chunk buffer; the kernel double-buffers (kTotal = two buffers).  A
-// window is sized for the longest chunk (s = 1: kChunkNonzeros rows) whatever s is.
+// Byte offsets of one chunk buffer: BatchRows x windows, the entries, the column pointers.  The
+// kernel double-buffers (total = two buffers).  A window is sized for the longest chunk
+// (kMaxChunkRows rows) whatever the chunk's shape; the entries for chunk_nonzeros, so the
+// pointers' offset and the buffer's size depend on it.  The pointers follow the entries
+// directly: the run loop's look-ahead past the last entry reads the first pointer.
 template <int XDtype, int BatchRows>
 struct SmemLayout {
   static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
-  static constexpr int kWindowBytes = kChunkNonzeros * kEsize;
+  static constexpr int kWindowBytes = kMaxChunkRows * kEsize;
   static constexpr int kEntriesOffset = BatchRows * kWindowBytes;
-  static constexpr int kPtrOffset = kEntriesOffset + kChunkNonzeros * 2;
   static constexpr int kPtrCount = kBlockK + kPtrAlign;  // kBlockK + 1 used, 16-byte rounded
-  static constexpr int kBufferBytes = kPtrOffset + kPtrCount * 2;
-  static constexpr int kTotal = 2 * kBufferBytes;
-  static_assert(kPtrOffset % 16 == 0 && kBufferBytes % 16 == 0, "16-byte aligned pieces");
+  static_assert(kEntriesOffset % 16 == 0 && kPtrCount * 2 % 16 == 0, "16-byte aligned pieces");
+  FASTJL_HD static int ptr_offset(int chunk_nonzeros) {
+    return kEntriesOffset + chunk_nonzeros * 2;
+  }
+  FASTJL_HD static int buffer_bytes(int chunk_nonzeros) {
+    return ptr_offset(chunk_nonzeros) + kPtrCount * 2;
+  }
+  FASTJL_HD static int total(int chunk_nonzeros) { return 2 * buffer_bytes(chunk_nonzeros); }
 };
 
 // Where a CTA reads from (global memory on the GPU, host memory in the emulation).
 struct ChunkSource {
   const unsigned char* x;
   int64_t batch, rows, stride_xb, stride_xd;  // x: element strides
-  const uint16_t* entries;                    // (chunks, kChunkNonzeros)
+  const uint16_t* entries;                    // (chunks, chunk_nonzeros)
   const uint16_t* col_ptr;                    // (chunks, ptr_stride)
   int64_t ptr_stride, chunk_rows, width;
-  int rows_shift;  // log2(chunk_rows): chunk_rows = kChunkNonzeros / s is a power of two
+  int rows_shift;  // log2(chunk_rows): chunk_rows = chunk_nonzeros / s is a power of two
+  int chunk_nonzeros;
 };
 
 // log2 of a power of two (chunk_rows), on the host: chunk_source runs there.
@@ -69,9 +77,10 @@ inline ChunkSource chunk_source(const SparseChunkArgs& a) {
                      reinterpret_cast<const uint16_t*>(a.entries),
                      reinterpret_cast<const uint16_t*>(a.col_ptr),
                      a.ptr_stride,
-                     chunk_rows(a.sparsity),
+                     chunk_rows(a.chunk_nonzeros, a.sparsity),
                      a.width,
-                     log2_exact(chunk_rows(a.sparsity))};
+                     log2_exact(chunk_rows(a.chunk_nonzeros, a.sparsity)),
+                     a.chunk_nonzeros};
 }
 
 // Columns of the tile starting at k0 (the last tile may be narrower than kBlockK).
@@ -100,7 +109,7 @@ FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b
   const int rows_here = static_cast<int>(s.rows - d0 < s.chunk_rows ? s.rows - d0 : s.chunk_rows);
   if (vector) {
     constexpr int kPer = 16 / kE, kPerShift = kE == 4 ? 2 : 3;  // elements per piece, log2
-    static_assert(kChunkNonzeros / kPer <= kThreads, "a thread copies one piece of a row");
+    static_assert(kMaxChunkRows / kPer <= kThreads, "a thread copies one piece of a row");
     const int piece_shift = s.rows_shift - kPerShift;  // log2(pieces)
     const int q = tid & ((1 << piece_shift) - 1);
     const int row_step = kThreads >> piece_shift;
@@ -126,15 +135,16 @@ FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b
     }
   }
   const unsigned char* e =
-      reinterpret_cast<const unsigned char*>(s.entries + chunk * int64_t(kChunkNonzeros));
-  for (int i = tid; i < kChunkNonzeros * 2 / 16; i += kThreads)
+      reinterpret_cast<const unsigned char*>(s.entries + chunk * int64_t(s.chunk_nonzeros));
+  for (int i = tid; i < s.chunk_nonzeros * 2 / 16; i += kThreads)
     copy(buf + L::kEntriesOffset + i * 16, e + i * 16, 16);
   // Pointers of columns k0 .. k0+ncols (ncols + 1 values), in 16-byte pieces: k0 is a
   // multiple of 8 and ptr_stride a multiple of 8 >= width + 1, so they stay in the row.
   const int pieces = (tile_columns(k0, s.width) + 1 + kPtrAlign - 1) / kPtrAlign;
   const unsigned char* p =
       reinterpret_cast<const unsigned char*>(s.col_ptr + chunk * s.ptr_stride + k0);
-  for (int i = tid; i < pieces; i += kThreads) copy(buf + L::kPtrOffset + i * 16, p + i * 16, 16);
+  unsigned char* ptr_dst = buf + L::ptr_offset(s.chunk_nonzeros);
+  for (int i = tid; i < pieces; i += kThreads) copy(ptr_dst + i * 16, p + i * 16, 16);
 }
 
 // Element `row` of a staged window, widened to float32 (exact).
@@ -166,20 +176,18 @@ FASTJL_HD uint32_t look_ahead(const uint16_t* entries, int j) {
 // the product is exact, so the result is bitwise acc ± x, one instruction instead of a sign flip
 // and an add.
 //
-// Written for latency, not issue slots (one CTA per SM): every shared load a sum waits on is
-// issued as early as its address is known.  The thread's columns' bounds and first
-// entries are loaded before any sum (a column then starts without a pointer -> entry chain),
-// and within a run entry j + 1 is loaded before entry j's x values, so an entry costs one
-// shared-load latency (x) instead of two (entry, then x).  The look-ahead reads one entry past
-// a run's end: at most entries[kChunkNonzeros], i.e. the first pointer of the same buffer.
+// Shared loads are issued as early as their addresses are known: the thread's columns' bounds
+// and first entries are loaded before any sum (a column then starts without a pointer -> entry
+// chain), and within a run entry j + 1 is loaded before entry j's x values are summed, so an
+// entry waits on one shared-load latency (x) instead of two (entry, then x).  The look-ahead
+// reads one entry past a run's end: at most entries[chunk_nonzeros], i.e. the first pointer of
+// the same buffer (SmemLayout puts the pointers right after the entries).
 template <int XDtype, int BatchRows>
-FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int ncols,
+FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int chunk_nonzeros, int ncols,
                              float (&acc)[BatchRows][kColsPerThread]) {
   using L = SmemLayout<XDtype, BatchRows>;
-  static_assert(L::kPtrOffset == L::kEntriesOffset + kChunkNonzeros * 2,
-                "the look-ahead past the last entry must land in the chunk's buffer");
   const uint16_t* entries = reinterpret_cast<const uint16_t*>(buf + L::kEntriesOffset);
-  const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::kPtrOffset);
+  const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::ptr_offset(chunk_nonzeros));
   int begin[kColsPerThread], end[kColsPerThread];
   uint32_t first[kColsPerThread];
 #if defined(__CUDA_ARCH__)

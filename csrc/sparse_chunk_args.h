@@ -5,11 +5,15 @@
 // one definition.  The matrix never reaches C++ as (seed, offset, s): the Python side
 // (fastjl/_backends/sparse_chunks.py) turns it into a column-sorted structure per chunk of rows,
 // the same one the Triton kernel reads:
-//   entries  int16 (chunks, kChunkNonzeros): per chunk, its nonzeros sorted by column (rows
+//   entries  int16 (chunks, chunk_nonzeros): per chunk, its nonzeros sorted by column (rows
 //            ascending within a column), each `local row << 1 | negative`, zero-padded;
 //   col_ptr  int16 (chunks, ptr_stride): the start of each column's run, width + 1 used
 //            (col_ptr[c][width] = the chunk's count).
-// A chunk holds kChunkNonzeros / s rows of P (so at most kChunkNonzeros nonzeros).
+// A chunk holds chunk_nonzeros / s rows of P (so at most chunk_nonzeros nonzeros), at most
+// kMaxChunkRows: chunk_nonzeros is 4096, 8192 or 16384, a launch argument.  Larger chunks give a
+// column more entries per chunk (chunk_nonzeros / K on average), so a warp's lanes, one column
+// each, walk runs of more even length (fastjl/_backends/cuda_sparse.py picks the largest that
+// the GPU's shared memory holds).
 #pragma once
 
 #include <cstdint>
@@ -30,12 +34,14 @@ constexpr int kColsPerThread = 4;  // thread t owns columns t + kThreads c (c < 
 constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
 // Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
 // the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
-constexpr int kChunkNonzeros = 4096;  // nonzeros per chunk (rows per chunk: 4096 / s)
+constexpr int kMaxChunkRows = 4096;       // rows per chunk (chunk_nonzeros / s) at most
+constexpr int kMinChunkNonzeros = 4096;   // chunk_nonzeros: 4096, 8192 or 16384
+constexpr int kMaxChunkNonzeros = 16384;  // (int16 column pointers count up to it)
 constexpr int kPtrAlign = 8;          // col_ptr rows start 16-byte aligned (8 int16)
 constexpr int64_t kMinChunksPerSplit = 2;
 constexpr int64_t kMaxSplits = 65535;  // grid.y
 
-inline int64_t chunk_rows(int sparsity) { return kChunkNonzeros / sparsity; }
+inline int64_t chunk_rows(int chunk_nonzeros, int sparsity) { return chunk_nonzeros / sparsity; }
 inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // out[B, width] (float32, element strides) = x[B, rows] @ P_structure[rows, width].
@@ -45,8 +51,9 @@ struct SparseChunkArgs {
   int64_t batch, rows, stride_xb, stride_xd;
   uintptr_t entries, col_ptr;
   int64_t ptr_stride;  // int16 elements between two chunks' col_ptr rows
-  int64_t chunks;      // = ceil(rows / chunk_rows(sparsity))
+  int64_t chunks;      // = ceil(rows / chunk_rows(chunk_nonzeros, sparsity))
   int sparsity;
+  int chunk_nonzeros;  // 4096, 8192 or 16384, with chunk_nonzeros / sparsity <= kMaxChunkRows
   uintptr_t out;
   int64_t width, stride_ob, stride_ok;
 };
@@ -102,10 +109,15 @@ inline void validate_sparse_chunk_args(const SparseChunkArgs& a, const char* op)
   if (a.rows < 1) fail("rows must be >= 1, got " + std::to_string(a.rows));
   if (a.width < 1 || a.width > (int64_t(1) << 31))
     fail("width must be in [1, 2^31], got " + std::to_string(a.width));
-  if (a.chunks != ceil_div64(a.rows, chunk_rows(a.sparsity)))
-    fail("chunks must be ceil(rows / (4096 / sparsity)) = " +
-         std::to_string(ceil_div64(a.rows, chunk_rows(a.sparsity))) + ", got " +
-         std::to_string(a.chunks));
+  if (a.chunk_nonzeros != 4096 && a.chunk_nonzeros != 8192 && a.chunk_nonzeros != 16384)
+    fail("chunk_nonzeros must be 4096, 8192 or 16384, got " + std::to_string(a.chunk_nonzeros));
+  if (chunk_rows(a.chunk_nonzeros, a.sparsity) > kMaxChunkRows)
+    fail("chunk_nonzeros / sparsity (rows per chunk) must be <= 4096, got " +
+         std::to_string(a.chunk_nonzeros) + " / " + std::to_string(a.sparsity));
+  if (a.chunks != ceil_div64(a.rows, chunk_rows(a.chunk_nonzeros, a.sparsity)))
+    fail("chunks must be ceil(rows / (chunk_nonzeros / sparsity)) = " +
+         std::to_string(ceil_div64(a.rows, chunk_rows(a.chunk_nonzeros, a.sparsity))) +
+         ", got " + std::to_string(a.chunks));
   if (a.ptr_stride < a.width + 1 || a.ptr_stride % kPtrAlign != 0)
     fail("ptr_stride must be a multiple of 8 and >= width + 1, got " +
          std::to_string(a.ptr_stride));
@@ -134,8 +146,9 @@ void sparse_project_device(const SparseChunkArgs& a, int batch_rows, uintptr_t w
 // sparse_emulate.cpp: the same plan and per-chunk code on host pointers.  Returns whether the
 // vector (cp.async) staging path was taken.
 bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms);
-// Dynamic shared memory of the kernel for x of dtype code x_dtype and batch_rows (sparse_chunk.cuh).
-int64_t sparse_smem_bytes(int x_dtype, int batch_rows);
+// Dynamic shared memory of the kernel for x of dtype code x_dtype, batch_rows and chunk_nonzeros
+// (sparse_chunk.cuh's SmemLayout; throws for values the kernel does not take).
+int64_t sparse_smem_bytes(int x_dtype, int batch_rows, int chunk_nonzeros);
 
 }  // namespace sparse
 }  // namespace fastjl

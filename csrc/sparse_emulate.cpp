@@ -38,7 +38,7 @@ struct CheckedCopy16 {
   }
   bool inside(const unsigned char* src, int bytes) const {
     const auto at = reinterpret_cast<uintptr_t>(src);
-    const int64_t entries_bytes = a->chunks * int64_t(kChunkNonzeros) * 2;
+    const int64_t entries_bytes = a->chunks * int64_t(a->chunk_nonzeros) * 2;
     const int64_t ptr_bytes = a->chunks * a->ptr_stride * 2;
     if (at >= a->entries && at + bytes <= a->entries + entries_bytes) return true;
     if (at >= a->col_ptr && at + bytes <= a->col_ptr + ptr_bytes) return true;
@@ -55,7 +55,8 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
              int64_t stride_split, int64_t stride_b, int64_t stride_k) {
   using L = SmemLayout<XDtype, BatchRows>;
   const CheckedCopy16 copy{&a, L::kEsize};
-  std::vector<uint64_t> smem_store(L::kTotal / sizeof(uint64_t));  // 8-byte aligned
+  const int buffer_bytes = L::buffer_bytes(a.chunk_nonzeros);
+  std::vector<uint64_t> smem_store(L::total(a.chunk_nonzeros) / sizeof(uint64_t));  // 8-aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
   const ChunkSource src = chunk_source(a);
   using Acc = float[BatchRows][kColsPerThread];
@@ -65,7 +66,7 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
       const CtaTile t =
           cta_tile(cta, split, plan.tiles_k, plan.chunks_per_split, a.chunks, BatchRows);
       const int ncols = tile_columns(t.k0, a.width);
-      std::memset(smem, 0xFF, L::kTotal);
+      std::memset(smem, 0xFF, smem_store.size() * sizeof(uint64_t));
       for (auto& thread : acc)
         for (auto& row : thread)
           for (float& v : row) v = 0.0f;
@@ -73,15 +74,15 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
         stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, t.chunk_begin, smem,
                                        copy);
       for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
-        unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * L::kBufferBytes;
+        unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * buffer_bytes;
         if (c + 1 < t.chunk_end) {
-          unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * L::kBufferBytes;
+          unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * buffer_bytes;
           for (int tid = 0; tid < kThreads; ++tid)
             stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, c + 1, next,
                                            copy);
         }
         for (int tid = 0; tid < kThreads; ++tid)
-          chunk_columns<XDtype, BatchRows>(tid, cur, ncols, acc[tid]);
+          chunk_columns<XDtype, BatchRows>(tid, cur, a.chunk_nonzeros, ncols, acc[tid]);
       }
       for (int tid = 0; tid < kThreads; ++tid)
         store_columns<BatchRows>(tid, acc[tid], dest + split * stride_split, stride_b, stride_k,
@@ -100,11 +101,16 @@ void emulate_rows(int batch_rows, const SparseChunkArgs& a, const SparsePlan& pl
 
 }  // namespace
 
-int64_t sparse_smem_bytes(int x_dtype, int batch_rows) {
-  validate_batch_rows(batch_rows, "fastjl._C.project_sparse_smem_bytes");
+int64_t sparse_smem_bytes(int x_dtype, int batch_rows, int chunk_nonzeros) {
+  constexpr const char* op = "fastjl._C.project_sparse_smem_bytes";
+  validate_batch_rows(batch_rows, op);
+  if (chunk_nonzeros != 4096 && chunk_nonzeros != 8192 && chunk_nonzeros != 16384)
+    throw std::invalid_argument(std::string(op) + ": chunk_nonzeros must be 4096, 8192 or 16384");
   if (x_dtype == kFloat32)
-    return batch_rows == 4 ? SmemLayout<kFloat32, 4>::kTotal : SmemLayout<kFloat32, 2>::kTotal;
-  return batch_rows == 4 ? SmemLayout<kFloat16, 4>::kTotal : SmemLayout<kFloat16, 2>::kTotal;
+    return batch_rows == 4 ? SmemLayout<kFloat32, 4>::total(chunk_nonzeros)
+                           : SmemLayout<kFloat32, 2>::total(chunk_nonzeros);
+  return batch_rows == 4 ? SmemLayout<kFloat16, 4>::total(chunk_nonzeros)
+                         : SmemLayout<kFloat16, 2>::total(chunk_nonzeros);
 }
 
 bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms) {

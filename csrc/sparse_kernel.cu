@@ -39,12 +39,13 @@ struct KernelArgs {
   int64_t dest_stride_split, dest_stride_b, dest_stride_k;
 };
 
-// One CTA per SM (1024 threads, up to 64 registers each, ~96-160 KiB of shared memory).
+// One CTA per SM (1024 threads, up to 64 registers each, ~96-208 KiB of shared memory).
 template <int XDtype, int BatchRows>
 __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const KernelArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using L = SmemLayout<XDtype, BatchRows>;
   extern __shared__ __align__(16) unsigned char smem[];
+  const int buffer_bytes = L::buffer_bytes(a.src.chunk_nonzeros);
   const int tid = static_cast<int>(threadIdx.x);
   const CtaTile t = cta_tile(blockIdx.x, blockIdx.y, a.tiles_k, a.chunks_per_split, a.chunks,
                              BatchRows);
@@ -59,18 +60,18 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const Kerne
                                  AsyncCopy16{});
   sm80::cp_async_commit();
   for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
-    unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * L::kBufferBytes;
+    unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * buffer_bytes;
     sm80::cp_async_wait_all();
     // Chunk c is in `cur` for every thread, and every thread is done with chunk c-1, whose
     // buffer the next staging overwrites.
     __syncthreads();
     if (c + 1 < t.chunk_end) {
-      unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * L::kBufferBytes;
+      unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * buffer_bytes;
       stage_chunk<XDtype, BatchRows>(tid, a.src, a.vector != 0, t.b0, t.k0, c + 1, next,
                                      AsyncCopy16{});
       sm80::cp_async_commit();
     }
-    chunk_columns<XDtype, BatchRows>(tid, cur, ncols, acc);
+    chunk_columns<XDtype, BatchRows>(tid, cur, a.src.chunk_nonzeros, ncols, acc);
   }
   store_columns<BatchRows>(tid, acc, a.dest + blockIdx.y * a.dest_stride_split, a.dest_stride_b,
                            a.dest_stride_k, t.b0, a.src.batch, t.k0, a.src.width);
@@ -81,14 +82,15 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const Kerne
 
 template <int XDtype, int BatchRows>
 void launch(const KernelArgs& ka, const SparsePlan& plan, cudaStream_t stream) {
-  constexpr int kSmem = SmemLayout<XDtype, BatchRows>::kTotal;
+  const int smem = SmemLayout<XDtype, BatchRows>::total(ka.src.chunk_nonzeros);
   auto kernel = sparse_project_kernel<XDtype, BatchRows>;
   proj::check_cuda(kOp,
-                   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
-                   "cudaFuncSetAttribute (shared memory; batch_rows=2 needs less)");
+                   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                   "cudaFuncSetAttribute (shared memory; batch_rows=2 or fewer chunk_nonzeros "
+                   "need less)");
   const dim3 grid(static_cast<unsigned>(plan.tiles_b * plan.tiles_k),
                   static_cast<unsigned>(plan.splits));
-  kernel<<<grid, kThreads, kSmem, stream>>>(ka);
+  kernel<<<grid, kThreads, smem, stream>>>(ka);
   proj::check_cuda(kOp, cudaGetLastError(), "sparse_project_kernel launch");
 }
 

@@ -39,14 +39,14 @@ def reference(x, proj_dim, **o):
     return fastjl.project(x.double(), proj_dim, backend="torch", **o)
 
 
-def emulate(x, out, *, num_sms=H100_SMS, rows_per_cta=4, **options):
+def emulate(x, out, *, num_sms=H100_SMS, rows_per_cta=4, chunk_nonzeros=4096, **options):
     """The kernel's result for ``x`` through the same host code as ``backend="cuda"``;
     ``options``: those of :func:`opts` (defaults: sjlt, s = 1, offset past 2^40)."""
     o = opts("sjlt", 1, None) | options
     threshold = fastjl.sparse.check_sparse_options(o["kind"], o["sparsity"], o["mask_rate"])[1]
     return cuda_sparse.emulate_project_sparse(
         x, out, seed=o["seed"], offset=o["offset"], sparsity=o["sparsity"], threshold=threshold,
-        num_sms=num_sms, rows_per_cta=rows_per_cta,
+        num_sms=num_sms, rows_per_cta=rows_per_cta, chunk_nonzeros=chunk_nonzeros,
     )  # fmt: skip
 
 
@@ -105,13 +105,39 @@ def sequential_float32(x, proj_dim, **o):
     return acc.T
 
 
-@pytest.mark.parametrize("kind,s,rate", [("sjlt", 1, None), ("sjlt", 8, None), ("grass", 2, 0.5)])
-def test_bitwise_the_sequential_float32_sum(kind, s, rate):
-    x = torch.randn(6, 1_500, generator=torch.Generator().manual_seed(s))
+@pytest.mark.parametrize(
+    "kind,s,rate,nonzeros",
+    [
+        ("sjlt", 1, None, 4096),
+        ("sjlt", 8, None, 4096),
+        ("grass", 2, 0.5, 4096),
+        ("sjlt", 8, None, 16384),  # 2048-row chunks
+        ("grass", 2, 0.5, 8192),  # 4096-row chunks
+        ("sjlt", 4, None, 16384),
+    ],
+)
+def test_bitwise_the_sequential_float32_sum(kind, s, rate, nonzeros):
+    """With one split the kernel adds each column's terms in row order whatever the chunk
+    size: the same bits as the sequential float32 sum."""
+    x = torch.randn(6, 9_001, generator=torch.Generator().manual_seed(s))
     out = poisoned((6, 21))
-    emulate(x, out, num_sms=1, **opts(kind, s, rate))  # one SM: one split
-    assert _C.project_sparse_plan(6, -(-1_500 // (4096 // s)), 21, 1, 4)["splits"] == 1
+    emulate(x, out, num_sms=1, chunk_nonzeros=nonzeros, **opts(kind, s, rate))  # one SM: one split
+    assert _C.project_sparse_plan(6, -(-9_001 // (nonzeros // s)), 21, 1, 4)["splits"] == 1
     assert torch.equal(out, sequential_float32(x, 21, **opts(kind, s, rate)))
+
+
+@pytest.mark.parametrize("s,nonzeros", [(2, 8192), (4, 16384), (8, 8192), (8, 16384)])
+@pytest.mark.parametrize("dtype", SPARSE_DTYPES)
+def test_larger_chunks_match_torch_with_splits_and_a_short_last_chunk(s, nonzeros, dtype):
+    """Chunks of 8192 / 16384 nonzeros (the H100's shape for s >= 2): D = 20_008 is no multiple
+    of a chunk, K = 4133 spans two column tiles, and H100's plan splits the chunks."""
+    gen = torch.Generator().manual_seed(s * nonzeros)
+    x = torch.randn(9, 20_008, generator=gen).to(dtype)  # rows 16-byte aligned: vector path
+    chunks = -(-20_008 // (nonzeros // s))
+    assert _C.project_sparse_plan(9, chunks, 4133, H100_SMS, 4)["splits"] > 1
+    out = poisoned((9, 4133))
+    assert emulate(x, out, chunk_nonzeros=nonzeros, sparsity=s) == [True]
+    assert relative_error(out, reference(x, 4133, **opts("sjlt", s, None))) < TOL
 
 
 def test_splits():
@@ -166,8 +192,8 @@ def _valid_args():
     keep = (x, entries, col_ptr, out)
     args = dict(x_ptr=x.data_ptr(), x_dtype=0, B=2, rows=100, stride_xb=100, stride_xd=1,
                 entries_ptr=entries.data_ptr(), col_ptr_ptr=col_ptr.data_ptr(), ptr_stride=16,
-                chunks=1, sparsity=1, out_ptr=out.data_ptr(), width=9, stride_ob=9, stride_ok=1,
-                batch_rows=4)  # fmt: skip
+                chunks=1, sparsity=1, chunk_nonzeros=4096, out_ptr=out.data_ptr(), width=9,
+                stride_ob=9, stride_ok=1, batch_rows=4)  # fmt: skip
     return keep, args
 
 
@@ -176,6 +202,9 @@ BAD_ARGS = [
     (dict(sparsity=3), "sparsity must be 1, 2, 4 or 8"),
     (dict(batch_rows=3), "batch_rows must be 2 or 4"),
     (dict(chunks=2), "chunks must be ceil"),
+    (dict(chunk_nonzeros=2048), "chunk_nonzeros must be 4096, 8192 or 16384"),
+    (dict(chunk_nonzeros=8192), "rows per chunk"),  # s = 1: 8192 rows
+    (dict(chunk_nonzeros=16384, sparsity=2), "rows per chunk"),
     (dict(ptr_stride=12), "ptr_stride must be a multiple of 8"),
     (dict(width=20), "ptr_stride must be a multiple of 8 and >= width"),
     (dict(width=0), "width must be in"),
@@ -227,28 +256,42 @@ def test_device_entry_refuses_missing_workspace_and_host_memory():
 
 
 def test_shared_memory_fits_the_gpus():
-    """4 rows: <= an A100's 163 KiB opt-in (H100: 227 KiB); 2 rows: <= sm_86/sm_89's 99 KiB."""
-    assert _C.project_sparse_smem_bytes(0, 4) <= 166_912
+    """4096-nonzero chunks: 4 rows <= an A100's 163 KiB opt-in, 2 rows <= sm_86/sm_89's 99 KiB;
+    the largest shape (float32 x, 4 rows, 16384 nonzeros) <= an H100's 227 KiB."""
+    assert _C.project_sparse_smem_bytes(0, 4, 4096) <= 166_912
     for code in (0, 1, 2):
-        assert _C.project_sparse_smem_bytes(code, 2) <= 101_376
-    assert _C.project_sparse_smem_bytes(1, 4) <= 101_376
+        assert _C.project_sparse_smem_bytes(code, 2, 4096) <= 101_376
+    assert _C.project_sparse_smem_bytes(1, 4, 4096) <= 101_376
+    assert _C.project_sparse_smem_bytes(0, 4, 16384) <= 232_448
+    with pytest.raises(ValueError, match="chunk_nonzeros must be"):
+        _C.project_sparse_smem_bytes(0, 4, 5000)
+
+
+H100, A100, SM89 = 232_448, 166_912, 101_376
 
 
 @pytest.mark.parametrize(
-    "limit,dtype,rows",
+    "limit,dtype,s,shape",
     [
-        (232_448, torch.float32, 4),
-        (166_912, torch.float32, 4),
-        (101_376, torch.float32, 2),
-        (101_376, torch.bfloat16, 4),
+        (H100, torch.float32, 1, (4, 4096)),  # 4096 rows at most
+        (H100, torch.float32, 2, (4, 8192)),
+        (H100, torch.float32, 4, (4, 16384)),
+        (H100, torch.bfloat16, 8, (4, 16384)),
+        (A100, torch.float32, 4, (4, 4096)),  # 2 x 88 KiB does not fit 163 KiB
+        (A100, torch.bfloat16, 4, (4, 16384)),
+        (SM89, torch.float32, 4, (2, 4096)),
+        (SM89, torch.bfloat16, 2, (4, 4096)),
+        (0, torch.float16, 8, (2, 4096)),  # limit unknown: the shape every sm_80+ GPU holds
     ],
 )
-def test_batch_rows_follow_the_gpus_shared_memory(monkeypatch, limit, dtype, rows):
-    """H100, A100: 4 rows; sm_86/sm_89 (99 KiB): 2 rows for float32 x, 4 for 16-bit x."""
+def test_launch_shape_follows_the_gpus_shared_memory(monkeypatch, limit, dtype, s, shape):
+    """4 batch rows where they fit with 4096-nonzero chunks, then the largest chunk (of at most
+    4096 rows) that fits beside them."""
     props = type("Props", (), {"shared_memory_per_block_optin": limit})()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    assert cuda_sparse.batch_rows(dtype, torch.device("cuda")) == rows
-    assert _C.project_sparse_smem_bytes(cuda_sparse.DTYPE_CODES[dtype], rows) <= limit
+    assert cuda_sparse.launch_shape(dtype, s, torch.device("cuda")) == shape
+    if limit:
+        assert _C.project_sparse_smem_bytes(cuda_sparse.DTYPE_CODES[dtype], *shape) <= limit
 
 
 def test_backend_cuda_refuses_cpu_tensors():
@@ -279,8 +322,8 @@ def test_gpu_kernel_matches_torch_repeats_bitwise_and_equals_emulation(kind, s, 
     # The emulation runs the same float32 additions in the same order: the same bits.
     emulated = poisoned((33, 4133))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    rows = cuda_sparse.batch_rows(dtype, torch.device("cuda"))
-    emulate(x, emulated, num_sms=sms, rows_per_cta=rows, **opts(kind, s, rate))
+    rows, nonzeros = cuda_sparse.launch_shape(dtype, s, torch.device("cuda"))
+    emulate(x, emulated, num_sms=sms, rows_per_cta=rows, chunk_nonzeros=nonzeros, **opts(kind, s, rate))
     assert torch.equal(runs[0].cpu(), emulated)
 
 

@@ -2,9 +2,11 @@
 (csrc/sparse_kernel.cu, per-chunk code in csrc/sparse_chunk.cuh).
 
 ``out = x @ P[offset:offset+D, :K]`` (entries ±1, GraSS's masked rows 0) from P's chunk
-structure (:mod:`.sparse_chunks`, the one the Triton kernel reads, shared through
-:mod:`.sparse_cache`): chunks of ``4096 / s`` rows, each chunk's nonzeros sorted by column.
-A CTA owns 2 or 4 batch rows (:func:`batch_rows`) and 4096 columns; each of its 1024 threads
+structure (:mod:`.sparse_chunks`, the format the Triton kernel reads, kept in
+:mod:`.sparse_cache`): chunks of ``nonzeros / s`` rows, each chunk's nonzeros sorted by column.
+A CTA owns 2 or 4 batch rows and 4096 columns (:func:`launch_shape`, which also picks the
+nonzeros per chunk: 4096, 8192 or 16384, the most the GPU's shared memory holds, at most 4096
+rows); each of its 1024 threads
 sums the runs of its 4 columns in float32, rows ascending, for all its batch rows.  No atomics and no float64:
 the order of every sum is fixed by the structure and the plan (chunks in order within a split,
 splits added in order), and the plan depends only on (B, D, K, s, the GPU's SM count), so a
@@ -28,35 +30,46 @@ from .._extension import _C
 from . import sparse_chunks
 from .cuda_backend import DTYPE_CODES
 
-# = kChunkNonzeros in csrc/sparse_chunk_args.h (checked by the binding: chunks must match).
-CHUNK_NONZEROS = sparse_chunks.GPU_NONZEROS
+# csrc/sparse_chunk_args.h: kMinChunkNonzeros .. kMaxChunkNonzeros, kMaxChunkRows (the binding
+# checks them).  Larger chunks: a column has ~nonzeros / K entries a chunk, so the lanes of a
+# warp (one column each) walk runs of more even length; s = 1 stays at 4096 (4096 rows).
+CHUNK_NONZEROS = (16384, 8192, 4096)  # preferred first
+MAX_CHUNK_ROWS = 4096
 COLUMN_RANGE = sparse_chunks.COLUMN_RANGE
 PIECE_NONZEROS = sparse_chunks.PIECE_NONZEROS
 PIECE_POINTERS = sparse_chunks.PIECE_POINTERS
 
 
-def batch_rows(dtype: torch.dtype, device: torch.device) -> int:
-    """Batch rows per CTA: 4 where the GPU lets a CTA have the shared memory that takes (A100,
-    H100: 160 KiB for float32 x), else 2 (e.g. sm_86/sm_89, 99 KiB)."""
-    need = _C.project_sparse_smem_bytes(DTYPE_CODES[dtype], 4)
-    # Unknown limit (a torch without the property): 2 rows, which every sm_80+ GPU can hold.
+def launch_shape(dtype: torch.dtype, sparsity: int, device: torch.device) -> tuple[int, int]:
+    """(batch rows per CTA, nonzeros per chunk) for x of ``dtype`` on ``device``: 4 rows where
+    the GPU lets a CTA have the shared memory that takes with 4096-nonzero chunks (A100, H100:
+    160 KiB for float32 x), else 2 (e.g. sm_86/sm_89, 99 KiB); then the largest chunk of at most
+    4096 rows that fits beside them (H100: 16384 nonzeros for s >= 4)."""
+    code = DTYPE_CODES[dtype]
+    # Unknown limit (a torch without the property): 2 rows of 4096-nonzero chunks, which every
+    # sm_80+ GPU can hold.
     limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
-    return 4 if limit >= need else 2
+    rows = 4 if limit >= _C.project_sparse_smem_bytes(code, 4, CHUNK_NONZEROS[-1]) else 2
+    for nonzeros in CHUNK_NONZEROS:
+        if nonzeros // sparsity <= MAX_CHUNK_ROWS and _C.project_sparse_smem_bytes(code, rows, nonzeros) <= limit:
+            return rows, nonzeros
+    return rows, CHUNK_NONZEROS[-1]
 
 
 # One piece: (x piece (B, rows), entries, col_ptr, destination (B, width) float32) -> None.
 RunPiece = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
-def _for_each_piece(x, out, seed, offset, sparsity, threshold, run: RunPiece) -> None:
-    """Cuts the product into column ranges and row pieces and runs each with its structure."""
+def _for_each_piece(x, out, seed, offset, sparsity, threshold, nonzeros, run: RunPiece) -> None:
+    """Cuts the product into column ranges and row pieces and runs each with its structure
+    (chunks of ``nonzeros`` nonzeros)."""
     batch, dim = x.shape
     proj_dim = out.shape[1]
-    chunk = CHUNK_NONZEROS // sparsity
+    chunk = nonzeros // sparsity
     for col0 in range(0, proj_dim, COLUMN_RANGE):
         width = min(COLUMN_RANGE, proj_dim - col0)
         dest = out[:, col0 : col0 + width]
-        pieces = sparse_chunks.pieces(dim, chunk, CHUNK_NONZEROS, width, PIECE_NONZEROS, PIECE_POINTERS)
+        pieces = sparse_chunks.pieces(dim, chunk, nonzeros, width, PIECE_NONZEROS, PIECE_POINTERS)
         partial = torch.empty((batch, width), dtype=torch.float32, device=x.device) if len(pieces) > 1 else None
         for i, (r0, r1) in enumerate(pieces):
             entries, col_ptr = sparse_chunks.cached_structure(
@@ -72,7 +85,7 @@ def _args(x, entries, col_ptr, dest, sparsity) -> tuple:
     return (
         x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0), x.stride(1),
         entries.data_ptr(), col_ptr.data_ptr(), col_ptr.stride(0), entries.shape[0], sparsity,
-        dest.data_ptr(), dest.shape[1], dest.stride(0), dest.stride(1),
+        entries.shape[1], dest.data_ptr(), dest.shape[1], dest.stride(0), dest.stride(1),
     )  # fmt: skip
 
 
@@ -83,7 +96,7 @@ def project_sparse(
     CUDA tensor ``x`` (float32/float16/bfloat16, any strides); ``threshold`` is GraSS's mask
     threshold, None for sjlt.  Arguments arrive validated.  Runs on x's device's current stream."""
     device = x.device
-    rows_per_cta = batch_rows(x.dtype, device)
+    rows_per_cta, nonzeros = launch_shape(x.dtype, sparsity, device)
 
     def run(xp, entries, col_ptr, dest):
         with torch.cuda.device(device):
@@ -101,7 +114,7 @@ def project_sparse(
                 torch.cuda.current_stream(device).cuda_stream,
             )
 
-    _for_each_piece(x, out, seed, offset, sparsity, threshold, run)
+    _for_each_piece(x, out, seed, offset, sparsity, threshold, nonzeros, run)
 
 
 def emulate_project_sparse(
@@ -114,9 +127,11 @@ def emulate_project_sparse(
     threshold: int | None,
     num_sms: int,
     rows_per_cta: int = 4,
+    chunk_nonzeros: int = 4096,
 ) -> list[bool]:
     """:func:`project_sparse` on CPU tensors through ``_C.host_emulate_project_sparse`` (the
-    kernel's plan for a GPU of ``num_sms`` SMs and per-thread code, run thread by thread).
+    kernel's plan for a GPU of ``num_sms`` SMs and per-thread code, run thread by thread), with
+    chunks of ``chunk_nonzeros`` nonzeros.
     Returns, per piece, whether the vector (cp.async) staging path was taken.  For tests."""
     vector: list[bool] = []
 
@@ -124,5 +139,5 @@ def emulate_project_sparse(
         args = _args(xp, entries, col_ptr, dest, sparsity)
         vector.append(_C.host_emulate_project_sparse(*args, rows_per_cta, num_sms))
 
-    _for_each_piece(x, out, seed, offset, sparsity, threshold, run)
+    _for_each_piece(x, out, seed, offset, sparsity, threshold, chunk_nonzeros, run)
     return vector
