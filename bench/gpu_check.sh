@@ -93,12 +93,18 @@ HAVE_BASE=$([ -f .base/CMakeLists.txt ] && echo 1 || echo 0)
 #    (out-of-bounds addresses, races, barrier misuse) [12 s], and the GPU tests of the changed
 #    kernels (GPU_TESTS_FIRST; part 4 runs the rest of the suite)
 L1=$OUT/1_correctness.log
-gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py"
+# The sparse kernel's cases: structures and references built with torch on the CPU [~5 s], so
+# that the smoke and sanitizer runs stay torch-free (since stop 25: the sparse kernel had no
+# sanitizer run before).
+SPARSE_CASES=/tmp/fastjl_sparse_cases.npz
+gpu_stage sparse_cases 40 "$L1" "PYTHONPATH=$PWD python3 bench/gpu_smoke.py --write-sparse-cases $SPARSE_CASES"
+SPARSE_ARG=$([ -f "$SPARSE_CASES" ] && echo "--sparse-cases $SPARSE_CASES")
+gpu_stage smoke 40 "$L1" "CUDA_LAUNCH_BLOCKING=1 python3 bench/gpu_smoke.py $SPARSE_ARG"
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 L3=$OUT/3_sanitizer.log
-gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
-gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny"
+gpu_stage racecheck 60 "$L3" "$CS --tool racecheck --racecheck-report analysis --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny $SPARSE_ARG"
+gpu_stage memcheck 40 "$L3" "$CS --tool memcheck --kernel-name kns=fastjl --print-limit 20 --error-exitcode 9 python3 bench/gpu_smoke.py --tiny $SPARSE_ARG"
+gpu_stage synccheck 30 "$L3" "$CS --tool synccheck --kernel-name kns=fastjl --error-exitcode 9 python3 bench/gpu_smoke.py --tiny $SPARSE_ARG"
 GPU_TESTS_FIRST=${GPU_TESTS_FIRST:-tests/test_cuda_backend.py tests/test_cuda_wgmma.py tests/test_cuda_linear.py tests/test_cuda_sparse.py}
 PYTEST_GPU="python3 -m pytest -m gpu -q -rfE --durations=15 $PAR16 $TMO -p no:cacheprovider"
 gpu_stage pytest_changed 90 "$L1" "$PYTEST_GPU $GPU_TESTS_FIRST"

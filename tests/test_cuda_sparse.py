@@ -342,3 +342,31 @@ def test_bench_contender_reports_why_it_cannot_run_on_cpu():
 
     with pytest.raises(Unavailable, match="needs a CUDA tensor"):
         CONTENDERS["fastjl-cuda"](Shape(32, 1000, 64, "sjlt", torch.float32), "cpu")
+
+
+# --------------------------------------------------------------------------- bench/gpu_smoke.py
+
+
+def test_gpu_smoke_sparse_cases_pass_under_emulation(tmp_path):
+    """bench/gpu_smoke.py's sparse cases (every chunk size, both staging paths; the GPU check's
+    first contact and what compute-sanitizer runs): built with torch, then run torch-free
+    through the emulation; a planted wrong reference fails the script."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[1]
+    cases = tmp_path / "sparse_cases.npz"
+    script = [sys.executable, str(root / "bench" / "gpu_smoke.py")]
+    subprocess.run([*script, "--write-sparse-cases", str(cases)], cwd=root, check=True, capture_output=True)
+    run = [*script, "--emulate", "--sparse-only", "--sparse-cases"]
+    done = subprocess.run([*run, str(cases)], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" PASS") == 5 and "0 failed" in done.stdout
+    data = dict(np.load(cases))
+    data["1_ref"] = data["1_ref"] * 1.001
+    np.savez(tmp_path / "wrong.npz", **data)
+    done = subprocess.run([*run, str(tmp_path / "wrong.npz")], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 1 and "1 failed" in done.stdout
