@@ -42,13 +42,14 @@ def _load_cuda_resources():
     return module
 
 
-def main(argv: list[str] | None = None) -> int:
-    cr = _load_cuda_resources()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("so", nargs="?", type=Path, help="the compiled module (default: fastjl/_C*.so)")
+def compiled_code_args(description: str, argv: list[str] | None, what: str = "the compiled module"):
+    """The command line of the scripts that read compiled code: (args, module or cubin path,
+    cuobjdump); ``path`` defaults to fastjl/_C*.so of this checkout.  Exits with a message when
+    either is missing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("so", nargs="?", type=Path, help=f"{what} (default: fastjl/_C*.so)")
     parser.add_argument("--arch", action="append", help="sm_XX to show (repeatable; default: all embedded)")
     args = parser.parse_args(argv)
-
     so = args.so
     if so is None:
         found = sorted((ROOT / "fastjl").glob("_C*.so"))
@@ -57,9 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         so = found[0]
     if not so.is_file():
         parser.error(f"{so}: no such file")
-    tool = cr.find_cuobjdump()
+    tool = _load_cuda_resources().find_cuobjdump()
     if tool is None:
         parser.error("cuobjdump not found: set $CUOBJDUMP or put the CUDA toolkit's bin on PATH")
+    return args, so, tool
+
+
+def main(argv: list[str] | None = None) -> int:
+    cr = _load_cuda_resources()
+    args, so, tool = compiled_code_args(__doc__.splitlines()[0], argv)
 
     report = cr.collect(so, archs=args.arch, cuobjdump=tool)
     cubins = ", ".join(f"{a}: {report.cubins[a]}" for a in report.archs())

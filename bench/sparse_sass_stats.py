@@ -21,13 +21,12 @@ Compare a build before and after a change: these are the figures bench/NOTES.md 
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_resources import ROOT, _load_cuda_resources  # noqa: E402
+from cuda_resources import _load_cuda_resources, compiled_code_args  # noqa: E402
 
 _KERNEL_RE = re.compile(r"sparse_project_kernelILi(\d)ELi(\d)E")
 DTYPES = {"0": "float32", "1": "float16", "2": "bfloat16"}
@@ -76,19 +75,7 @@ def cr_run(tool: str, path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     cr = _load_cuda_resources()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", type=Path, help="a module or cubin (default: fastjl/_C*.so)")
-    parser.add_argument("--arch", action="append", help="sm_XX to show (repeatable; default: all embedded)")
-    args = parser.parse_args(argv)
-    path = args.path
-    if path is None:
-        found = sorted((ROOT / "fastjl").glob("_C*.so"))
-        if not found:
-            parser.error("fastjl/_C*.so is not built here (pip install -e .); pass a module or cubin")
-        path = found[0]
-    tool = cr.find_cuobjdump()
-    if tool is None:
-        parser.error("cuobjdump not found (set $CUOBJDUMP or put the CUDA toolkit's bin on PATH)")
+    args, path, tool = compiled_code_args(__doc__.splitlines()[0], argv, "a module or cubin")
     by_arch = sass_by_arch(tool, path)
     print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'entry':>6} {'unroll':>6}  adds")
     rows = 0

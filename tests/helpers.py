@@ -3,6 +3,8 @@
 import importlib
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +97,28 @@ def compiling_env(root) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env
+
+
+def load_bench_module(name: str):
+    """``bench/<name>.py`` imported by path (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def cubins_or_skip() -> tuple:
+    """(path of the built fastjl._C, cuobjdump) for the tests that read its compiled code;
+    skips where _C is not built, is the host-only build (no cubins) or no cuobjdump is found."""
+    from fastjl._backends import cuda_resources
+
+    so = cuda_resources.extension_path()
+    if so is None:
+        pytest.skip("fastjl._C is not built (pip install -e . with nvcc available builds it)")
+    if HAS_EXTENSION and not HAS_CUDA_BUILD:
+        pytest.skip(f"{BUILT_WITHOUT_CUDA}: it embeds no cubins to check")
+    tool = cuda_resources.find_cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found ($CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, triton's bin)")
+    return so, tool

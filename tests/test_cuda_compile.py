@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import pytest
 
 from fastjl._backends import cuda_resources as cr
-from fastjl._extension import BUILT_WITHOUT_CUDA
 
-from .helpers import HAS_CUDA_BUILD, HAS_EXTENSION
+from .helpers import cubins_or_skip
 
 REQUIRED_ARCHS = ("sm_80", "sm_90")
 # __launch_bounds__(kThreads = 256, 2) on project_kernel (csrc/project_kernel.cuh).
@@ -132,14 +131,7 @@ def measured(k: cr.KernelResources) -> Local:
 
 @pytest.fixture(scope="module")
 def report() -> cr.Report:
-    so = cr.extension_path()
-    if so is None:
-        pytest.skip("fastjl._C is not built (pip install -e . with nvcc available builds it)")
-    if HAS_EXTENSION and not HAS_CUDA_BUILD:
-        pytest.skip(f"{BUILT_WITHOUT_CUDA}: it embeds no cubins to check")
-    tool = cr.find_cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found ($CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, triton's bin)")
+    so, tool = cubins_or_skip()
     return cr.collect(so, archs=list(REQUIRED_ARCHS), cuobjdump=tool)
 
 

@@ -4,25 +4,17 @@ for contiguous x, from nvcc's code (no GPU needed).  The bounds lock in issue 12
 bringing back the divisions, the rolled tile loops, the branchy sign expansion or the per-step
 row addresses fails them."""
 
-import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from .helpers import load_bench_module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("cuda_loop_probe", ROOT / "bench" / "cuda_loop_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cuda_loop_probe"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-probe = _probe_module()
+probe = load_bench_module("cuda_loop_probe")
 
 
 def test_words_block_is_the_smallest_branch_around_philox():

@@ -5,29 +5,13 @@ division by the pieces per row and its 64-bit clamps (~60 instructions a copy be
 flip + add per batch row (FADD), or nvcc's 4x unroll of the run loop (a remainder loop and a
 4-entry body per column, for runs of ~1 entry) fails them."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from fastjl._backends import cuda_resources as cr
-from fastjl._extension import BUILT_WITHOUT_CUDA
 
-from .helpers import HAS_CUDA_BUILD, HAS_EXTENSION
+from .helpers import cubins_or_skip, load_bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _stats_module():
-    spec = importlib.util.spec_from_file_location("sparse_sass_stats", ROOT / "bench" / "sparse_sass_stats.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sparse_sass_stats"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-stats = _stats_module()
+stats = load_bench_module("sparse_sass_stats")
 ARCHS = ("sm_80", "sm_90")
 COPY_BOUND = 26  # measured 22 (sm_80) / 23 (sm_90), nvcc 13.0
 # Per entry of the (not unrolled) run loop, look-ahead included; measured on sm_80 and sm_90:
@@ -38,14 +22,7 @@ ENTRY_BOUND_TWO_ROWS = 14
 
 @pytest.fixture(scope="module")
 def rows():
-    so = cr.extension_path()
-    if so is None:
-        pytest.skip("fastjl._C is not built (pip install -e . with nvcc available builds it)")
-    if HAS_EXTENSION and not HAS_CUDA_BUILD:
-        pytest.skip(f"{BUILT_WITHOUT_CUDA}: it embeds no cubins to check")
-    tool = cr.find_cuobjdump()
-    if tool is None:
-        pytest.skip("cuobjdump not found ($CUOBJDUMP, PATH, CUDA_HOME/bin, /usr/local/cuda/bin, triton's bin)")
+    so, tool = cubins_or_skip()
     found = {}
     for arch, sass in stats.sass_by_arch(tool, so).items():
         if arch not in ARCHS:

@@ -1,14 +1,10 @@
 """bench/sparse_smem_model.py: the banking rules it counts with, and its reading of a real chunk."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-PATH = Path(__file__).resolve().parents[1] / "bench" / "sparse_smem_model.py"
-spec = importlib.util.spec_from_file_location("sparse_smem_model", PATH)
-model = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(model)
+from .helpers import load_bench_module
+
+model = load_bench_module("sparse_smem_model")
 
 
 def lanes(addresses):
