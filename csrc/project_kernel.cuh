@@ -21,10 +21,11 @@
 //
 //   iteration s:  producer wait; barrier    -- x(s), P(s), words(s+1) are complete, and every
 //                                             warp is done with step s-1's buffers
+//                 MMAs on x(s), P(s), rows 0-15 from stage s%2
 //                 fetch x(s+1)       -> stage (s+1)%2   (cp.async for project's vector path)
 //                 words(s+2)         -> stage  s%2      (rademacher, one warp: s % 8)
 //                 P(s+1)             -> stage (s+1)%2   (from words(s+1), or gaussian)
-//                 MMAs on x(s), P(s) from stage s%2
+//                 MMAs on x(s), P(s), rows 16-31 from stage s%2
 //
 // Operand precision (relative error of y against float64, predicted; measured on a GPU
 // by tests/test_cuda_backend.py and tests/test_cuda_linear.py):
@@ -104,12 +105,13 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
 
-  auto multiply = [&](int64_t step) {
+  // The MMAs of one k16 slice (rows kk .. kk+15 of the step's tiles; kBlockD = 32: two).
+  static_assert(kBlockD == 32, "two k16 slices per step");
+  auto multiply = [&](int64_t step, int kk) {
     const unsigned char* xt = cta.x_tile(step);
     const uint16_t* p_hi = cta.p_tile(step, 0);
     const uint16_t* p_lo = cta.p_tile(step, kGauss ? 1 : 0);
-#pragma unroll
-    for (int kk = 0; kk < kBlockD; kk += 16) {
+    {
       uint32_t a_hi[kMT][4], a_lo[kMT][4];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
@@ -159,12 +161,29 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
     }
   };
 
+  // Rademacher with 16-bit x tiles: a step's two k16 slices go on either side of the
+  // producer's work for step s + 1, so the tensor cores run the first slice's MMAs while this
+  // warp fetches x and expands signs (the wgmma kernel overlaps the same work with its
+  // asynchronous wgmmas); with the producer first, a warp's MMAs waited for all of it (its
+  // shared stores precede the ldmatrix loads).  The slices read stage s % 2, the producer
+  // writes stage (s + 1) % 2 and the words of step s + 2: the order changes no result.
+  // Only the B128 tiles (B >= 128, where "auto" picks this backend): split, gaussian P and
+  // fp32 tiles (fp32 x, project_linear) spill, and the B32 / B64 tiles' steps grow 10-20%
+  // (cuda_loop_probe.py, tests/test_cuda_compile.py; bench/NOTES.md, stop 25).
+  constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();
   for (int64_t s = 0; s < cta.steps; ++s) {
     Producer::wait(kp.src);
     __syncthreads();
-    cta.produce_next(s);
-    multiply(s);
+    if constexpr (kInterleave) {
+      multiply(s, 0);
+      cta.produce_next(s);
+      multiply(s, 16);
+    } else {
+      cta.produce_next(s);
+#pragma unroll
+      for (int kk = 0; kk < kBlockD; kk += 16) multiply(s, kk);
+    }
   }
 
   float* dest = p.dest + static_cast<int64_t>(blockIdx.y) * p.dest_stride_split;
