@@ -35,13 +35,12 @@ AUTO_ORDER_CUDA = ("cuda", "triton", "torch")
 # (bf16, s = 4: 2.58 / 7.60 / 61.1 ms); all three agree with the spec (GPU tests of that run).
 AUTO_ORDER_SPARSE_CUDA = ("cuda", "triton", "torch")
 AUTO_ORDER_CUDA_16BIT = ("triton", "cuda", "torch")
-# Except rademacher projections of 16-bit x with B > 64 on compute capability 9.0: there the CUDA
-# kernel (wgmma, cuda_backend.use_wgmma) measured 1.18-1.21x Triton's and even the mma.sync
-# kernel 1.05-1.07x (H100, run 7: bf16 and fp16, B = 128 and 512, K = 2048 and 8192).  Triton
-# stays first for B <= 64 (B = 32: 1.13-1.18x faster than CUDA), for gaussian (1.15x faster at
-# B >= 128), for project_linear, and on other GPUs (not measured since the CUDA kernel's rework).
-CUDA_FIRST_16BIT_CAPABILITY = (9, 0)
-CUDA_FIRST_16BIT_MIN_BATCH = 65
+# Except where cuda_backend.measured_faster holds (rademacher projections of 16-bit x with B > 64
+# on compute capability 9.0): there the CUDA kernel (wgmma, cuda_backend.use_wgmma) measured
+# 1.18-1.21x Triton's and even the mma.sync kernel 1.05-1.07x (H100, run 7: bf16 and fp16, B =
+# 128 and 512, K = 2048 and 8192).  Triton stays first for B <= 64 (B = 32: 1.13-1.18x faster
+# than CUDA), for gaussian (1.15x faster at B >= 128), for project_linear, and on other GPUs
+# (not measured since the CUDA kernel's rework).
 ENV_VAR = "FASTJL_BACKEND"
 
 
@@ -104,7 +103,7 @@ def auto_order(
     kind: str | None = None,
 ) -> tuple[str, ...]:
     """The backends "auto" tries, in order, for ``op`` on ``batch`` rows of ``dtype`` and a
-    matrix of ``kind`` on ``device`` (see AUTO_ORDER_CUDA and CUDA_FIRST_16BIT_CAPABILITY)."""
+    matrix of ``kind`` on ``device`` (see AUTO_ORDER_CUDA and AUTO_ORDER_CUDA_16BIT)."""
     if device.type != "cuda":
         return ("torch",)
     if op in SPARSE_OPS:
@@ -113,10 +112,9 @@ def auto_order(
         return AUTO_ORDER_CUDA
     cuda_first = (
         op == "project"
-        and kind == "rademacher"
         and batch is not None
-        and batch >= CUDA_FIRST_16BIT_MIN_BATCH
-        and tuple(torch.cuda.get_device_capability(device)) == CUDA_FIRST_16BIT_CAPABILITY
+        and kind is not None
+        and cuda_backend.measured_faster(kind, dtype, batch, device)
     )
     return AUTO_ORDER_CUDA if cuda_first else AUTO_ORDER_CUDA_16BIT
 

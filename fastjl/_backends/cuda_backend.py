@@ -97,6 +97,18 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     _launch(kernel, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
 
 
+def measured_faster(kind: str, dtype: torch.dtype, batch: int, device: torch.device) -> bool:
+    """Where this backend's wgmma kernel was measured faster than its mma.sync kernel and than
+    Triton's (WGMMA_ENV): rademacher, 16-bit x, B > 64, compute capability 9.0.  One rule for
+    :func:`use_wgmma`'s default and for ``"auto"``'s order (``fastjl/_backends/__init__.py``)."""
+    return (
+        kind == "rademacher"
+        and dtype in SIXTEEN_BIT
+        and batch >= WGMMA_DEFAULT_MIN_BATCH
+        and tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
+    )
+
+
 def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=torch.bfloat16) -> bool:
     """Whether :func:`project` runs the sm_90a (wgmma) kernel: a GPU of compute capability 9.0, a
     build that has it (``_C.project_sm90``), and either ``FASTJL_CUDA_WGMMA=1`` with B >= 64 or,
@@ -108,7 +120,7 @@ def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=
     if env == "1":
         wanted = batch >= WGMMA_MIN_BATCH
     elif env == "":
-        wanted = kind == "rademacher" and dtype in SIXTEEN_BIT and batch >= WGMMA_DEFAULT_MIN_BATCH
+        wanted = measured_faster(kind, dtype, batch, device)
     else:
         wanted = False
     return (
