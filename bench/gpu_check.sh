@@ -118,8 +118,10 @@ export PYTHONPATH=$PWD:/tmp/peers
 BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHECK_DIM:-2000000} --proj-dim 2048,8192 \
   --save /tmp/gpu-bench"
 SPARSE_CMD="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096"
-gpu_stage bench_rad_bf16 60 "$L2" "$BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
-# the opt-in Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
+# FASTJL_CUDA_WGMMA=0: the mma.sync kernel (since stop 24 the wgmma kernel is cuda's default on
+# compute capability 9.0 for B > 64), as the .base rows below time it
+gpu_stage bench_rad_bf16 60 "$L2" "FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
+# the Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
 if [ "$HAVE_BASE" = 1 ]; then
   # run from inside .base, so that its fastjl (not this one) is the one imported; the first
@@ -139,7 +141,7 @@ NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats -
   --launch-skip 1 --launch-count 1 --print-summary none"
 NCU_DENSE="python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
 L5=$OUT/2_ncu.log
-gpu_stage ncu_dense 90 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:project_kernel $NCU_DENSE &&
+gpu_stage ncu_dense 90 "$L5" "FASTJL_CUDA_WGMMA=0 $NCU $NCU_SECTIONS --kernel-name regex:project_kernel $NCU_DENSE &&
   FASTJL_CUDA_WGMMA=1 $NCU $NCU_SECTIONS --kernel-name regex:project_kernel $NCU_DENSE &&
   $NCU $NCU_SECTIONS --kernel-name regex:_project_kernel $NCU_DENSE --backend triton"
 gpu_stage ncu_sparse 70 "$L5" "$NCU $NCU_SECTIONS --kernel-name regex:sparse_project_kernel python3 bench/ncu_target.py --kind sjlt --dtype bfloat16 --sparsity 4 &&

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Nsight Compute with details (stall reasons, the source lines behind excessive shared-memory
 # wavefronts and uncoalesced sectors) for the kernels gpu_check.sh's ncu stages summarize:
-# the CUDA dense kernels (mma.sync, and wgmma with FASTJL_CUDA_WGMMA=1; rademacher bf16, B = 128)
+# the CUDA dense kernels (mma.sync with FASTJL_CUDA_WGMMA=0, wgmma with =1; rademacher bf16, B = 128)
 # and the CUDA sparse kernel (bf16, s = 4).  Needs fastjl._C built for the GPU (e.g.
 # GPU_CHECK_ONLY=build bash bench/gpu_check.sh); logs under $OUT (default /tmp/ncu-details).
 set -u
@@ -12,7 +12,8 @@ NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 SECTIONS="--section WarpStateStats --section SourceCounters --section MemoryWorkloadAnalysis_Tables \
   --print-details all --clock-control none --launch-skip 1 --launch-count 1 --print-summary none"
 DENSE="python3 bench/ncu_target.py --kind rademacher --dtype bfloat16 --batch 128 --dim 2000000 --proj-dim 2048"
-timeout 60 $NCU $SECTIONS --kernel-name regex:project_kernel $DENSE > "$OUT/ncu_mma_sync.log" 2>&1
+# FASTJL_CUDA_WGMMA=0: on compute capability 9.0 the wgmma kernel is the default at B = 128.
+FASTJL_CUDA_WGMMA=0 timeout 60 $NCU $SECTIONS --kernel-name regex:project_kernel $DENSE > "$OUT/ncu_mma_sync.log" 2>&1
 echo "mma.sync rc=$?"
 FASTJL_CUDA_WGMMA=1 timeout 60 $NCU $SECTIONS --kernel-name regex:project_kernel $DENSE > "$OUT/ncu_wgmma.log" 2>&1
 echo "wgmma rc=$?"
@@ -22,7 +23,7 @@ echo "sparse rc=$?"
 # NCU_SOURCE=1: also the per-SASS-instruction view of the mma.sync kernel (warp stall samples and
 # shared-memory wavefronts per instruction, CSV), to find which instructions the stalls sit on.
 if [ "${NCU_SOURCE:-0}" = 1 ]; then
-  timeout 90 $NCU --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+  FASTJL_CUDA_WGMMA=0 timeout 90 $NCU --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
     --clock-control none --launch-skip 1 --launch-count 1 --kernel-name regex:project_kernel $DENSE \
     > "$OUT/ncu_mma_sync_source.csv" 2>&1
   echo "mma.sync source rc=$?"

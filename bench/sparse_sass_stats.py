@@ -35,7 +35,7 @@ ADDS = ("FADD", "FFMA")
 
 def innermost_loops(cr, insts) -> list:
     """The bodies of the loops (backward branches) that hold no other loop."""
-    spans = [(target, i) for i, target in cr.branches(insts) if target <= i]
+    spans = cr._loop_spans(insts)
     inner = [(f, l) for f, l in spans if not any(f <= f2 and l2 <= l and (f2, l2) != (f, l) for f2, l2 in spans)]
     return [insts[f : l + 1] for f, l in inner]
 
@@ -61,16 +61,12 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
 
 def sass_by_arch(tool: str, path: Path) -> dict[str, str]:
     """{sm_XX: its SASS} of a module or a cubin (cuobjdump heads each with 'code for sm_XX')."""
-    text = cr_run(tool, path)
+    text = _load_cuda_resources()._run([tool, "--dump-sass", str(path)])
     parts = re.split(r"^\s*code for (sm_\w+)\s*$", text, flags=re.M)
     found: dict[str, str] = {}
     for arch, body in zip(parts[1::2], parts[2::2]):
         found[arch] = found.get(arch, "") + body
     return found
-
-
-def cr_run(tool: str, path: Path) -> str:
-    return _load_cuda_resources()._run([tool, "--dump-sass", str(path)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,53 +111,51 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
     const unsigned char* xt = cta.x_tile(step);
     const uint16_t* p_hi = cta.p_tile(step, 0);
     const uint16_t* p_lo = cta.p_tile(step, kGauss ? 1 : 0);
-    {
-      uint32_t a_hi[kMT][4], a_lo[kMT][4];
+    uint32_t a_hi[kMT][4], a_lo[kMT][4];
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        const int row = wo.row + mt * 16;
-        if constexpr (kFp32) {
-          const float* xf = reinterpret_cast<const float*>(xt);
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row = wo.row + mt * 16;
+      if constexpr (kFp32) {
+        const float* xf = reinterpret_cast<const float*>(xt);
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const RowCol a = a_fragment(lane, r);
-            const float2 v = *reinterpret_cast<const float2*>(
-                xf + (row + a.row) * kXStride + kk + a.col);
-            split_pair<kMmaBF16>(v.x, v.y, a_hi[mt][r], a_lo[mt][r]);
-          }
-        } else {
-          sm80::ldmatrix_x4(a_hi[mt], reinterpret_cast<const uint16_t*>(
-                                          xt + XLayout::shifted(a_base, mt * 16, kk)));
+        for (int r = 0; r < 4; ++r) {
+          const RowCol a = a_fragment(lane, r);
+          const float2 v = *reinterpret_cast<const float2*>(
+              xf + (row + a.row) * kXStride + kk + a.col);
+          split_pair<kMmaBF16>(v.x, v.y, a_hi[mt][r], a_lo[mt][r]);
         }
+      } else {
+        sm80::ldmatrix_x4(a_hi[mt], reinterpret_cast<const uint16_t*>(
+                                        xt + XLayout::shifted(a_base, mt * 16, kk)));
       }
+    }
 #pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        const int offset = (kk + lm.row) * kPStride + wo.col + np * 16 + lm.col;
-        uint32_t b_hi[4], b_lo[4];
-        sm80::ldmatrix_x4_trans(b_hi, p_hi + offset);
-        if (kGauss) sm80::ldmatrix_x4_trans(b_lo, p_lo + offset);
+    for (int np = 0; np < kNT / 2; ++np) {
+      const int offset = (kk + lm.row) * kPStride + wo.col + np * 16 + lm.col;
+      uint32_t b_hi[4], b_lo[4];
+      sm80::ldmatrix_x4_trans(b_hi, p_hi + offset);
+      if (kGauss) sm80::ldmatrix_x4_trans(b_lo, p_lo + offset);
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float(&c)[4] = acc[mt][2 * np + h];
-            if constexpr (!kPromote) {
-              sm80::mma_16816<T>(c, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-              if (kFp32) sm80::mma_16816<T>(c, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-            } else {
-              // Gaussian products: this k16 slice's sum starts from zero and is added to acc
-              // in float32 (round to nearest).  Chaining the MMAs through acc over the whole
-              // D range instead lets the tensor cores' truncating alignment bias the sum:
-              // measured on an H100, gaussian bf16 at D = 10^8 was off by 7e-4 (bench/NOTES.md).
-              float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-              sm80::mma_16816<T>(t, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-              if (kFp32) sm80::mma_16816<T>(t, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
-              sm80::mma_16816<T>(t, a_hi[mt], b_lo[2 * h], b_lo[2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+          float(&c)[4] = acc[mt][2 * np + h];
+          if constexpr (!kPromote) {
+            sm80::mma_16816<T>(c, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+            if (kFp32) sm80::mma_16816<T>(c, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+          } else {
+            // Gaussian products: this k16 slice's sum starts from zero and is added to acc
+            // in float32 (round to nearest).  Chaining the MMAs through acc over the whole
+            // D range instead lets the tensor cores' truncating alignment bias the sum:
+            // measured on an H100, gaussian bf16 at D = 10^8 was off by 7e-4 (bench/NOTES.md).
+            float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            sm80::mma_16816<T>(t, a_hi[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+            if (kFp32) sm80::mma_16816<T>(t, a_lo[mt], b_hi[2 * h], b_hi[2 * h + 1]);
+            sm80::mma_16816<T>(t, a_hi[mt], b_lo[2 * h], b_lo[2 * h + 1]);
 #pragma unroll
-              for (int r = 0; r < 4; ++r) c[r] += t[r];
-            }
+            for (int r = 0; r < 4; ++r) c[r] += t[r];
           }
-      }
+        }
     }
   };
 
@@ -167,8 +165,9 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   // asynchronous wgmmas); with the producer first, a warp's MMAs waited for all of it (its
   // shared stores precede the ldmatrix loads).  The slices read stage s % 2, the producer
   // writes stage (s + 1) % 2 and the words of step s + 2: the order changes no result.
-  // Only the B128 tiles (B >= 128, where "auto" picks this backend): split, gaussian P and
-  // fp32 tiles (fp32 x, project_linear) spill, and the B32 / B64 tiles' steps grow 10-20%
+  // Only the B128 tiles (B > 64; on compute capability 9.0 the wgmma kernel runs there by
+  // default, so this serves other GPUs and FASTJL_CUDA_WGMMA=0): split, gaussian P and fp32
+  // tiles (fp32 x, project_linear) spill, and the B32 / B64 tiles' steps grow 10-20%
   // (cuda_loop_probe.py, tests/test_cuda_compile.py; bench/NOTES.md, stop 25).
   constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();

@@ -35,13 +35,13 @@ constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
 // Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
 // the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
 constexpr int kMaxChunkRows = 4096;       // rows per chunk (chunk_nonzeros / s) at most
-constexpr int kMinChunkNonzeros = 4096;   // chunk_nonzeros: 4096, 8192 or 16384
-constexpr int kMaxChunkNonzeros = 16384;  // (int16 column pointers count up to it)
 constexpr int kPtrAlign = 8;          // col_ptr rows start 16-byte aligned (8 int16)
 constexpr int64_t kMinChunksPerSplit = 2;
 constexpr int64_t kMaxSplits = 65535;  // grid.y
 
 inline int64_t chunk_rows(int chunk_nonzeros, int sparsity) { return chunk_nonzeros / sparsity; }
+// Nonzeros per chunk the kernel takes (int16 column pointers count up to 16384).
+inline bool valid_chunk_nonzeros(int n) { return n == 4096 || n == 8192 || n == 16384; }
 inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // out[B, width] (float32, element strides) = x[B, rows] @ P_structure[rows, width].
@@ -66,7 +66,7 @@ struct SparsePlan {
 };
 
 // Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 1024 threads
-// and ~96-160 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
+// and ~96-208 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
 // chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
 // model.
 inline void validate_batch_rows(int batch_rows, const char* op) {
@@ -109,7 +109,7 @@ inline void validate_sparse_chunk_args(const SparseChunkArgs& a, const char* op)
   if (a.rows < 1) fail("rows must be >= 1, got " + std::to_string(a.rows));
   if (a.width < 1 || a.width > (int64_t(1) << 31))
     fail("width must be in [1, 2^31], got " + std::to_string(a.width));
-  if (a.chunk_nonzeros != 4096 && a.chunk_nonzeros != 8192 && a.chunk_nonzeros != 16384)
+  if (!valid_chunk_nonzeros(a.chunk_nonzeros))
     fail("chunk_nonzeros must be 4096, 8192 or 16384, got " + std::to_string(a.chunk_nonzeros));
   if (chunk_rows(a.chunk_nonzeros, a.sparsity) > kMaxChunkRows)
     fail("chunk_nonzeros / sparsity (rows per chunk) must be <= 4096, got " +

@@ -5,7 +5,8 @@
 // (stage_chunk, chunk_columns, store_columns from sparse_chunk.cuh, compiled for the host) and
 // the same double buffering; each phase runs for all kThreads threads of a CTA before the next, as
 // the kernel's barrier orders them.  cp.async is modelled by a copy that zero-fills the rest of
-// its 16 bytes and refuses to read outside x's rows or the structure; shared memory starts poisoned (0xFF: NaN), so reading anything unstaged shows.
+// its 16 bytes and refuses to read outside x's rows or the structure; shared memory starts
+// poisoned (0xFF: NaN), so reading anything unstaged shows.
 // The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.
 #include <cmath>
 #include <cstring>
@@ -104,7 +105,7 @@ void emulate_rows(int batch_rows, const SparseChunkArgs& a, const SparsePlan& pl
 int64_t sparse_smem_bytes(int x_dtype, int batch_rows, int chunk_nonzeros) {
   constexpr const char* op = "fastjl._C.project_sparse_smem_bytes";
   validate_batch_rows(batch_rows, op);
-  if (chunk_nonzeros != 4096 && chunk_nonzeros != 8192 && chunk_nonzeros != 16384)
+  if (!valid_chunk_nonzeros(chunk_nonzeros))
     throw std::invalid_argument(std::string(op) + ": chunk_nonzeros must be 4096, 8192 or 16384");
   if (x_dtype == kFloat32)
     return batch_rows == 4 ? SmemLayout<kFloat32, 4>::total(chunk_nonzeros)

@@ -6,11 +6,11 @@ structure (:mod:`.sparse_chunks`, the format the Triton kernel reads, kept in
 :mod:`.sparse_cache`): chunks of ``nonzeros / s`` rows, each chunk's nonzeros sorted by column.
 A CTA owns 2 or 4 batch rows and 4096 columns (:func:`launch_shape`, which also picks the
 nonzeros per chunk: 4096, 8192 or 16384, the most the GPU's shared memory holds, at most 4096
-rows); each of its 1024 threads
-sums the runs of its 4 columns in float32, rows ascending, for all its batch rows.  No atomics and no float64:
-the order of every sum is fixed by the structure and the plan (chunks in order within a split,
-splits added in order), and the plan depends only on (B, D, K, s, the GPU's SM count), so a
-call is bitwise the same run after run on one GPU model (``tests/test_cuda_sparse.py`` checks
+rows); each of its 1024 threads sums the runs of its 4 columns in float32, rows ascending, for
+all its batch rows.  No atomics and no float64: the order of every sum is fixed by the
+structure and the plan (chunks in order within a split, splits added in order), and those
+depend only on (B, D, K, s, the GPU's SM count and shared memory), so a call is bitwise the
+same run after run on one GPU model (``tests/test_cuda_sparse.py`` checks
 it on a GPU).  ``backend="auto"`` picks this backend first for the sparse kinds on CUDA tensors.
 
 K beyond ``COLUMN_RANGE`` goes one range of columns at a time (a pass over x each), D in pieces
@@ -30,7 +30,7 @@ from .._extension import _C
 from . import sparse_chunks
 from .cuda_backend import DTYPE_CODES
 
-# csrc/sparse_chunk_args.h: kMinChunkNonzeros .. kMaxChunkNonzeros, kMaxChunkRows (the binding
+# csrc/sparse_chunk_args.h: valid_chunk_nonzeros, kMaxChunkRows (the binding
 # checks them).  Larger chunks: a column has ~nonzeros / K entries a chunk, so the lanes of a
 # warp (one column each) walk runs of more even length; s = 1 stays at 4096 (4096 rows).
 CHUNK_NONZEROS = (16384, 8192, 4096)  # preferred first
