@@ -31,7 +31,11 @@ struct VectorOnly : proj::XTileProducerIn<XDtype, XLayout> {
                                int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
     Base::template fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, tile);
   }
-  __device__ static void wait(const Source&) { sm80::cp_async_wait_all(); }
+  __device__ static void commit(const Source&) { sm80::cp_async_commit(); }
+  template <int kNewer>
+  __device__ static void wait(const Source&) {
+    sm80::cp_async_wait_group<kNewer>();
+  }
 };
 
 #ifdef PROBE_SM90A

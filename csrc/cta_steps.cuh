@@ -1,8 +1,9 @@
 // The half of a projection step that the mma.sync kernel (project_kernel.cuh) and the sm_90a
-// kernel (wgmma_kernel.cuh) share: the CTA's place in the grid, the tiles of its two stages
-// in shared memory, and the producer work that fills a stage one step ahead (fetch x, the
-// rademacher words two steps ahead, generate P).  The kernels differ only in how they
-// multiply a stage (and in the wgmma kernel's proxy fence before its barrier).
+// kernel (wgmma_kernel.cuh) share: the CTA's place in the grid, its tiles in shared memory,
+// and the producer work that runs ahead of the MMAs (fetch x Layout::kXStages - 1 steps
+// ahead (x_pipeline.h), the rademacher words two steps ahead, generate P one step ahead
+// into the other of P's two stages).  The kernels differ only in how they multiply a stage
+// (and in the wgmma kernel's proxy fence before its barrier).
 //
 // Device code only; the CPU emulation (host_emulate.cpp) mirrors this order with the same
 // tile functions of project_tiles.cuh.
@@ -12,6 +13,7 @@
 
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
+#include "x_pipeline.h"
 
 namespace fastjl {
 namespace proj {
@@ -33,12 +35,14 @@ struct KernelParams {
   PipelineParams pipe;
 };
 
-// Layout: the kernel's shared-memory layout (x(stage), p(stage, plane), w(stage) byte
-// offsets); PLayout: where the P writers put an element (project_tiles.cuh).
+// Layout: the kernel's shared-memory layout (x(stage) for kXStages stages, p(stage, plane)
+// and w(stage) for two: byte offsets); PLayout: where the P writers put an element
+// (project_tiles.cuh).
 template <class Cfg, class Producer, int Kind, class Layout, class PLayout>
 struct CtaSteps {
   static constexpr int kT = mma_type_for(Producer::kTileDtype);
   static constexpr bool kGauss = Kind == kGaussian;
+  using XPipe = XPipeline<Layout::kXStages>;
 
   unsigned char* smem;
   const KernelParams<Producer>& kp;
@@ -67,7 +71,7 @@ struct CtaSteps {
         cursor(Producer::cursor(tid_, kp_.src, Cfg::kBlockB, b0)) {}
 
   __device__ __forceinline__ unsigned char* x_tile(int64_t step) const {
-    return smem + Layout::x(static_cast<int>(step & 1));
+    return smem + Layout::x(XPipe::stage(step));
   }
   __device__ __forceinline__ uint16_t* p_tile(int64_t step, int plane) const {
     return reinterpret_cast<uint16_t*>(smem + Layout::p(static_cast<int>(step & 1), plane));
@@ -95,9 +99,31 @@ struct CtaSteps {
       rademacher_expand<kT, PLayout>(tid, words(step), p_tile(step, 0));
   }
 
-  // Stage 0 (x, P) and, for rademacher, the words of steps 0 and 1.
+  // Before step s's barrier: this thread's copies of x(s) have landed (the newer slots'
+  // may still be in flight, x_pipeline.h).
+  __device__ __forceinline__ void wait_x() const {
+    Producer::template wait<XPipe::kNewerInFlight>(kp.src);
+  }
+
+  // Step slot t of the x pipeline: fetch x(t) if there is such a step, and close the slot's
+  // group of copies.  A pipeline deeper than a double buffer counts groups at its waits, so
+  // every slot closes one (empty past the last step, x_pipeline.h); the double buffer waits
+  // for all, so only a fetch needs one.
+  __device__ __forceinline__ void fetch_slot(int64_t t) const {
+    const bool fetch = t < steps;
+    if (fetch) fetch_x(t);
+    if (fetch || XPipe::kAhead > 1) Producer::commit(kp.src);
+  }
+
+  // x of steps 0 .. kAhead - 1, P of step 0 and, for rademacher, the words of steps 0 and 1.
+  // x(0) is fetched even when the split has no step (zeros, never read): as fetch_slot(0),
+  // its guard alone moved nvcc's schedule of the mma.sync kernel's interleaved B128 step
+  // from 188 to 232 instructions (bench/cuda_loop_probe.py).
   __device__ __forceinline__ void prologue() const {
     fetch_x(0);
+    Producer::commit(kp.src);
+#pragma unroll
+    for (int t = 1; t < XPipe::kAhead; ++t) fetch_slot(t);
     if (kGauss) {
       generate_p(0);
     } else {
@@ -108,12 +134,13 @@ struct CtaSteps {
     }
   }
 
-  // Called by every thread after step s's barrier: fills the other stage for step s + 1, and
-  // one warp (a different one each step) computes the words of step s + 2 into the words
-  // stage that generate_p(s) read before that barrier; so no extra barrier is needed.
+  // Called by every thread after step s's barrier: fetches x(s + kAhead) into the stage step
+  // s - 1 read, generates P(s + 1) into the other P stage, and one warp (a different one
+  // each step) computes the words of step s + 2 into the words stage that generate_p(s) read
+  // before that barrier; so no extra barrier is needed.
   __device__ __forceinline__ void produce_next(int64_t s) const {
+    fetch_slot(s + XPipe::kAhead);
     if (s + 1 < steps) {
-      fetch_x(s + 1);
       if (!kGauss && s + 2 < steps && warp == s % kWarps) compute_words(s + 2);
       generate_p(s + 1);
     }

@@ -36,6 +36,7 @@
 #include "project_args.h"
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
+#include "x_pipeline.h"  // XPipeline: the x tiles' stages
 
 namespace fastjl {
 namespace {
@@ -147,8 +148,8 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
   };
 
   for (int64_t s = 0; s < steps; ++s) {
-    const int stage = static_cast<int>(s & 1);
-    unsigned char* x_tile = smem + Layout::x(stage);
+    const int stage = static_cast<int>(s & 1);  // P and the words: double-buffered
+    unsigned char* x_tile = smem + Layout::x(XPipeline<Layout::kXStages>::stage(s));
     uint16_t* p_hi = reinterpret_cast<uint16_t*>(smem + Layout::p(stage, 0));
     uint16_t* p_lo = reinterpret_cast<uint16_t*>(smem + Layout::p(stage, kGauss ? 1 : 0));
     const int64_t d0 = range.begin + s * kBlockD;

@@ -31,6 +31,8 @@ struct GradTileProducer {
                                int64_t d0, int64_t d_end, unsigned char* tile) {
     load_g_tile(tid, s, block_b, b0, d0, d_end, reinterpret_cast<float*>(tile));
   }
+  __device__ static void commit(const Source&) {}
+  template <int kNewer>
   __device__ static void wait(const Source&) {}
 };
 

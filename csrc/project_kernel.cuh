@@ -70,9 +70,12 @@ namespace proj {
 //   template <TileCode kCode>         // project_tiles.cuh: the kind's instructions/registers
 //   __device__ static void fetch(const Cursor&, int tid, const Source&, int block_b,
 //                                int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile);
-//   __device__ static void wait(const Source&);  // this thread's fetches have landed
-// All 256 threads call fetch for every step, one step ahead, into the stage not in use;
-// the barrier after wait() publishes the tile.
+//   __device__ static void commit(const Source&);  // closes a step slot's asynchronous copies
+//   template <int kNewer>             // this thread's fetches have landed but for (at
+//   __device__ static void wait(const Source&);  // most) those of its kNewer latest slots
+// All 256 threads call fetch for every step, Layout::kXStages - 1 steps ahead, into the
+// stage the previous step read, and commit once per step slot, fetched or not
+// (x_pipeline.h); the barrier after wait() publishes the tile.
 template <class Cfg, class Producer, int Kind>
 __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams<Producer> kp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -172,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams
   constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();
   for (int64_t s = 0; s < cta.steps; ++s) {
-    Producer::wait(kp.src);
+    cta.wait_x();
     __syncthreads();
     if constexpr (kInterleave) {
       multiply(s, 0);

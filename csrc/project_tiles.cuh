@@ -313,19 +313,22 @@ FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t
 // Byte offsets of the double-buffered tiles (stage s = step % 2).  All 16-byte aligned.
 template <class Cfg, int XDtypeSize, int Kind>
 struct SmemLayout {
+  // Two x stages (a double buffer, x_pipeline.h): more would cost the sm_86 / sm_89 GPUs
+  // (100 KiB of shared memory per SM) their second CTA per SM at B128.
+  static constexpr int kXStages = 2;
   static constexpr int kXBytes = XDtypeSize == 4  // per stage: MmaXLayout's rows
                                      ? Cfg::kBlockB * kXStride * 4
                                      : Cfg::kBlockB * SwizzledXLayout::kRowBytes;
   static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
   static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
   static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;  // per stage
-  static constexpr int kTotal = 2 * kXBytes + 2 * kPPlanes * kPBytes + 2 * kWBytes;
+  static constexpr int kTotal = kXStages * kXBytes + 2 * kPPlanes * kPBytes + 2 * kWBytes;
   static constexpr FASTJL_HD int x(int stage) { return stage * kXBytes; }
   static constexpr FASTJL_HD int p(int stage, int plane) {
-    return 2 * kXBytes + (stage * kPPlanes + plane) * kPBytes;
+    return kXStages * kXBytes + (stage * kPPlanes + plane) * kPBytes;
   }
   static constexpr FASTJL_HD int w(int stage) {
-    return 2 * kXBytes + 2 * kPPlanes * kPBytes + stage * kWBytes;
+    return kXStages * kXBytes + 2 * kPPlanes * kPBytes + stage * kWBytes;
   }
   static_assert(kXBytes % 16 == 0 && kPBytes % 16 == 0, "tiles must stay 16-byte aligned");
 };

@@ -45,8 +45,12 @@ struct XTileProducerIn {
       load_x_tile<XDtype, XLayout>(tid, s.xs, false, block_b, b0, d0, d_end, tile,
                                    AsyncCopy16{});
   }
+  // Closes the cp.async group of one step slot (empty past the range: the wait counts
+  // groups, x_pipeline.h).  Unconditional: on the element path it closes an empty group.
+  __device__ static void commit(const Source&) { sm80::cp_async_commit(); }
+  template <int kNewer>
   __device__ static void wait(const Source& s) {
-    if (s.vector_loads) sm80::cp_async_wait_all();
+    if (s.vector_loads) sm80::cp_async_wait_group<kNewer>();
   }
   // The cp.async path alone: the common case, and what bench/cuda_loop_probe.cu measures.
   template <TileCode kCode>
@@ -58,7 +62,6 @@ struct XTileProducerIn {
     else
       load_x_tile_vector<kEsize, XLayout, kCode>(tid, s.xs, block_b, b0, d0, d_end, tile,
                                                  AsyncCopy16{});
-    sm80::cp_async_commit();
   }
 };
 

@@ -42,7 +42,9 @@ void bind_wgmma(py::module_& m) {
       py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
       "project() on the sm_90a kernel (wgmma.mma_async; compute capability 9.0 only, B > 32):\n"
       "same arguments, plan, workspace (project_workspace_bytes) and D-split order as\n"
-      "project().  Verified on an H100 but only 1.05x mma.sync: fastjl uses it only with FASTJL_CUDA_WGMMA=1.");
+      "project().  The cuda backend's default where it was measured faster (an H100, rademacher,\n"
+      "16-bit x, B > 64: cuda_backend.measured_faster); FASTJL_CUDA_WGMMA=1 (B >= 64) / 0:\n"
+      "on / off.");
 #endif
 
   m.def(

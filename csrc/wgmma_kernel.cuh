@@ -11,13 +11,15 @@
 // 2 CTAs/SM; wgmma reads A and B from shared memory itself, so a thread holds only its
 // accumulators (and, for fp32 x, 8 A registers).
 //
-//   iteration s:  producer wait; fence.proxy.async; barrier  -- x(s), P(s), words(s+1)
-//                                     published to the async proxy; step s-1's MMAs done
-//                 wgmma.fence; issue the wgmmas of step s on stage s%2; commit  (async)
-//                 fetch x(s+1) -> stage (s+1)%2; words(s+2); P(s+1) -> stage (s+1)%2
+//   iteration s:  x wait; fence.proxy.async; barrier  -- x(s), P(s), words(s+1) published
+//                                     to the async proxy; step s-1's MMAs done
+//                 wgmma.fence; issue the wgmmas of step s on x(s), P(s); commit  (async)
+//                 fetch x(s+3) -> x stage (s+3)%4 (step s-1's); words(s+2);
+//                 P(s+1) -> P stage (s+1)%2
 //                 wgmma.wait_group 0     -- while the tensor cores ran, this warp generated
-// The wgmmas of step s read stage s%2 while the threads write stage (s+1)%2, and every thread
-// waits for its wgmmas before the next barrier, after which stage s%2 is rewritten.
+// The wgmmas of step s read x stage s%4 and P stage s%2 while the threads write the stages
+// step s-1 read, and every thread waits for its wgmmas before the next barrier, after which
+// the stages of step s are rewritten.  x runs three steps ahead (x_pipeline.h), P one.
 //
 // Operands: fp16/bf16 x: A from shared memory (x tile K-major, 64B swizzle), one wgmma per
 // k16 slice and P plane.  fp32 x: A from registers, split into bf16 hi + lo per element as
@@ -50,36 +52,44 @@ using proj::kThreads;
 using proj::KernelParams;
 using proj::PipelineParams;
 
-// Byte offsets of the double-buffered tiles.  P planes first: they are 1024-byte swizzle
-// atoms and the base is 1024-aligned (the kernel rounds its dynamic shared memory up); the
-// 16-bit x tile's atoms are 512 bytes, the fp32 tile is the padded one (16-byte aligned).
-template <class Cfg, int XDtypeSize, int Kind>
-struct Sm90SmemLayout {
-  static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
-  static constexpr int kPBytes = PTileMN128B::kPlaneBytes;  // per plane and stage
-  static constexpr int kXBytes = XDtypeSize == 4
-                                     ? Cfg::kBlockB * proj::kXStride * 4
-                                     : Cfg::kBlockB * XTileK64B::kRowBytes;
-  static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;
-  static constexpr int kTotal = 2 * kPPlanes * kPBytes + 2 * kXBytes + 2 * kWBytes;
-  static constexpr int kAlign = 1024;  // rounding slack requested on top of kTotal
-  static constexpr FASTJL_HD int p(int stage, int plane) {
-    return (stage * kPPlanes + plane) * kPBytes;
-  }
-  static constexpr FASTJL_HD int x(int stage) { return 2 * kPPlanes * kPBytes + stage * kXBytes; }
-  static constexpr FASTJL_HD int w(int stage) {
-    return 2 * kPPlanes * kPBytes + 2 * kXBytes + stage * kWBytes;
-  }
-  static_assert(kPBytes % 1024 == 0 && (2 * kPPlanes * kPBytes) % 1024 == 0, "P atoms");
-  static_assert(XDtypeSize == 4 || kXBytes % 512 == 0, "x atoms");
-};
-
 // 2 CTAs per SM (128 registers) except gaussian B128, whose 64 accumulators plus the 64 of
 // the per-step sum do not fit in 128.
 template <class Cfg, int Kind>
 constexpr int sm90_min_blocks() {
   return Kind == kGaussian && Cfg::kBlockB == 128 ? 1 : 2;
 }
+
+// Byte offsets of the tiles: P and the rademacher words double-buffered, x in kXStages
+// stages (x_pipeline.h: fetched three steps ahead; run 7 measured this kernel waiting on x
+// with the double buffer's one step of lead).  P planes first: they are 1024-byte swizzle
+// atoms and the base is 1024-aligned (the kernel rounds its dynamic shared memory up); the
+// 16-bit x tile's atoms are 512 bytes, the fp32 tile is the padded one (16-byte aligned).
+template <class Cfg, int XDtypeSize, int Kind>
+struct Sm90SmemLayout {
+  static constexpr int kXStages = 4;
+  static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
+  static constexpr int kPBytes = PTileMN128B::kPlaneBytes;  // per plane and stage
+  static constexpr int kXBytes = XDtypeSize == 4
+                                     ? Cfg::kBlockB * proj::kXStride * 4
+                                     : Cfg::kBlockB * XTileK64B::kRowBytes;
+  static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;
+  static constexpr int kTotal = 2 * kPPlanes * kPBytes + kXStages * kXBytes + 2 * kWBytes;
+  static constexpr int kAlign = 1024;  // rounding slack requested on top of kTotal
+  static constexpr FASTJL_HD int p(int stage, int plane) {
+    return (stage * kPPlanes + plane) * kPBytes;
+  }
+  static constexpr FASTJL_HD int x(int stage) { return 2 * kPPlanes * kPBytes + stage * kXBytes; }
+  static constexpr FASTJL_HD int w(int stage) {
+    return 2 * kPPlanes * kPBytes + kXStages * kXBytes + stage * kWBytes;
+  }
+  static_assert(kPBytes % 1024 == 0 && (2 * kPPlanes * kPBytes) % 1024 == 0, "P atoms");
+  static_assert(XDtypeSize == 4 || kXBytes % 512 == 0, "x atoms");
+  // An H100 SM has 228 KiB of shared memory and reserves 1 KiB per CTA: the CTAs per SM
+  // that sm90_min_blocks asks for must fit (the largest, fp32 x rademacher B128, takes
+  // 2 x 98 KiB).
+  static_assert(sm90_min_blocks<Cfg, Kind>() * (kTotal + kAlign + 1024) <= 228 * 1024,
+                "the x stages leave room for the CTAs per SM the launch bounds promise");
+};
 
 template <class Cfg, class Producer, int Kind>
 __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
@@ -153,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
 
   cta.prologue();
   for (int64_t s = 0; s < cta.steps; ++s) {
-    Producer::wait(kp.src);
+    cta.wait_x();
     fence_proxy_async_shared();  // this thread's x and P writes -> visible to wgmma
     __syncthreads();
     issue(s);
