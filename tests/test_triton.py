@@ -110,6 +110,26 @@ def test_float64_is_refused():
         fastjl.project(torch.randn(2, 5, dtype=torch.float64, device=DEVICE), 4, backend="triton")
 
 
+def test_gpu_plan_fills_16_warps_per_sm(monkeypatch):
+    """The GPU plan (computed here for a mocked 132-SM device: no GPU needed) splits D over
+    one wave of 16 warps per SM: 4 programs per SM for the 4-warp tiles (B <= 32), 2 for the
+    8-warp ones; never more programs than that wave, and at least 8 tiles of D per split."""
+    from types import SimpleNamespace
+
+    from fastjl._backends import triton_backend as tb
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    assert tb.programs_per_sm(4) == 4 and tb.programs_per_sm(8) == 2
+    for batch, proj_dim, warps in [(7, 2048, 4), (32, 2048, 4), (32, 300, 4), (64, 2048, 8), (128, 2048, 8)]:
+        cfg, splits, d_per_split = tb._plan(batch, 2 * 10**6, proj_dim, cuda, **tb.project_tiles("rademacher"))
+        assert cfg["num_warps"] == warps
+        programs = -(-batch // cfg["BLOCK_B"]) * -(-proj_dim // cfg["BLOCK_K"])
+        assert splits == tb.one_wave_splits(programs, 132 * 16 // warps), (batch, proj_dim)
+        assert splits * programs <= 132 * 16 // warps and splits * d_per_split >= 2 * 10**6
+    assert tb._plan(32, 8 * 64 * 3, 2048, cuda, **tb.project_tiles("rademacher"))[1] == 3  # 8 tiles each
+
+
 def test_triton_and_cuda_plans_split_d_by_the_same_one_wave_rule():
     from fastjl._backends.triton_backend import one_wave_splits
 

@@ -112,13 +112,28 @@ def one_wave_splits(programs: int, slots: int) -> int:
     return 1 if programs <= 0 or programs >= slots else slots // programs
 
 
-def _num_splits(programs: int, dim: int, block_d: int, device: torch.device) -> int:
-    """Split D so small-B shapes still fill the GPU (~2 programs per SM, one wave), keeping at
-    least 8 tiles of D per split so the fixed-order reduction stays cheap."""
+# Warps per SM the D-split plan fills: programs per SM = WARPS_PER_SM // num_warps, so 2 of the
+# 8-warp tiles (B >= 64) and 4 of the 4-warp ones (B <= 32).  Planning 2 of the 4-warp tiles
+# left an H100 SM at 8 warps (2 per scheduler) where Triton 3.6 fits 4 (bf16 rademacher B32:
+# 128 registers, 20 KiB of shared memory; triton_aot.compile_config).  Where the compiler's
+# registers or shared memory fit fewer (float32 gaussian B32: 2, 214 registers), the grid runs
+# in two full rounds of half-length programs: the time of the 2-per-SM plan, not more
+# (every 4-warp tile fits >= 2 per SM: <= 255 registers, <= 50 KiB).  bench/NOTES.md, stop 26.
+WARPS_PER_SM = 16
+
+
+def programs_per_sm(num_warps: int) -> int:
+    return max(1, WARPS_PER_SM // num_warps)
+
+
+def _num_splits(programs: int, dim: int, block_d: int, num_warps: int, device: torch.device) -> int:
+    """Split D so small-B shapes still fill the GPU (``programs_per_sm`` programs per SM, one
+    wave), keeping at least 8 tiles of D per split so the fixed-order reduction stays cheap."""
     if device.type != "cuda":
         return 1 if dim <= 4 * block_d else 2  # the interpreter still exercises the split path
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(one_wave_splits(programs, 2 * sms), dim // (8 * block_d)))
+    slots = programs_per_sm(num_warps) * sms
+    return max(1, min(one_wave_splits(programs, slots), dim // (8 * block_d)))
 
 
 def project(
@@ -175,7 +190,7 @@ def _plan(batch: int, dim: int, proj_dim: int, device: torch.device, **config) -
     ``config``: ``_config``'s keywords."""
     cfg = _config(batch, proj_dim, device, **config)
     programs = -(-batch // cfg["BLOCK_B"]) * -(-proj_dim // cfg["BLOCK_K"])
-    splits = _num_splits(programs, dim, cfg["BLOCK_D"], device)
+    splits = _num_splits(programs, dim, cfg["BLOCK_D"], cfg.get("num_warps", 4), device)
     d_per_split = -(-dim // splits)
     d_per_split = -(-d_per_split // cfg["BLOCK_D"]) * cfg["BLOCK_D"]  # splits start on a tile
     return cfg, -(-dim // d_per_split), d_per_split
