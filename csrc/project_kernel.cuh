@@ -77,7 +77,8 @@ namespace proj {
 // stage the previous step read, and commit once per step slot, fetched or not
 // (x_pipeline.h); the barrier after wait() publishes the tile.
 template <class Cfg, class Producer, int Kind>
-__global__ void __launch_bounds__(kThreads, 2) project_kernel(const KernelParams<Producer> kp) {
+__global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
+    project_kernel(const KernelParams<Producer> kp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int XDtype = Producer::kTileDtype;
   constexpr int T = mma_type_for(XDtype);

@@ -9,7 +9,8 @@
 //   * 128 columns is one rademacher counter group, so one Philox call per row of a step
 //     yields the CTA's whole row of signs;
 //   * when there are too few output tiles to fill the GPU, D is split into `splits`
-//     contiguous ranges (grid.y), as many as fit in one wave of resident CTAs; each writes float32 partial sums to a workspace
+//     contiguous ranges (grid.y), as many as fit in the CTAs per SM the plan launches
+//     (planned_ctas_per_sm); each writes float32 partial sums to a workspace
 //     [splits, B, K] that a second kernel adds up in split order: no atomics, so results
 //     are bitwise reproducible for a given device (the plan depends on the SM count).
 #pragma once
@@ -37,8 +38,14 @@ constexpr int kXStride = kBlockD + 8;
 constexpr int kPStride = kBlockN + 8;
 // A D-split gets at least this many steps, so the second (reduction) pass stays small.
 constexpr int kMinStepsPerSplit = 8;
-// Target CTAs in flight per SM when choosing the number of D-splits.
-constexpr int kCtasPerSm = 2;
+// CTAs per SM the mma.sync kernel's launch bounds ask for (project_kernel.cuh): 3 for the
+// 32-row tile (at most 80 registers; 6 warps per scheduler where 2 CTAs gave 4, and run 7
+// measured this kernel latency-bound at 4), 2 for the others (their accumulators need up to
+// 128 registers).
+template <class Cfg>
+constexpr int resident_ctas_per_sm() {
+  return Cfg::kBlockB == 32 ? 3 : 2;
+}
 constexpr int64_t kMaxSplits = 65535;  // grid.y limit
 
 // Batch-tile configurations, chosen from B so that small batches do not pay for 128-row
@@ -63,6 +70,13 @@ using ConfigB128 = TileConfig<128, 4>;  // warp 32 x 64
 
 inline int config_index(int64_t batch) { return batch <= 32 ? 0 : batch <= 64 ? 1 : 2; }
 inline int64_t config_block_b(int index) { return index == 0 ? 32 : index == 1 ? 64 : 128; }
+
+// CTAs per SM the D-split plan launches, in whole rounds of the resident ones.  The 32-row
+// tile plans 6: two rounds of 3 where 3 fit, three rounds of 2 where shared memory caps it at 2
+// (its gaussian instantiations on sm_86 / sm_89: 100 KiB per SM, 38-44 KiB per CTA).  A round
+// then runs a sixth of the work: W / 3 or W / 2 in all, never slower than the former plan of 2
+// per SM (W / 2).  A plan of 3 would leave a half-empty second round where 2 fit (2 W / 3).
+inline int64_t planned_ctas_per_sm(int config) { return config == 0 ? 6 : 2; }
 
 struct Plan {
   int config;  // 0: ConfigB32, 1: ConfigB64, 2: ConfigB128
@@ -97,7 +111,7 @@ inline Plan make_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_
   if (ctas > INT32_MAX)
     throw std::invalid_argument(std::string(op) + ": B * K is too large for one launch");
   const int64_t steps = ceil_div(dim, kBlockD);
-  int64_t splits = one_wave_splits(ctas, kCtasPerSm * num_sms);
+  int64_t splits = one_wave_splits(ctas, planned_ctas_per_sm(p.config) * num_sms);
   const int64_t max_splits = steps / kMinStepsPerSplit;
   if (splits > max_splits) splits = max_splits;
   if (splits > kMaxSplits) splits = kMaxSplits;

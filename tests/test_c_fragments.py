@@ -109,10 +109,10 @@ def test_strided_input_and_output():
 @pytest.mark.parametrize("kind", fastjl.KINDS)
 def test_split_d_reduction(kind):
     """Many SMs and few output tiles: D is split and the splits are summed in order."""
-    x = random_input(3, 1001, torch.bfloat16)
-    plan = _C.project_plan(3, 1001, 100, 1000)
+    x = random_input(3, 4001, torch.bfloat16)  # 126 steps: up to 15 splits of >= 8 steps
+    plan = _C.project_plan(3, 4001, 100, 1000)
     assert plan["splits"] > 1 and plan["workspace_bytes"] == plan["splits"] * 3 * 100 * 4
-    assert _C.project_plan(3, 1001, 100, 1)["splits"] < plan["splits"]
+    assert _C.project_plan(3, 4001, 100, 1)["splits"] < plan["splits"]
     many, _ = emulate(x, 100, kind=kind, num_sms=1000)
     fewer, _ = emulate(x, 100, kind=kind, num_sms=1)
     ref = torch_reference(x, 100, kind=kind)
@@ -171,19 +171,37 @@ def test_plan_covers_the_problem(batch, dim, proj_dim):
     expected_ws = splits * batch * proj_dim * 4 if splits > 1 else 0
     assert plan["workspace_bytes"] == expected_ws == _C.project_workspace_bytes(batch, dim, proj_dim, H100_SMS)
     if splits > 1:
+        slots = planned_ctas_per_sm(plan["block_b"]) * H100_SMS
         assert per >= 8 * plan["block_d"]
-        assert plan["tiles_b"] * plan["tiles_n"] < 2 * H100_SMS  # only split when the GPU is not full
-        assert plan["tiles_b"] * plan["tiles_n"] * splits <= 2 * H100_SMS  # one wave, never two
+        assert plan["tiles_b"] * plan["tiles_n"] < slots  # only split when the GPU is not full
+        assert plan["tiles_b"] * plan["tiles_n"] * splits <= slots  # the planned CTAs, no more
+
+
+def planned_ctas_per_sm(block_b: int) -> int:
+    """csrc/project_plan.cuh's planned_ctas_per_sm: the 32-row tile (3 resident per SM, 2 where
+    shared memory caps its gaussian kind) plans 6 = whole rounds of either; the others 2."""
+    return 6 if block_b == 32 else 2
+
+
+def test_planned_ctas_are_whole_rounds_of_the_resident_ones():
+    """A plan of n CTAs per SM runs in ceil(n / r) rounds of 1/n of the work where r fit:
+    the 32-row tile's 6 is never slower than the former 2 per SM (r = 2: 3 rounds of a sixth),
+    and faster where its launch bounds' 3 fit."""
+    for resident, time_in_sixths in ((2, 3), (3, 2)):
+        rounds = -(-planned_ctas_per_sm(32) // resident)
+        assert rounds == time_in_sixths and rounds / 6 <= 1 / 2
+    plan = _C.project_plan(32, 10**8, 128, H100_SMS)  # one tile: the plan launches 6 per SM
+    assert plan["splits"] == 6 * H100_SMS
 
 
 @pytest.mark.parametrize("sms", [1, 46, 108, 132])
 def test_plan_fills_one_wave_as_fully_as_whole_splits_allow(sms):
     """Wave efficiency (CTAs / resident slots): a second, short wave doubles the run time, so
     the plan never launches one; within one wave it uses the most splits that fit."""
-    slots = 2 * sms
     for batch in (1, 33, 65, 200, 513):
         for proj_dim in (128, 1000, 2048, 8192):
             plan = _C.project_plan(batch, 10**8, proj_dim, sms)
+            slots = planned_ctas_per_sm(plan["block_b"]) * sms
             ctas = plan["tiles_b"] * plan["tiles_n"]
             total = ctas * plan["splits"]
             if ctas < slots:
@@ -194,7 +212,7 @@ def test_plan_fills_one_wave_as_fully_as_whole_splits_allow(sms):
 
 def test_plan_splits_small_batches_over_long_d():
     plan = _C.project_plan(1, 10**8, 100, H100_SMS)
-    assert plan["splits"] == 2 * H100_SMS
+    assert plan["splits"] == 6 * H100_SMS
     assert _C.project_plan(1000, 10**8, 4097, H100_SMS)["splits"] == 1
 
 

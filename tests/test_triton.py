@@ -142,4 +142,6 @@ def test_triton_and_cuda_plans_split_d_by_the_same_one_wave_rule():
         return  # the CUDA side is checked in tests/test_c_fragments.py when built
     for tiles_n in (1, 3, 16, 100, 263):  # B <= 32: one batch tile; K = 128 * tiles_n; long D
         plan = _C.project_plan(1, 10**9, 128 * tiles_n, 132)
-        assert plan["splits"] == one_wave_splits(tiles_n, 264)
+        assert plan["splits"] == one_wave_splits(tiles_n, 6 * 132)  # the 32-row tile plans 6 per SM
+        plan = _C.project_plan(65, 10**9, 128 * tiles_n, 132)
+        assert plan["splits"] == one_wave_splits(tiles_n, 2 * 132)
