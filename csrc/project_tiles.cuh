@@ -331,6 +331,9 @@ struct SmemLayout {
     return kXStages * kXBytes + 2 * kPPlanes * kPBytes + stage * kWBytes;
   }
   static_assert(kXBytes % 16 == 0 && kPBytes % 16 == 0, "tiles must stay 16-byte aligned");
+  static_assert(x(kXStages - 1) + kXBytes == p(0, 0) && p(1, kPPlanes - 1) + kPBytes == w(0) &&
+                    w(1) + kWBytes == kTotal,
+                "the stages' regions tile the buffer without overlap");
 };
 
 }  // namespace proj

@@ -84,6 +84,9 @@ struct Sm90SmemLayout {
   }
   static_assert(kPBytes % 1024 == 0 && (2 * kPPlanes * kPBytes) % 1024 == 0, "P atoms");
   static_assert(XDtypeSize == 4 || kXBytes % 512 == 0, "x atoms");
+  static_assert(p(1, kPPlanes - 1) + kPBytes == x(0) && x(kXStages - 1) + kXBytes == w(0) &&
+                    w(1) + kWBytes == kTotal,
+                "the stages' regions tile the buffer without overlap");
   // An H100 SM has 228 KiB of shared memory and reserves 1 KiB per CTA: the CTAs per SM
   // that sm90_min_blocks asks for must fit (the largest, fp32 x rademacher B128, takes
   // 2 x 98 KiB).
