@@ -121,6 +121,9 @@ SPARSE_CMD="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --d
 # FASTJL_CUDA_WGMMA=0: the mma.sync kernel (since stop 24 the wgmma kernel is cuda's default on
 # compute capability 9.0 for B > 64), as the .base rows below time it
 gpu_stage bench_rad_bf16 60 "$L2" "FASTJL_CUDA_WGMMA=0 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda,fastjl-triton"
+# Triton's former D-split plan (8 warps per SM: 2 programs of its B <= 32 tiles), beside the
+# rows above (16 warps per SM since stop 26)
+gpu_stage bench_triton_plan 30 "$L2" "FASTJL_TRITON_WARPS_PER_SM=8 $BENCH --kind rademacher --dtype bfloat16 --batch 32 --contenders fastjl-triton --save /tmp/gpu-bench/triton-plan8"
 # the Hopper (wgmma) kernel on the same shapes, beside the mma.sync rows above
 gpu_stage bench_rad_bf16_wgmma 60 "$L2" "FASTJL_CUDA_WGMMA=1 $BENCH --kind rademacher --dtype bfloat16 --contenders fastjl-cuda --save /tmp/gpu-bench/wgmma"
 if [ "$HAVE_BASE" = 1 ]; then

@@ -128,6 +128,12 @@ def test_gpu_plan_fills_16_warps_per_sm(monkeypatch):
         assert splits == tb.one_wave_splits(programs, 132 * 16 // warps), (batch, proj_dim)
         assert splits * programs <= 132 * 16 // warps and splits * d_per_split >= 2 * 10**6
     assert tb._plan(32, 8 * 64 * 3, 2048, cuda, **tb.project_tiles("rademacher"))[1] == 3  # 8 tiles each
+    monkeypatch.setenv(tb.WARPS_PER_SM_ENV, "8")  # the former plan: 2 programs per SM at B <= 32
+    assert tb._plan(32, 2 * 10**6, 2048, cuda, **tb.project_tiles("rademacher"))[1] == 264 // 16
+    for bad in ("0", "-4", "many"):
+        monkeypatch.setenv(tb.WARPS_PER_SM_ENV, bad)
+        with pytest.raises(ValueError, match="FASTJL_TRITON_WARPS_PER_SM must be a positive integer"):
+            tb._plan(32, 2 * 10**6, 2048, cuda, **tb.project_tiles("rademacher"))
 
 
 def test_triton_and_cuda_plans_split_d_by_the_same_one_wave_rule():

@@ -119,11 +119,28 @@ def one_wave_splits(programs: int, slots: int) -> int:
 # registers or shared memory fit fewer (float32 gaussian B32: 2, 214 registers), the grid runs
 # in two full rounds of half-length programs: the time of the 2-per-SM plan, not more
 # (every 4-warp tile fits >= 2 per SM: <= 255 registers, <= 50 KiB).  bench/NOTES.md, stop 26.
+# FASTJL_TRITON_WARPS_PER_SM overrides it (8: the former plan), so that one GPU run can time
+# both plans (bench/gpu_check.sh's bench_triton_plan stage).
 WARPS_PER_SM = 16
+WARPS_PER_SM_ENV = "FASTJL_TRITON_WARPS_PER_SM"
+
+
+def warps_per_sm() -> int:
+    """``WARPS_PER_SM``, or the positive integer in ``FASTJL_TRITON_WARPS_PER_SM``."""
+    raw = os.environ.get(WARPS_PER_SM_ENV)
+    if raw is None:
+        return WARPS_PER_SM
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{WARPS_PER_SM_ENV} must be a positive integer, got {raw!r}")
+    return value
 
 
 def programs_per_sm(num_warps: int) -> int:
-    return max(1, WARPS_PER_SM // num_warps)
+    return max(1, warps_per_sm() // num_warps)
 
 
 def _num_splits(programs: int, dim: int, block_d: int, num_warps: int, device: torch.device) -> int:
