@@ -83,3 +83,32 @@ def test_auto_order_on_hopper_by_batch_and_kind(monkeypatch, batch, kind, dtype,
     order = _backends.auto_order(torch.device("cuda"), dtype, op, batch, kind)
     assert order[0] == first
     assert sorted(order) == ["cuda", "torch", "triton"] and order[-1] == "torch"
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
+@pytest.mark.parametrize("env", [None, "", "1", "0"])
+def test_wgmma_routing_rule_on_a_mocked_gpu(monkeypatch, capability, env):
+    """cuda_backend.use_wgmma without a GPU (capability and build mocked): only on compute
+    capability 9.0 with the sm_90a kernel built; FASTJL_CUDA_WGMMA=1 from B = 64 for any kind and
+    dtype, unset or empty where measured faster (rademacher, 16-bit x, B > 64), 0 never."""
+    from types import SimpleNamespace
+
+    from fastjl._backends import cuda_backend as cb
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    monkeypatch.setattr(cb, "_C", SimpleNamespace(project_sm90=None))
+    if env is None:
+        monkeypatch.delenv(cb.WGMMA_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cb.WGMMA_ENV, env)
+    cuda = torch.device("cuda", 0)
+    for kind in ("rademacher", "gaussian"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for batch in (32, 64, 65, 512):
+                fast = kind == "rademacher" and dtype != torch.float32 and batch > 64
+                expected = capability == (9, 0) and (batch >= 64 if env == "1" else env in (None, "") and fast)
+                assert cb.use_wgmma(batch, cuda, kind=kind, dtype=dtype) is expected, (kind, dtype, batch)
+                assert cb.measured_faster(kind, dtype, batch, cuda) is (capability == (9, 0) and fast)
+    monkeypatch.setattr(cb, "_C", SimpleNamespace())  # a build without the sm_90a kernel
+    monkeypatch.setenv(cb.WGMMA_ENV, "1")
+    assert cb.use_wgmma(512, cuda) is False

@@ -97,16 +97,19 @@ def project(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, offset:
     _launch(kernel, args, _C.project_workspace_bytes, (batch, dim, out.shape[1]), x.device)
 
 
+def _is_sm90(device: torch.device) -> bool:
+    return tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
+
+
+def _measured_shape(kind: str, dtype: torch.dtype, batch: int) -> bool:
+    return kind == "rademacher" and dtype in SIXTEEN_BIT and batch >= WGMMA_DEFAULT_MIN_BATCH
+
+
 def measured_faster(kind: str, dtype: torch.dtype, batch: int, device: torch.device) -> bool:
     """Where this backend's wgmma kernel was measured faster than its mma.sync kernel and than
     Triton's (WGMMA_ENV): rademacher, 16-bit x, B > 64, compute capability 9.0.  One rule for
     :func:`use_wgmma`'s default and for ``"auto"``'s order (``fastjl/_backends/__init__.py``)."""
-    return (
-        kind == "rademacher"
-        and dtype in SIXTEEN_BIT
-        and batch >= WGMMA_DEFAULT_MIN_BATCH
-        and tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
-    )
+    return _measured_shape(kind, dtype, batch) and _is_sm90(device)
 
 
 def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=torch.bfloat16) -> bool:
@@ -116,18 +119,12 @@ def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=
     faster, see WGMMA_ENV); ``FASTJL_CUDA_WGMMA=0`` never.  Same plan, workspace and D-split
     order as the mma.sync kernel, so results agree to float32 rounding (not bitwise: another
     MMA order within a step) and are bitwise reproducible run to run."""
+    if not hasattr(_C, "project_sm90") or not _is_sm90(device):
+        return False
     env = os.environ.get(WGMMA_ENV, "")
     if env == "1":
-        wanted = batch >= WGMMA_MIN_BATCH
-    elif env == "":
-        wanted = measured_faster(kind, dtype, batch, device)
-    else:
-        wanted = False
-    return (
-        wanted
-        and hasattr(_C, "project_sm90")
-        and tuple(torch.cuda.get_device_capability(device)) == WGMMA_CAPABILITY
-    )
+        return batch >= WGMMA_MIN_BATCH
+    return env == "" and _measured_shape(kind, dtype, batch)
 
 
 def _launch(kernel, args: tuple, workspace_bytes_of, sizes: tuple, device: torch.device) -> None:
