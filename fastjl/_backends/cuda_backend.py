@@ -119,12 +119,10 @@ def use_wgmma(batch: int, device: torch.device, kind: str = "rademacher", dtype=
     faster, see WGMMA_ENV); ``FASTJL_CUDA_WGMMA=0`` never.  Same plan, workspace and D-split
     order as the mma.sync kernel, so results agree to float32 rounding (not bitwise: another
     MMA order within a step) and are bitwise reproducible run to run."""
-    if not hasattr(_C, "project_sm90") or not _is_sm90(device):
-        return False
     env = os.environ.get(WGMMA_ENV, "")
-    if env == "1":
-        return batch >= WGMMA_MIN_BATCH
-    return env == "" and _measured_shape(kind, dtype, batch)
+    wanted = batch >= WGMMA_MIN_BATCH if env == "1" else env == "" and _measured_shape(kind, dtype, batch)
+    # The device query last, once: most calls (float32, gaussian, small B) stop before it.
+    return wanted and hasattr(_C, "project_sm90") and _is_sm90(device)
 
 
 def _launch(kernel, args: tuple, workspace_bytes_of, sizes: tuple, device: torch.device) -> None:
