@@ -2,7 +2,9 @@
 // kernels (project_kernel.cuh, wgmma_kernel.cuh) with an x-tile producer that has only the
 // cp.async path (XTileProducerIn::fetch_vector), so the main loop of the compiled code holds
 // no untaken element-load path and its static instruction count is what a step issues for
-// contiguous, aligned x (the common case).  Never linked into fastjl._C.
+// contiguous, aligned x (the common case), once bench/cuda_loop_probe.py takes out the blocks
+// that only one warp (the words) or only a split's last step (the range clamp) runs.  Never
+// linked into fastjl._C.
 //
 // Compiled twice by the script: -DPROBE_SM90A (wgmma kernel, sm_90a) and without (mma.sync
 // kernel, sm_80 / sm_90).
@@ -28,8 +30,9 @@ struct VectorOnly : proj::XTileProducerIn<XDtype, XLayout> {
   }
   template <proj::TileCode kCode>
   __device__ static void fetch(const Cursor& cur, int tid, const Source& s, int block_b,
-                               int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
-    Base::template fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, tile);
+                               int64_t b0, int64_t d0, int64_t d_end, bool whole_step,
+                               unsigned char* tile) {
+    Base::template fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, whole_step, tile);
   }
   __device__ static void commit(const Source&) { sm80::cp_async_commit(); }
   template <int kNewer>

@@ -8,14 +8,17 @@ contiguous aligned x (the cp.async path), estimated from the compiled code witho
 also holds the element-load path that contiguous x never takes, and the static count charges
 it as if taken.  This script compiles ``bench/cuda_loop_probe.cu`` (the same kernels with the
 cp.async path only) with nvcc to a cubin, so the loop is what a step runs, and amortizes the
-one branch every step does take for only one warp: the rademacher words (Philox), computed by
-warp ``s % 8`` (found as the smallest forward branch around the Philox multiplier's
-instructions), counted 1/8.  Columns:
+two blocks a step runs only sometimes: the rademacher words (Philox), computed by warp
+``s % 8`` (found as the smallest forward branch around the Philox multiplier's instructions),
+counted 1/8; and the rademacher kernels' fetch with the clamp to the range, which only a
+split's last step runs (the smallest forward branch around the zero-filling ``LDGSTS``; every
+other step takes the whole-step fetch), counted 0.  Columns:
 
     loop    static instructions of the main loop (one CTA step)
     inner   loops left inside it (not unrolled: their bodies run more than once per step)
     words   instructions of the words branch (0: gaussian, no words)
-    step    loop - 7/8 words: instructions per warp per step
+    tail    instructions of the last step's fetch (0: gaussian, one fetch for every step)
+    step    loop - 7/8 words - tail: instructions per warp per (whole) step
     MMA-eq  m16n8k16-equivalent MMAs per warp per step (2048 multiply-adds each)
     /MMA    step / MMA-eq
 
@@ -61,14 +64,36 @@ def words_block(insts, first: int, last: int) -> int:
     philox = [i for i in range(first, last + 1) if PHILOX_MULTIPLIER in insts[i][2].lower()]
     if not philox:
         return 0
+    best = smallest_branch_around(insts, first, last, philox)
+    if best is None:
+        raise RuntimeError("no forward branch around the Philox rounds: the probe's words rule no longer fits")
+    return best
+
+
+def smallest_branch_around(insts, first: int, last: int, marked: list[int]) -> int | None:
+    """Instructions inside the smallest forward branch of the loop [first, last] that skips
+    every instruction of `marked` (indices), or None when no branch does."""
     cr = _load_cuda_resources()
     best = None
     for i, target in cr.branches(insts):
-        if first <= i < philox[0] and philox[-1] < target <= last + 1:
+        if first <= i < marked[0] and marked[-1] < target <= last + 1:
             size = target - i - 1
             best = size if best is None else min(best, size)
+    return best
+
+
+def tail_block(insts, first: int, last: int) -> int:
+    """Instructions inside the smallest forward branch of the loop [first, last] that skips
+    every zero-filling cp.async (0 when the loop has none): the fetch with the clamp to the
+    split's range, which only a split's last step runs (csrc/project_tiles.cuh,
+    load_x_tile_rows).  Only meaningful for kernels with a whole-step fetch (rademacher):
+    the gaussian kernels' one fetch zero-fills on every step."""
+    zfill = [i for i in range(first, last + 1) if insts[i][1] == "LDGSTS" and ".ZFILL" in insts[i][2]]
+    if not zfill:
+        return 0
+    best = smallest_branch_around(insts, first, last, zfill)
     if best is None:
-        raise RuntimeError("no forward branch around the Philox rounds: the probe's words rule no longer fits")
+        raise RuntimeError("no forward branch around the zero-filling copies: the probe's tail rule no longer fits")
     return best
 
 
@@ -114,9 +139,11 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
             continue
         stats, (first, last) = found
         name = cr.short_name(names[mangled])
-        rademacher = name.endswith(", 0>")  # Kind: only rademacher has the one-warp words branch
+        # Kind: only rademacher has the one-warp words branch and a whole-step fetch.
+        rademacher = name.endswith(", 0>")
         words = words_block(insts, first, last) if rademacher else 0
-        step = stats.instructions - words * 7 / 8
+        tail = tail_block(insts, first, last) if rademacher else 0
+        step = stats.instructions - words * 7 / 8 - tail
         equiv = stats.mma_equiv or stats.mma
         fields = resources.get(mangled, {})
         rows.append(
@@ -127,6 +154,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
                 loop=stats.instructions,
                 inner=stats.inner_loops,
                 words=words,
+                tail=tail,
                 step=step,
                 mma_eq=equiv,
                 per_mma=step / equiv,
@@ -148,7 +176,7 @@ def main(argv=None) -> int:
     archs = args.arch or ["sm_90", "sm_90a"]
     print(
         f"{'kernel (cp.async x only)':66s} {'arch':6s} {'regs':>4s} {'stack':>5s} {'lmem':>4s} "
-        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'step':>6s} {'MMA-eq':>6s} {'/MMA':>6s}"
+        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'tail':>5s} {'step':>6s} {'MMA-eq':>6s} {'/MMA':>6s}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
@@ -157,8 +185,8 @@ def main(argv=None) -> int:
                     continue
                 print(
                     f"{r['name'][:66]:66s} {arch:6s} {r['regs']:4d} {r['stack']:5d} {r['local']:4d} "
-                    f"{r['loop']:5d} {r['inner']:5d} {r['words']:5d} {r['step']:6.0f} {r['mma_eq']:6.0f} "
-                    f"{r['per_mma']:6.1f}"
+                    f"{r['loop']:5d} {r['inner']:5d} {r['words']:5d} {r['tail']:5d} {r['step']:6.0f} "
+                    f"{r['mma_eq']:6.0f} {r['per_mma']:6.1f}"
                 )
     return 0
 

@@ -52,6 +52,7 @@ struct CtaSteps {
   uint32_t rademacher_group;  // col0's counter group (kBlockN columns = one group)
   DRange range;   // its split's rows of x
   int64_t steps;
+  int64_t whole_steps;  // steps 0 .. whole_steps - 1 cover kBlockD rows of x each (kWholePath)
   uint64_t row0;  // P row of step 0
   typename Producer::Cursor cursor;
 
@@ -67,6 +68,7 @@ struct CtaSteps {
         rademacher_group(col0 / kRademacherColumnsPerCounter),
         range(split_range(blockIdx.y, kp_.pipe.d_per_split, kp_.pipe.dim)),
         steps((range.end - range.begin + kBlockD - 1) / kBlockD),
+        whole_steps((range.end - range.begin) / kBlockD),
         row0(kp_.pipe.offset + static_cast<uint64_t>(range.begin)),
         cursor(Producer::cursor(tid_, kp_.src, Cfg::kBlockB, b0)) {}
 
@@ -83,10 +85,18 @@ struct CtaSteps {
     return row0 + static_cast<uint64_t>(step) * kBlockD;
   }
 
-  __device__ __forceinline__ void fetch_x(int64_t step) const {
+  // Whether the producer has a fetch of its own for whole steps (project's x tiles with the
+  // kinds' TileCode::kFewestInstructions: rademacher; not gaussian, not project_linear's
+  // gradient tiles), and so whether whole_steps is used (and held in a register) at all.
+  static constexpr bool kWholePath =
+      Producer::kWholeStepFetch && tile_code_for(Kind) == TileCode::kFewestInstructions;
+
+  // whole_step: step < whole_steps, which lets the producer skip the clamp to the range
+  // (load_x_tile_rows).
+  __device__ __forceinline__ void fetch_x(int64_t step, bool whole_step) const {
     Producer::template fetch<tile_code_for(Kind)>(cursor, tid, kp.src, Cfg::kBlockB, b0,
                                                   range.begin + step * kBlockD, range.end,
-                                                  x_tile(step));
+                                                  whole_step, x_tile(step));
   }
   __device__ __forceinline__ void compute_words(int64_t step) const {  // one warp
     rademacher_words(lane, kp.pipe.key, step_row(step), rademacher_group, words(step));
@@ -108,11 +118,24 @@ struct CtaSteps {
   // Step slot t of the x pipeline: fetch x(t) if there is such a step, and close the slot's
   // group of copies.  A pipeline deeper than a double buffer counts groups at its waits, so
   // every slot closes one (empty past the last step, x_pipeline.h); the double buffer waits
-  // for all, so only a fetch needs one.
+  // for all, so only a fetch needs one.  The common case, a whole step, is decided by one
+  // compare (as `t < steps` was before whole steps had a fetch of their own).  Without
+  // kWholePath, one call as before.
+  //
+  // Tried and not kept (stop 27): the loop split in two, the steps with whole slots first,
+  // so that the first loop holds no clamp and no tests.  nvcc then kept fewer of the step's
+  // addresses and descriptors in registers: the wgmma bf16 B128 step grew from 128 to ~164
+  // instructions (the mma.sync B32 one fell from 122 to 101), bench/NOTES.md.
   __device__ __forceinline__ void fetch_slot(int64_t t) const {
-    const bool fetch = t < steps;
-    if (fetch) fetch_x(t);
-    if (fetch || XPipe::kAhead > 1) Producer::commit(kp.src);
+    if (kWholePath && t < whole_steps) {
+      fetch_x(t, true);
+      Producer::commit(kp.src);
+    } else if (t < steps) {
+      fetch_x(t, false);
+      Producer::commit(kp.src);
+    } else if (XPipe::kAhead > 1) {
+      Producer::commit(kp.src);
+    }
   }
 
   // x of steps 0 .. kAhead - 1, P of step 0 and, for rademacher, the words of steps 0 and 1.
@@ -120,7 +143,7 @@ struct CtaSteps {
   // its guard alone moved nvcc's schedule of the mma.sync kernel's interleaved B128 step
   // from 188 to 232 instructions (bench/cuda_loop_probe.py).
   __device__ __forceinline__ void prologue() const {
-    fetch_x(0);
+    fetch_x(0, kWholePath && whole_steps > 0);
     Producer::commit(kp.src);
 #pragma unroll
     for (int t = 1; t < XPipe::kAhead; ++t) fetch_slot(t);

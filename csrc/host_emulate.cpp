@@ -121,8 +121,8 @@ struct Dest {
 
 // One CTA (tile_b, tile_n, split): the kernel's steps in order, each phase run for all
 // threads / warps before the next (the kernel separates them by barriers).  XDtype is the
-// x tile's element type; fetch(code, tid, block_b, b0, d0, d_end, tile) is the producer's
-// fetch, code the kernel's TileCode for the kind (a std::integral_constant).
+// x tile's element type; fetch(code, tid, block_b, b0, d0, d_end, whole_step, tile) is the
+// producer's fetch, code the kernel's TileCode for the kind (a std::integral_constant).
 template <class Cfg, int XDtype, int Kind, class Fetch>
 void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
                  const Dest& dest, std::vector<Packed4>& smem_store, const Fetch& fetch) {
@@ -140,6 +140,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
   const uint32_t col0 = static_cast<uint32_t>(cta % plan.tiles_n) * kBlockN;
   const DRange range = split_range(split, plan.d_per_split, a.dim);
   const int64_t steps = (range.end - range.begin + kBlockD - 1) / kBlockD;
+  const int64_t whole_steps = (range.end - range.begin) / kBlockD;  // as CtaSteps
   const uint64_t row0 = a.offset + static_cast<uint64_t>(range.begin);
 
   std::vector<float> acc_store(static_cast<size_t>(kWarps) * kMT * kNT * 32 * 4, 0.0f);
@@ -157,7 +158,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
 
     for (int tid = 0; tid < kThreads; ++tid)
       fetch(std::integral_constant<TileCode, tile_code_for(Kind)>{}, tid, Cfg::kBlockB, b0, d0,
-            range.end, x_tile);
+            range.end, s < whole_steps, x_tile);
     if (kGauss) {
       for (int tid = 0; tid < kThreads; ++tid)
         gaussian_generate<T>(tid, key, step_row, col0, a.proj_dim, p_hi, p_lo);
@@ -299,9 +300,11 @@ void emulate_project(const ProjectArgs& a, int64_t num_sms) {
   const bool vector = use_vector_loads(a);
   emulate<XDtype>(problem_of(a), num_sms, kOp,
                   [&](auto code, int tid, int block_b, int64_t b0, int64_t d0, int64_t d_end,
-                      unsigned char* tile) {
+                      bool whole_step, unsigned char* tile) {
+                    if (whole_step && d0 + kBlockD > d_end)
+                      throw std::logic_error("emulate_project: a whole step past the range");
                     load_x_tile<XDtype, MmaXLayout<XDtype>, decltype(code)::value>(
-                        tid, xs, vector, block_b, b0, d0, d_end, tile, HostCopy16{});
+                        tid, xs, vector, block_b, b0, d0, d_end, whole_step, tile, HostCopy16{});
                   });
 }
 
@@ -318,7 +321,8 @@ void host_emulate_project_linear(const LinearArgs& a, int64_t num_sms) {
   const LinearSource src = linear_source(a);
   emulate<kFloat32>(linear_problem(a, kLinearOp), num_sms, kLinearOp,
                     [&](auto /*code: no choice for gradient tiles*/, int tid, int block_b,
-                        int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
+                        int64_t b0, int64_t d0, int64_t d_end, bool /*whole_step*/,
+                        unsigned char* tile) {
                       load_g_tile(tid, src, block_b, b0, d0, d_end,
                                   reinterpret_cast<float*>(tile));
                     });

@@ -23,12 +23,14 @@ constexpr const char* kOp = "fastjl._C.project_linear";
 // is nothing to wait for before the barrier (linear_tiles.cuh says what would be faster).
 struct GradTileProducer {
   static constexpr int kTileDtype = kFloat32;
+  static constexpr bool kWholeStepFetch = false;  // every step through load_g_tile
   using Source = LinearSource;
   struct Cursor {};  // no per-thread state (the x producer's row addresses)
   __device__ static Cursor cursor(int, const Source&, int, int64_t) { return {}; }
   template <TileCode>  // the x producer's code choice (project_tiles.cuh); nothing to choose here
   __device__ static void fetch(const Cursor&, int tid, const Source& s, int block_b, int64_t b0,
-                               int64_t d0, int64_t d_end, unsigned char* tile) {
+                               int64_t d0, int64_t d_end, bool /*whole_step*/,
+                               unsigned char* tile) {
     load_g_tile(tid, s, block_b, b0, d0, d_end, reinterpret_cast<float*>(tile));
   }
   __device__ static void commit(const Source&) {}

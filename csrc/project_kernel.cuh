@@ -60,16 +60,19 @@ namespace fastjl {
 namespace proj {
 
 // An x-tile producer writes the CTA's [block_b x kBlockD] tile of x -- rows b0 .., columns
-// d0 .. of x, zeros at rows >= B and columns >= d_end -- into shared memory (row pitch
-// kXStride, elements of type kTileDtype):
+// d0 .. of x, zeros at columns >= d_end; rows >= B zeros or left as they are (only outputs
+// that are never stored read them) -- into shared memory (elements of type kTileDtype):
 //   using Source = ...;               // its kernel argument (trivially copyable)
 //   static constexpr int kTileDtype;  // DtypeCode: kFloat32 (split into bf16 hi + lo for
 //                                     // the MMAs), kFloat16 or kBFloat16 (fed as is)
+//   static constexpr bool kWholeStepFetch;  // fetch has a faster path for whole_step
 //   using Cursor = ...;               // per-thread state, built once per CTA (may be empty)
 //   __device__ static Cursor cursor(int tid, const Source&, int block_b, int64_t b0);
 //   template <TileCode kCode>         // project_tiles.cuh: the kind's instructions/registers
 //   __device__ static void fetch(const Cursor&, int tid, const Source&, int block_b,
-//                                int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile);
+//                                int64_t b0, int64_t d0, int64_t d_end,
+//                                bool whole_step,  // promise: d0 + kBlockD <= d_end
+//                                unsigned char* tile);
 //   __device__ static void commit(const Source&);  // closes a step slot's asynchronous copies
 //   template <int kNewer>             // this thread's fetches have landed but for (at
 //   __device__ static void wait(const Source&);  // most) those of its kNewer latest slots

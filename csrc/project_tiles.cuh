@@ -150,15 +150,35 @@ FASTJL_HD XChunkRows<kEsize> x_chunk_rows(int tid, const XSource& s, int block_b
 // `copy` (device: cp.async with zero-fill; host: memcpy + zero-fill).  copy(dst, src, bytes)
 // copies `bytes` (0..16) bytes and zero-fills the rest of the 16; src is valid (x itself)
 // even when bytes == 0.
+//
+// whole_step (the caller's promise: d0 + kBlockD <= d_end, every step of a split but its
+// last): every chunk of a row inside the batch is 16 bytes of x at one address per trip,
+// and rows past B are not written at all.  Their tile rows keep whatever the stage held
+// (stale x, zeros, or never-written shared memory): each output row of the MMAs reads only
+// its own row of x, and rows past B are never stored, so nothing the kernel stores depends
+// on them.  This skips the clamp of the range below (64-bit compares and selects, ~40 of a
+// step's instructions in the compiled loop, bench/NOTES.md stop 27).  The last step zero-
+// fills as before: P's rows past the range are not zero, so x's columns there must be.
 template <int kEsize, class XLayout, class Copy16>
 FASTJL_HD void load_x_tile_rows(int tid, const XChunkRows<kEsize>& rows, const XSource& s,
-                                int block_b, int64_t d0, int64_t d_end, unsigned char* tile,
-                                Copy16 copy) {
+                                int block_b, int64_t d0, int64_t d_end, bool whole_step,
+                                unsigned char* tile, Copy16 copy) {
   using R = XChunkRows<kEsize>;
+  const unsigned char* at_d0 = rows.first + d0 * kEsize;
+  if (whole_step) {
+    for_thread_items<x_vector_trips<kEsize>(), true>(
+        tid, block_b * kBlockD / R::kPerChunk, [&](int c, int trip) {
+          if ((rows.rows_in >> trip) & 1u) {
+            const RowCol rc = x_chunk(c, R::kPerChunk);
+            copy(tile + XLayout::offset(rc.row, rc.col, kEsize), at_d0 + trip * rows.trip_bytes,
+                 16);
+          }
+        });
+    return;
+  }
   const RowCol rc0 = x_chunk(tid, R::kPerChunk);
   const int64_t left = d_end - d0 - rc0.col;  // elements of the thread's rows left in range
   const int in_range = left <= 0 ? 0 : left < R::kPerChunk ? static_cast<int>(left) : R::kPerChunk;
-  const unsigned char* at_d0 = rows.first + d0 * kEsize;
   for_thread_items<x_vector_trips<kEsize>(), true>(
       tid, block_b * kBlockD / R::kPerChunk, [&](int c, int trip) {
         const int valid = (rows.rows_in >> trip) & 1u ? in_range : 0;
@@ -169,14 +189,16 @@ FASTJL_HD void load_x_tile_rows(int tid, const XChunkRows<kEsize>& rows, const X
 }
 
 // Vector path, both codes: thread tid's chunks of the x tile at (b0, d0).  kEsize: the
-// element size (s.esize) as a compile-time constant; kFewestRegisters reads s.esize instead.
+// element size (s.esize) as a compile-time constant; kFewestRegisters reads s.esize instead,
+// and takes the general path on whole steps too (whole_step: load_x_tile_rows).
 template <int kEsize, class XLayout = PaddedXLayout,
           TileCode kCode = TileCode::kFewestInstructions, class Copy16>
 FASTJL_HD void load_x_tile_vector(int tid, const XSource& s, int block_b, int64_t b0,
-                                  int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
+                                  int64_t d0, int64_t d_end, bool whole_step,
+                                  unsigned char* tile, Copy16 copy) {
   if constexpr (kCode == TileCode::kFewestInstructions) {
     load_x_tile_rows<kEsize, XLayout>(tid, x_chunk_rows<kEsize>(tid, s, block_b, b0), s, block_b,
-                                      d0, d_end, tile, copy);
+                                      d0, d_end, whole_step, tile, copy);
   } else {
     const int64_t esize = s.esize;
     const int per_chunk = static_cast<int>(16 / esize);
@@ -206,15 +228,17 @@ FASTJL_HD void load_x_tile_elements(int tid, const XSource& s, int block_b, int6
 }
 
 // Thread tid's share of the x tile of element type XDtype (a DtypeCode): the vector path
-// when `vector` (use_vector_loads), else element loads.  The kernel's producer and the CPU
-// emulation both call this, with their own copy functor.
+// when `vector` (use_vector_loads), else element loads (which write every element, whole
+// step or not).  The kernel's producer and the CPU emulation both call this, with their own
+// copy functor.
 template <int XDtype, class XLayout = PaddedXLayout,
           TileCode kCode = TileCode::kFewestInstructions, class Copy16>
 FASTJL_HD void load_x_tile(int tid, const XSource& s, bool vector, int block_b, int64_t b0,
-                           int64_t d0, int64_t d_end, unsigned char* tile, Copy16 copy) {
+                           int64_t d0, int64_t d_end, bool whole_step, unsigned char* tile,
+                           Copy16 copy) {
   if (vector)
     load_x_tile_vector<XDtype == kFloat32 ? 4 : 2, XLayout, kCode>(tid, s, block_b, b0, d0,
-                                                                   d_end, tile, copy);
+                                                                   d_end, whole_step, tile, copy);
   else if (XDtype == kFloat32)
     load_x_tile_elements<float, XLayout>(tid, s, block_b, b0, d0, d_end,
                                          reinterpret_cast<float*>(tile));
@@ -273,13 +297,36 @@ constexpr bool rademacher_pack8_is_exact() {
 static_assert(rademacher_pack8_is_exact<kMmaBF16>() && rademacher_pack8_is_exact<kMmaF16>(),
               "rademacher_pack8 must match the sign rule for every byte");
 
+// rademacher_pack8 as the kernels compile it: each register's mask and ones in one 3-input
+// logic op, (x & 0x80008000) | ones.  A logic op takes one immediate, so nvcc split it into
+// two with the constants as immediates (8 extra instructions a step); here `ones` is a
+// register operand of the PTX lop3.  The host (and the compile-time check above) computes
+// the same expression in C++.
+template <int T>
+FASTJL_HD Packed4 rademacher_pack8_fused(uint32_t bits, uint32_t ones) {
+#if defined(__CUDA_ARCH__)
+  const uint32_t twice = bits * 0x8001u;
+  Packed4 p{};
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;"  // 0xEA: (a & b) | c
+        : "=r"(p.v[q])
+        : "r"(twice << (15 - 2 * q)), "n"(0x80008000u), "r"(ones));
+  return p;
+#else
+  (void)ones;
+  return rademacher_pack8<T>(bits);
+#endif
+}
+
 // Thread tid's share of expanding a step's words into the P tile.
 template <int T, class PLayout = PaddedPLayout>
 FASTJL_HD void rademacher_expand(int tid, const U32x4* words, uint16_t* p_tile) {
+  const uint32_t ones = kRademacherOnes<T>;
   for_thread_items<kPChunks / kThreads, true>(tid, kPChunks, [&](int c, int) {
     const RowCol rc = p_chunk(c);
     *reinterpret_cast<Packed4*>(p_tile + PLayout::index(rc.row, rc.col)) =
-        rademacher_pack8<T>(rademacher_byte(words, rc.row, rc.col));
+        rademacher_pack8_fused<T>(rademacher_byte(words, rc.row, rc.col), ones);
   });
 }
 

@@ -27,6 +27,7 @@ template <int XDtype, class XLayout>
 struct XTileProducerIn {
   static constexpr int kTileDtype = XDtype;
   static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
+  static constexpr bool kWholeStepFetch = true;  // load_x_tile_rows (kFewestInstructions)
   struct Source {
     XSource xs;
     int vector_loads;  // 1: cp.async path (use_vector_loads), 0: element loads
@@ -38,11 +39,12 @@ struct XTileProducerIn {
   }
   template <TileCode kCode>
   __device__ static void fetch(const Cursor& cur, int tid, const Source& s, int block_b,
-                               int64_t b0, int64_t d0, int64_t d_end, unsigned char* tile) {
+                               int64_t b0, int64_t d0, int64_t d_end, bool whole_step,
+                               unsigned char* tile) {
     if (s.vector_loads)
-      fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, tile);
+      fetch_vector<kCode>(cur, tid, s, block_b, b0, d0, d_end, whole_step, tile);
     else
-      load_x_tile<XDtype, XLayout>(tid, s.xs, false, block_b, b0, d0, d_end, tile,
+      load_x_tile<XDtype, XLayout>(tid, s.xs, false, block_b, b0, d0, d_end, whole_step, tile,
                                    AsyncCopy16{});
   }
   // Closes the cp.async group of one step slot (empty past the range: the wait counts
@@ -55,13 +57,14 @@ struct XTileProducerIn {
   // The cp.async path alone: the common case, and what bench/cuda_loop_probe.cu measures.
   template <TileCode kCode>
   __device__ static void fetch_vector(const Cursor& cur, int tid, const Source& s, int block_b,
-                                      int64_t b0, int64_t d0, int64_t d_end,
+                                      int64_t b0, int64_t d0, int64_t d_end, bool whole_step,
                                       unsigned char* tile) {
     if constexpr (kCode == TileCode::kFewestInstructions)
-      load_x_tile_rows<kEsize, XLayout>(tid, cur, s.xs, block_b, d0, d_end, tile, AsyncCopy16{});
+      load_x_tile_rows<kEsize, XLayout>(tid, cur, s.xs, block_b, d0, d_end, whole_step, tile,
+                                        AsyncCopy16{});
     else
-      load_x_tile_vector<kEsize, XLayout, kCode>(tid, s.xs, block_b, b0, d0, d_end, tile,
-                                                 AsyncCopy16{});
+      load_x_tile_vector<kEsize, XLayout, kCode>(tid, s.xs, block_b, b0, d0, d_end, whole_step,
+                                                 tile, AsyncCopy16{});
   }
 };
 

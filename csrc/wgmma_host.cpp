@@ -79,8 +79,11 @@ WgmmaHostStage wgmma_host_stage(const ProjectArgs& a, int config, int64_t b0, in
   const int block_b = static_cast<int>(config_block_b(config));
   st.x_tile.assign(static_cast<size_t>(block_b) * sm90::XTileK64B::kRowBytes, 0xEE);
   const XSource xs = x_source(a);
+  // As the kernel's CtaSteps: a step of kBlockD whole columns takes the whole-step path
+  // (rows past B left as they were: 0xEE here).
+  const bool whole_step = d0 + kBlockD <= d_end;
   for (int tid = 0; tid < kThreads; ++tid)
-    load_x_tile<kFloat16, sm90::XTileK64B>(tid, xs, vector, block_b, b0, d0, d_end,
+    load_x_tile<kFloat16, sm90::XTileK64B>(tid, xs, vector, block_b, b0, d0, d_end, whole_step,
                                            st.x_tile.data(), HostCopy16{});
   const uint64_t row0 = static_cast<uint64_t>(a.offset + d0);
   if (a.x_dtype == kFloat16)

@@ -92,6 +92,9 @@ struct Sm90SmemLayout {
   // 2 x 98 KiB).
   static_assert(sm90_min_blocks<Cfg, Kind>() * (kTotal + kAlign + 1024) <= 228 * 1024,
                 "the x stages leave room for the CTAs per SM the launch bounds promise");
+  // The kernel advances descriptors encoded once (descriptor_advance) over its whole buffer.
+  static_assert(descriptor_advance_holds(kTotal, 228 * 1024),
+                "a descriptor advanced within the buffer equals the one encoded there");
 };
 
 template <class Cfg, class Producer, int Kind>
@@ -124,12 +127,23 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   // optimized away, for rademacher).
   float part[kRegs];
 
+  // The operands' descriptors at stage 0, slice 0, encoded once: a step advances them by its
+  // stage's and slice's byte offsets (re-encoding the stage's address every step was ~25
+  // instructions of the step, bench/NOTES.md stop 27).
+  const uint64_t p_desc0 = PL::descriptor(sm80::smem_addr(smem + Layout::p(0, 0)), W::col0(wg), 0);
+  const uint64_t a_desc0 =
+      XTileK64B::descriptor(sm80::smem_addr(smem + Layout::x(0)), W::row0(wg), 0);
+
   // Issues (does not wait for) the wgmmas of one step.  fp32 x: the A registers of both k16
   // slices are formed first, so one wgmma.fence covers them and the accumulators.
   auto issue = [&](int64_t step) {
     float(&dst)[kRegs] = *(kGauss ? &part : &acc);
-    const uint32_t p_hi = sm80::smem_addr(cta.p_tile(step, 0));
-    const uint32_t p_lo = sm80::smem_addr(cta.p_tile(step, kGauss ? 1 : 0));
+    const int p_stage = static_cast<int>(step & 1);
+    const uint32_t p_hi = static_cast<uint32_t>(Layout::p(p_stage, 0) - Layout::p(0, 0));
+    const uint32_t p_lo =
+        static_cast<uint32_t>(Layout::p(p_stage, kGauss ? 1 : 0) - Layout::p(0, 0));
+    const int x_stage = proj::XPipeline<Layout::kXStages>::stage(step);
+    const uint32_t x_at = static_cast<uint32_t>(Layout::x(x_stage) - Layout::x(0));
     constexpr int kSlices = kBlockD / 16;
     uint32_t a_hi[kSlices][4], a_lo[kSlices][4];
     if constexpr (kFp32) {
@@ -147,16 +161,15 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kSlices; ++kk) {
-      const uint64_t b_hi = PL::descriptor(p_hi, W::col0(wg), kk);
-      const uint64_t b_lo = PL::descriptor(p_lo, W::col0(wg), kk);
+      const uint64_t b_hi = descriptor_advance(p_desc0, p_hi + kk * PL::kSliceBytes);
+      const uint64_t b_lo = descriptor_advance(p_desc0, p_lo + kk * PL::kSliceBytes);
       const int first = kGauss && kk == 0 ? 0 : 1;  // scale-d of the step's first wgmma
       if constexpr (kFp32) {
         Wgmma<W::kN>::template rs<kMmaBF16>(dst, a_hi[kk], b_hi, first);
         Wgmma<W::kN>::template rs<kMmaBF16>(dst, a_lo[kk], b_hi, 1);
         if (kGauss) Wgmma<W::kN>::template rs<kMmaBF16>(dst, a_hi[kk], b_lo, 1);
       } else {
-        const uint64_t a =
-            XTileK64B::descriptor(sm80::smem_addr(cta.x_tile(step)), W::row0(wg), kk);
+        const uint64_t a = descriptor_advance(a_desc0, x_at + kk * XTileK64B::kSliceBytes);
         Wgmma<W::kN>::template ss<T>(dst, a, b_hi, first);
         if (kGauss) Wgmma<W::kN>::template ss<T>(dst, a, b_lo, 1);
       }

@@ -50,14 +50,40 @@ enum SwizzleMode : int { kSwizzleNone = 0, kSwizzle128B = 1, kSwizzle64B = 2, kS
 using proj::swizzle_bytes;  // x_layouts.cuh
 
 // matrix-descriptor-encode(x) = (x & 0x3FFFF) >> 4.
-FASTJL_HD uint64_t descriptor_encode(uint32_t bytes) { return (bytes & 0x3FFFFu) >> 4; }
+constexpr FASTJL_HD uint64_t descriptor_encode(uint32_t bytes) {
+  return (bytes & 0x3FFFFu) >> 4;
+}
 
 // The 64-bit wgmma matrix descriptor: start address (bits 13-0), leading dimension byte
 // offset (29-16), stride dimension byte offset (45-32), base offset 0 (51-49: every atom
 // starts at a multiple of its size), swizzle mode (63-62).
-FASTJL_HD uint64_t make_descriptor(uint32_t start, uint32_t lbo, uint32_t sbo, int swizzle) {
+constexpr FASTJL_HD uint64_t make_descriptor(uint32_t start, uint32_t lbo, uint32_t sbo,
+                                             int swizzle) {
   return descriptor_encode(start) | (descriptor_encode(lbo) << 16) |
          (descriptor_encode(sbo) << 32) | (static_cast<uint64_t>(swizzle & 3) << 62);
+}
+
+// The descriptor of the same matrix `bytes` further on (a multiple of 16): one add to the
+// start address field, instead of encoding the new address (the kernel encodes each
+// operand's descriptor once per CTA and advances it by the step's stage and k16 slice).
+// Equal to make_descriptor(start + bytes, ...) while start + bytes < 2^18, i.e. inside the
+// shared window (228 KiB on the H100; descriptor_advance_holds checks a layout's range).
+constexpr FASTJL_HD uint64_t descriptor_advance(uint64_t desc, uint32_t bytes) {
+  // The add stays inside the low word (the start field does not carry, see above): a 32-bit
+  // add, where a 64-bit one compiled to a carry chain through the uniform registers.
+  return (desc & 0xFFFFFFFF00000000ull) | static_cast<uint32_t>(static_cast<uint32_t>(desc) + (bytes >> 4));
+}
+
+// For every 1024-aligned base at which a CTA's `total` bytes of shared memory can start in a
+// `window`-byte shared window: advancing the base's descriptor to the last 16 bytes equals
+// encoding that address.  The last is the one that decides: the add carries out of the
+// 14-bit start field (into LBO) only when base + offset reaches 2^18.
+constexpr bool descriptor_advance_holds(uint32_t total, uint32_t window) {
+  for (uint32_t base = 0; base + total <= window; base += 1024)
+    if (descriptor_advance(make_descriptor(base, 16, 1024, kSwizzle128B), total - 16) !=
+        make_descriptor(base + total - 16, 16, 1024, kSwizzle128B))
+      return false;
+  return true;
 }
 
 // x tile, 16-bit elements: the XLayout of project_tiles.cuh's writers (byte offsets).
@@ -67,10 +93,11 @@ struct XTileK64B : proj::SwizzledXLayout {
   static constexpr uint32_t kLBO = 16;  // unused (swizzled K-major); encodes as 1
   static constexpr int kSwizzle = kSwizzle64B;
   static constexpr uint32_t kAtomBytes = 512;
+  static constexpr uint32_t kSliceBytes = 32;  // k16 slice kk starts kk * 32 bytes into a row
   // Operand A of one m64nNk16: rows row0 .. row0 + 63 (row0 % 8 == 0), k16 slice kk.
-  static FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int row0, int kk) {
+  static constexpr FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int row0, int kk) {
     return make_descriptor(tile_addr + static_cast<uint32_t>(row0) * kRowBytes +
-                               static_cast<uint32_t>(kk) * 32u,
+                               static_cast<uint32_t>(kk) * kSliceBytes,
                            kLBO, kSBO, kSwizzle);
   }
 };
@@ -82,6 +109,7 @@ struct PTileMN128B {
   static constexpr int kSwizzle = kSwizzle128B;
   static constexpr uint32_t kAtomBytes = 1024;
   static constexpr int kPlaneBytes = proj::kBlockD * proj::kBlockN * 2;  // 8 KiB
+  static constexpr uint32_t kSliceBytes = 2 * kSBO;  // k16 slice kk: 16 rows of d further
   static FASTJL_HD uint32_t byte_offset(int row, int col) {
     const uint32_t r = static_cast<uint32_t>(row), c = static_cast<uint32_t>(col);
     return swizzle_bytes<3>((r / 8) * kSBO + (c / 64) * kLBO + (r % 8) * 128 + (c % 64) * 2);
@@ -90,9 +118,9 @@ struct PTileMN128B {
     return static_cast<int>(byte_offset(row, col) / 2);
   }
   // Operand B of one m64nNk16: columns col0 .. col0 + N - 1 (col0 % 64 == 0), k16 slice kk.
-  static FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int col0, int kk) {
+  static constexpr FASTJL_HD uint64_t descriptor(uint32_t tile_addr, int col0, int kk) {
     return make_descriptor(tile_addr + static_cast<uint32_t>(col0 / 64) * kLBO +
-                               static_cast<uint32_t>(kk) * 2u * kSBO,
+                               static_cast<uint32_t>(kk) * kSliceBytes,
                            kLBO, kSBO, kSwizzle);
   }
 };

@@ -101,13 +101,19 @@ SPILL_ALLOWANCES: dict[str, dict[str, Local]] = {
     # registers (__launch_bounds__(256, 3): 3 CTAs per SM, project_plan.cuh).  One LDL.64 per
     # step of ~1100 instructions.  Tracked by the CUDA speed issue.
     "project_kernel<TileConfig<32, 2>, XTileProducer<0>, 1>": {"sm_80": Local(40, 17, 25), "sm_90": Local(40, 17, 25)},
-    # Gaussian B128 with 16-bit x: one 8-byte slot on sm_90, two on sm_80, since the x tile's
-    # swizzled rows (x_layouts.cuh, stop 24: the rolled fetch of these register-capped kernels
-    # computes the swizzle per chunk).  They are bound by generating P (~1200 instructions a
-    # step), so the one or two local loads a step are noise; the rademacher kernels, which
-    # the swizzle is for, stay spill-free.  Tracked by the CUDA speed issue.
-    "project_kernel<TileConfig<128, 4>, XTileProducer<1>, 1>": {"sm_80": Local(48, 23, 31), "sm_90": Local(40, 17, 25)},
-    "project_kernel<TileConfig<128, 4>, XTileProducer<2>, 1>": {"sm_80": Local(48, 23, 31), "sm_90": Local(40, 17, 25)},
+    # Gaussian B128 with 16-bit x: one 8-byte slot on sm_90 since the x tile's swizzled rows
+    # (x_layouts.cuh, stop 24: the rolled fetch of these register-capped kernels computes the
+    # swizzle per chunk; sm_80 had two until stop 27's whole-step fetch, none since).  They are
+    # bound by generating P (~1200 instructions a step), so one local load a step is noise;
+    # the rademacher kernels, which the swizzle is for, stay spill-free.  Tracked by the CUDA
+    # speed issue.
+    "project_kernel<TileConfig<128, 4>, XTileProducer<1>, 1>": {"sm_80": SINCOS_F32, "sm_90": Local(40, 17, 25)},
+    "project_kernel<TileConfig<128, 4>, XTileProducer<2>, 1>": {"sm_80": SINCOS_F32, "sm_90": Local(40, 17, 25)},
+    # Rademacher B128 with fp32 x on sm_80 since stop 27's whole-step fetch (its step count
+    # held in a register; csrc/cta_steps.cuh): one 8-byte slot, two local loads a step of ~700
+    # instructions, against ~37 fewer instructions a whole step (sm_90: none, 396 -> 359,
+    # bench/cuda_loop_probe.py).  Tracked by the CUDA speed issue.
+    "project_kernel<TileConfig<128, 4>, XTileProducer<0>, 0>": {"sm_80": Local(8, 2, 4), "sm_90": NONE},
     # Gone since the TileCode split (no longer listed): rademacher B128 fp32 x on sm_80
     # (8 bytes) and project_linear rademacher B128 on sm_90 (24 bytes).
 }
