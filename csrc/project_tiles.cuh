@@ -256,11 +256,12 @@ FASTJL_HD void rademacher_words(int lane, PhiloxKey key, uint64_t row0, uint32_t
 }
 
 // Signs of columns col .. col + 7 (col % 8 == 0) of `row` as 8 bits, bit q = column col + q:
-// one 32-bit shared load of the word that holds them (indexing a U32x4 by a runtime word
-// number compiled to a 4-way branch).
+// one byte load from shared memory.  A row's four words are little-endian (GPU and the
+// x86 / ARM hosts that run the emulation), so bits col .. col + 7 of the row's 128 are its
+// byte col / 8.  (Indexing a U32x4 by a runtime word number compiled to a 4-way branch; a
+// 32-bit load then cost a shift and a mask per byte, 4 instructions a step, stop 27.)
 FASTJL_HD uint32_t rademacher_byte(const U32x4* words, int row, int col) {
-  const uint32_t w = reinterpret_cast<const uint32_t*>(words)[row * 4 + (col >> 5)];
-  return (w >> (col & 31)) & 0xFFu;
+  return reinterpret_cast<const uint8_t*>(words)[row * 16 + (col >> 3)];
 }
 
 // 8 sign bits (bits < 256) -> 4 registers of two 16-bit ±1 (bit 1 -> -1): only the sign bit
