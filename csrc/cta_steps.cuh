@@ -51,8 +51,11 @@ struct CtaSteps {
   uint32_t col0;  // and first output column
   uint32_t rademacher_group;  // col0's counter group (kBlockN columns = one group)
   DRange range;   // its split's rows of x
-  int64_t steps;
-  int64_t whole_steps;  // steps 0 .. whole_steps - 1 cover kBlockD rows of x each (kWholePath)
+  // Step indices are 32-bit: make_plan bounds a split's steps by kMaxStepsPerSplit (2^30,
+  // so s + kAhead cannot overflow either); 64-bit counters cost 13-21 instructions a step
+  // (carries, paired compares; bench/NOTES.md stop 27).
+  int steps;
+  int whole_steps;  // steps 0 .. whole_steps - 1 cover kBlockD rows of x each (kWholePath)
   uint64_t row0;  // P row of step 0
   typename Producer::Cursor cursor;
 
@@ -67,21 +70,21 @@ struct CtaSteps {
         col0(static_cast<uint32_t>(blockIdx.x % kp_.pipe.tiles_n) * kBlockN),
         rademacher_group(col0 / kRademacherColumnsPerCounter),
         range(split_range(blockIdx.y, kp_.pipe.d_per_split, kp_.pipe.dim)),
-        steps((range.end - range.begin + kBlockD - 1) / kBlockD),
-        whole_steps((range.end - range.begin) / kBlockD),
+        steps(static_cast<int>((range.end - range.begin + kBlockD - 1) / kBlockD)),
+        whole_steps(static_cast<int>((range.end - range.begin) / kBlockD)),
         row0(kp_.pipe.offset + static_cast<uint64_t>(range.begin)),
         cursor(Producer::cursor(tid_, kp_.src, Cfg::kBlockB, b0)) {}
 
-  __device__ __forceinline__ unsigned char* x_tile(int64_t step) const {
+  __device__ __forceinline__ unsigned char* x_tile(int step) const {
     return smem + Layout::x(XPipe::stage(step));
   }
-  __device__ __forceinline__ uint16_t* p_tile(int64_t step, int plane) const {
+  __device__ __forceinline__ uint16_t* p_tile(int step, int plane) const {
     return reinterpret_cast<uint16_t*>(smem + Layout::p(static_cast<int>(step & 1), plane));
   }
-  __device__ __forceinline__ U32x4* words(int64_t step) const {
+  __device__ __forceinline__ U32x4* words(int step) const {
     return reinterpret_cast<U32x4*>(smem + Layout::w(static_cast<int>(step & 1)));
   }
-  __device__ __forceinline__ uint64_t step_row(int64_t step) const {
+  __device__ __forceinline__ uint64_t step_row(int step) const {
     return row0 + static_cast<uint64_t>(step) * kBlockD;
   }
 
@@ -93,15 +96,16 @@ struct CtaSteps {
 
   // whole_step: step < whole_steps, which lets the producer skip the clamp to the range
   // (load_x_tile_rows).
-  __device__ __forceinline__ void fetch_x(int64_t step, bool whole_step) const {
+  __device__ __forceinline__ void fetch_x(int step, bool whole_step) const {
     Producer::template fetch<tile_code_for(Kind)>(cursor, tid, kp.src, Cfg::kBlockB, b0,
-                                                  range.begin + step * kBlockD, range.end,
+                                                  range.begin + static_cast<int64_t>(step) * kBlockD,
+                                                  range.end,
                                                   whole_step, x_tile(step));
   }
-  __device__ __forceinline__ void compute_words(int64_t step) const {  // one warp
+  __device__ __forceinline__ void compute_words(int step) const {  // one warp
     rademacher_words(lane, kp.pipe.key, step_row(step), rademacher_group, words(step));
   }
-  __device__ __forceinline__ void generate_p(int64_t step) const {
+  __device__ __forceinline__ void generate_p(int step) const {
     if (kGauss)
       gaussian_generate<kT, PLayout>(tid, kp.pipe.key, step_row(step), col0, kp.pipe.proj_dim,
                                      p_tile(step, 0), p_tile(step, 1));
@@ -126,7 +130,7 @@ struct CtaSteps {
   // so that the first loop holds no clamp and no tests.  nvcc then kept fewer of the step's
   // addresses and descriptors in registers: the wgmma bf16 B128 step grew from 128 to ~164
   // instructions (the mma.sync B32 one fell from 122 to 101), bench/NOTES.md.
-  __device__ __forceinline__ void fetch_slot(int64_t t) const {
+  __device__ __forceinline__ void fetch_slot(int t) const {
     if (kWholePath && t < whole_steps) {
       fetch_x(t, true);
       Producer::commit(kp.src);
@@ -161,7 +165,7 @@ struct CtaSteps {
   // s - 1 read, generates P(s + 1) into the other P stage, and one warp (a different one
   // each step) computes the words of step s + 2 into the words stage that generate_p(s) read
   // before that barrier; so no extra barrier is needed.
-  __device__ __forceinline__ void produce_next(int64_t s) const {
+  __device__ __forceinline__ void produce_next(int s) const {
     fetch_slot(s + XPipe::kAhead);
     if (s + 1 < steps) {
       if (!kGauss && s + 2 < steps && warp == s % kWarps) compute_words(s + 2);

@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
 
   // The MMAs of one k16 slice (rows kk .. kk+15 of the step's tiles; kBlockD = 32: two).
   static_assert(kBlockD == 32, "two k16 slices per step");
-  auto multiply = [&](int64_t step, int kk) {
+  auto multiply = [&](int step, int kk) {
     const unsigned char* xt = cta.x_tile(step);
     const uint16_t* p_hi = cta.p_tile(step, 0);
     const uint16_t* p_lo = cta.p_tile(step, kGauss ? 1 : 0);
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
   // (cuda_loop_probe.py, tests/test_cuda_compile.py; bench/NOTES.md, stop 25).
   constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();
-  for (int64_t s = 0; s < cta.steps; ++s) {
+  for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();
     __syncthreads();
     if constexpr (kInterleave) {

@@ -47,6 +47,9 @@ constexpr int resident_ctas_per_sm() {
   return Cfg::kBlockB == 32 ? 3 : 2;
 }
 constexpr int64_t kMaxSplits = 65535;  // grid.y limit
+// The most steps a split may have: the kernels count steps in 32 bits (cta_steps.cuh), with
+// room for the few steps their pipelines look ahead.  Binds only past D = 2^35 (~3.4e10).
+constexpr int64_t kMaxStepsPerSplit = int64_t(1) << 30;
 
 // Batch-tile configurations, chosen from B so that small batches do not pay for 128-row
 // tiles and large ones reuse each generated tile of P for 128 rows.  Warps are laid out
@@ -115,6 +118,10 @@ inline Plan make_plan(int64_t batch, int64_t dim, int64_t proj_dim, int64_t num_
   const int64_t max_splits = steps / kMinStepsPerSplit;
   if (splits > max_splits) splits = max_splits;
   if (splits > kMaxSplits) splits = kMaxSplits;
+  const int64_t min_splits = ceil_div(steps, kMaxStepsPerSplit);  // 1 up to D = 2^35
+  if (min_splits > kMaxSplits)
+    throw std::invalid_argument(std::string(op) + ": D is too large for one launch");
+  if (splits < min_splits) splits = min_splits;
   if (splits < 1) splits = 1;
   const int64_t steps_per_split = ceil_div(steps, splits);
   p.splits = ceil_div(steps, steps_per_split);  // every split non-empty

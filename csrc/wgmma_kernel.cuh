@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
 
   // Issues (does not wait for) the wgmmas of one step.  fp32 x: the A registers of both k16
   // slices are formed first, so one wgmma.fence covers them and the accumulators.
-  auto issue = [&](int64_t step) {
+  auto issue = [&](int step) {
     float(&dst)[kRegs] = *(kGauss ? &part : &acc);
     const int p_stage = static_cast<int>(step & 1);
     const uint32_t p_hi = static_cast<uint32_t>(Layout::p(p_stage, 0) - Layout::p(0, 0));
@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   };
 
   cta.prologue();
-  for (int64_t s = 0; s < cta.steps; ++s) {
+  for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();
     fence_proxy_async_shared();  // this thread's x and P writes -> visible to wgmma
     __syncthreads();

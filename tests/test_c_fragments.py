@@ -106,6 +106,17 @@ def test_strided_input_and_output():
     assert relative_error(out, torch_reference(x, 140, seed=1)) < TOLERANCE["rademacher", torch.float32]
 
 
+def test_plan_keeps_a_splits_steps_within_32_bits():
+    """The kernels count a split's steps in 32 bits (csrc/cta_steps.cuh): past D = 2^35 the
+    plan splits D even where the tiles alone fill the GPU (6 column tiles of B = 32 on one SM
+    would otherwise run D = 2^36, 2^31 steps, in one split)."""
+    plan = _C.project_plan(32, 2**36, 6 * 128, 1)
+    assert plan["splits"] == 2 and plan["d_per_split"] == 2**35
+    assert _C.project_plan(32, 2**35, 6 * 128, 1)["splits"] == 1  # 2^30 steps: one split
+    with pytest.raises(ValueError, match="D is too large"):  # past 65535 splits (grid.y)
+        _C.project_plan(32, 65536 * 2**35, 6 * 128, 1)
+
+
 @pytest.mark.parametrize("kind", fastjl.KINDS)
 def test_split_d_reduction(kind):
     """Many SMs and few output tiles: D is split and the splits are summed in order."""
@@ -170,7 +181,11 @@ def test_plan_covers_the_problem(batch, dim, proj_dim):
     assert 1 <= splits <= 65535 and (splits - 1) * per < dim <= splits * per  # no empty split
     expected_ws = splits * batch * proj_dim * 4 if splits > 1 else 0
     assert plan["workspace_bytes"] == expected_ws == _C.project_workspace_bytes(batch, dim, proj_dim, H100_SMS)
-    if splits > 1:
+    assert per // plan["block_d"] <= 2**30  # a split's steps fit the kernels' 32-bit counters
+    bound_splits = -(-dim // (2**30 * plan["block_d"]))  # the splits that bound alone asks for
+    if bound_splits > 1:  # D past 2^35: split for the counters, not for parallelism
+        assert splits <= bound_splits
+    elif splits > 1:
         slots = planned_ctas_per_sm(plan["block_b"]) * H100_SMS
         assert per >= 8 * plan["block_d"]
         assert plan["tiles_b"] * plan["tiles_n"] < slots  # only split when the GPU is not full
