@@ -36,3 +36,17 @@ def test_the_rademacher_b128_loop_is_read():
     assert int(ldgsts) > 0, "the contiguous specialization should load x with cp.async"
     _, generic_instructions, *_, generic_ldgsts = rows[True]
     assert int(generic_ldgsts) == 0 and int(generic_instructions) > int(instructions)
+
+
+def test_the_rademacher_b32_loop_builds_16_bit_signs_directly():
+    """The B32 configuration, where the tile of P costs most per MMA: since stop 27 its 16-bit
+    ±1 are built as bits (``_rademacher_tile_of_rows``) instead of float32 ``1 - 2 * bit``
+    converted to 16 bits: 13.7 -> 10.4 instructions per m16n8k16-equivalent with Triton 3.9
+    (Triton 3.6, the GPU image's: 20.3 -> 11.7), bench/NOTES.md.  The float path fails this."""
+    proc = subprocess.run(
+        [sys.executable, "bench/triton_loop_stats.py", "--match", "project-rademacher-bfloat16-B32"],
+        cwd=ROOT, env=compiling_env(ROOT), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("project-")).split()
+    assert float(row[4]) < 12.5, row

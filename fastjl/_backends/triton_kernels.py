@@ -25,8 +25,9 @@ def _row_counters(row0, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _rademacher_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
-    """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in float32; col0 % 128 == 0.
+def _rademacher_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, P_DTYPE: tl.constexpr):
+    """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in P_DTYPE (see
+    ``_rademacher_tile_of_rows``); col0 % 128 == 0.
 
     One Philox call per (row, 128 columns); its four words give the 128 signs.  The calls run
     on a (BLOCK_D * GROUPS,) vector, spread over the program's threads, and ``tl.gather``
@@ -37,13 +38,18 @@ def _rademacher_tile(seed, row0, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.conste
     GROUPS: tl.constexpr = BLOCK_K // 128
     flat = tl.arange(0, BLOCK_D * GROUPS)
     rows = row0 + (flat // GROUPS).to(tl.int64)
-    return _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+    return _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K, P_DTYPE)
 
 
 @triton.jit
-def _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+def _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, P_DTYPE: tl.constexpr):
     """The rademacher tile of ``rows`` ``(BLOCK_D * BLOCK_K // 128,)`` int64: the global row of
-    each (row, 128 columns) group, row-major (see ``_rademacher_tile``)."""
+    each (row, 128 columns) group, row-major (see ``_rademacher_tile``).
+
+    P_DTYPE float16 / bfloat16 (the 16-bit dots): the entries' bits are built directly, ±1
+    differing from 1.0 only in the sign bit, so no integer-to-float conversion, float
+    arithmetic or float32-to-16-bit conversion (~160 of a B32 step's ~650 instructions on
+    sm_90, bench/NOTES.md stop 27).  float32: ``1 - 2 * bit``."""
     GROUPS: tl.constexpr = BLOCK_K // 128
     WORDS: tl.constexpr = 4 * GROUPS
     flat = tl.arange(0, BLOCK_D * GROUPS)
@@ -56,7 +62,15 @@ def _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: t
     index = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.int32) + (lane // 32)[None, :]
     word = tl.gather(words, index, 1)
     bit = (word >> (lane % 32).to(tl.uint32)[None, :]) & 1
-    return 1.0 - 2.0 * bit.to(tl.float32)
+    # if / elif / else, not early returns: Triton types every return it visits, and a constexpr
+    # `if` prunes only what sits in its branches.
+    if P_DTYPE == tl.bfloat16:
+        tile = ((bit << 15) | 0x3F80).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    elif P_DTYPE == tl.float16:
+        tile = ((bit << 15) | 0x3C00).to(tl.uint16).to(tl.float16, bitcast=True)
+    else:
+        tile = 1.0 - 2.0 * bit.to(tl.float32)
+    return tile
 
 
 @triton.jit
@@ -102,31 +116,45 @@ def _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
-def _p_tile(seed, row0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
-    """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] in float32 for KIND (0 rademacher,
-    1 gaussian); row0 int64.  The one place kernels get tiles of P from (``_project_kernel``
-    and ``triton_linear_kernels._project_linear_kernel``), so they cannot drift apart."""
+def _p_tile(seed, row0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, P_DTYPE: tl.constexpr):
+    """P[row0 : row0 + BLOCK_D, col0 : col0 + BLOCK_K] for KIND (0 rademacher, 1 gaussian);
+    row0 int64.  Rademacher tiles come in P_DTYPE (float32, or the 16-bit dtype of the dot:
+    the same ±1), gaussian ones always in float32 (the dot splits them into hi + lo).  The one
+    place kernels get tiles of P from (``_project_kernel`` and
+    ``triton_linear_kernels._project_linear_kernel``), so they cannot drift apart."""
     if KIND == 0:
-        return _rademacher_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
-    return _gaussian_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
+        tile = _rademacher_tile(seed, row0, col0, BLOCK_D, BLOCK_K, P_DTYPE)
+    else:
+        tile = _gaussian_tile(seed, row0, col0, BLOCK_D, BLOCK_K)
+    return tile
 
 
 @triton.jit
 def _p_tile_indexed(
-    seed, offset, row_index_ptr, d0, col0, KIND: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr
+    seed,
+    offset,
+    row_index_ptr,
+    d0,
+    col0,
+    KIND: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    P_DTYPE: tl.constexpr,
 ):
     """The tile of P whose local row d is global row ``offset + row_index[d0 + d]``
-    (``fastjl.project_rows``); the index array is padded on the host to whole splits, so no load
-    is masked."""
+    (``fastjl.project_rows``), dtypes as ``_p_tile``; the index array is padded on the host to
+    whole splits, so no load is masked."""
     if KIND == 0:
         GROUPS_R: tl.constexpr = BLOCK_K // 128
         flat = tl.arange(0, BLOCK_D * GROUPS_R)
         rows = offset + tl.load(row_index_ptr + d0 + (flat // GROUPS_R).to(tl.int64))
-        return _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
-    GROUPS_G: tl.constexpr = BLOCK_K // 4
-    flat = tl.arange(0, BLOCK_D * GROUPS_G)
-    rows = offset + tl.load(row_index_ptr + d0 + (flat // GROUPS_G).to(tl.int64))
-    return _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+        tile = _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K, P_DTYPE)
+    else:
+        GROUPS_G: tl.constexpr = BLOCK_K // 4
+        flat = tl.arange(0, BLOCK_D * GROUPS_G)
+        rows = offset + tl.load(row_index_ptr + d0 + (flat // GROUPS_G).to(tl.int64))
+        tile = _gaussian_tile_of_rows(seed, rows, col0, BLOCK_D, BLOCK_K)
+    return tile
 
 
 @triton.jit
@@ -140,7 +168,8 @@ def _dot16(x, p, acc, EMULATE: tl.constexpr):
 
 @triton.jit
 def _dot_tile(x, p, acc, COMPUTE: tl.constexpr, GAUSS: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
-    """acc += x @ p with x already in the MMA dtype; p float32.
+    """acc += x @ p with x already in the MMA dtype; p float32 (gaussian, or a float32 COMPUTE)
+    or already in COMPUTE (rademacher, ``_p_tile``: the conversion below is then a no-op).
 
     Rademacher tiles (x times ±1: exact products) chain their dots through ``acc``.
     Gaussian tiles start each dot from zero and add it to ``acc`` in float32: chained
@@ -217,9 +246,9 @@ def _project_kernel(
         # Rows past D load zeros, so the (valid but unused) entries of P there add nothing.
         x = tl.load(x_rows + offs_d[None, :] * stride_xd, mask=b_mask[:, None] & (offs_d[None, :] < d_stop), other=0.0)
         if ROW_INDEX:
-            p = _p_tile_indexed(seed, offset, row_index_ptr, d0, col0, KIND, BLOCK_D, BLOCK_K)
+            p = _p_tile_indexed(seed, offset, row_index_ptr, d0, col0, KIND, BLOCK_D, BLOCK_K, COMPUTE)
         else:
-            p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
+            p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K, COMPUTE)
         acc = _dot_tile(x.to(COMPUTE), p, acc, COMPUTE, GAUSS, PRECISION, EMULATE)
     dest = dest_ptr + pid_s.to(tl.int64) * stride_ds + offs_b.to(tl.int64)[:, None] * stride_db
     tl.store(dest + offs_k[None, :].to(tl.int64) * stride_dk, acc, mask=b_mask[:, None] & (offs_k[None, :] < K))

@@ -92,7 +92,7 @@ def _project_linear_kernel(
             x += gv * tl.where(is_bias[None, :], 1.0, av)
             a_ptrs += stride_at
             g_ptrs += stride_gt
-        p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K)
+        p = _p_tile(seed, offset + d0, col0, KIND, BLOCK_D, BLOCK_K, tl.float32)  # float32 dots
         if KIND == 1:  # gaussian: each tile's dot from zero, added in float32 (see _dot_tile)
             acc += _promoted(tl.dot(x, p, input_precision=PRECISION), EMULATE)
         else:
