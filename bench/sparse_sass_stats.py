@@ -8,8 +8,11 @@ A chunk step of a thread is (csrc/sparse_chunk.cuh) its share of the 16-byte cop
 the next chunk (``stage_chunk``), then the runs of its columns (``chunk_columns``).  Columns:
 
     static    instructions of the whole kernel
-    copy      instructions per 16-byte copy of x in the vector staging loop (the innermost loop
-              with the most LDGSTS.ZFILL, x's copies, divided by their number)
+    copy      instructions per 16-byte copy of x in the staging loop of whole chunks (every
+              chunk of a whole batch tile but a call's last, since stop 27: the innermost loop
+              with copies but no zero-fill that follows the clamped loop below)
+    clamped   the same for the clamped staging loop (the innermost loop with the most
+              LDGSTS.ZFILL: a call's last chunk, the last batch tile)
     entry     instructions per entry in the run loop (the innermost loop with the most adds,
               divided by the entries its body handles: adds / batch rows)
     unroll    entries per run-loop body: 1 since stop 25 (runs average ~1 entry a chunk, and
@@ -33,24 +36,31 @@ DTYPES = {"0": "float32", "1": "float16", "2": "bfloat16"}
 ADDS = ("FADD", "FFMA")
 
 
-def innermost_loops(cr, insts) -> list:
-    """The bodies of the loops (backward branches) that hold no other loop."""
+def innermost_spans(cr, insts) -> list[tuple[int, int]]:
+    """(first, last) of the loops (backward branches) that hold no other loop, in program order."""
     spans = cr._loop_spans(insts)
     inner = [(f, l) for f, l in spans if not any(f <= f2 and l2 <= l and (f2, l2) != (f, l) for f2, l2 in spans)]
-    return [insts[f : l + 1] for f, l in inner]
+    return sorted(inner)
 
 
 def kernel_stats(cr, insts, batch_rows: int) -> dict:
-    bodies = innermost_loops(cr, insts)
+    spans = innermost_spans(cr, insts)
+    body_of = lambda span: insts[span[0] : span[1] + 1]  # noqa: E731
     count = lambda body, ops: sum(op in ops for _, op, _ in body)  # noqa: E731
-    # x's copies are the LDGSTS with a source size (.ZFILL); the structure's copy 16 bytes.
+    # The clamped copies of x are the LDGSTS with a source size (.ZFILL); the whole chunks' copies
+    # of x, and the structure's, copy 16 bytes.
     zfill = lambda body: sum(op == "LDGSTS" and ".ZFILL" in rest for _, op, rest in body)  # noqa: E731
-    copy = [b for b in bodies if zfill(b) and not count(b, ADDS)]
-    runs = [b for b in bodies if count(b, ADDS)]
-    stats = {"static": len(insts), "copy": None, "entry": None, "unroll": None, "adds": "-"}
-    if copy:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
-        body = max(copy, key=lambda b: (zfill(b), -len(b)))
-        stats["copy"] = len(body) / zfill(body)
+    clamped = [sp for sp in spans if zfill(body_of(sp)) and not count(body_of(sp), ADDS)]
+    runs = [body_of(sp) for sp in spans if count(body_of(sp), ADDS)]
+    stats = {"static": len(insts), "copy": None, "clamped": None, "entry": None, "unroll": None, "adds": "-"}
+    if clamped:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
+        span = max(clamped, key=lambda sp: (zfill(body_of(sp)), -len(body_of(sp))))
+        stats["clamped"] = len(body_of(span)) / zfill(body_of(span))
+        # stage_chunk's whole-chunk loop: the next innermost loop with copies, none zero-filled.
+        whole = [sp for sp in spans if sp[0] > span[1] and not count(body_of(sp), ADDS)]
+        whole = [sp for sp in whole[:1] if count(body_of(sp), ("LDGSTS",)) and not zfill(body_of(sp))]
+        if whole:
+            stats["copy"] = len(body_of(whole[0])) / count(body_of(whole[0]), ("LDGSTS",))
     if runs:  # the run loop: the innermost loop with the most adds (unrolled entries)
         body = max(runs, key=lambda b: (count(b, ADDS), -len(b)))
         stats["unroll"] = count(body, ADDS) / batch_rows
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cr = _load_cuda_resources()
     args, path, tool = compiled_code_args(__doc__.splitlines()[0], argv, "a module or cubin")
     by_arch = sass_by_arch(tool, path)
-    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'entry':>6} {'unroll':>6}  adds")
+    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'clamped':>7} {'entry':>6} {'unroll':>6}  adds")
     rows = 0
     for arch in sorted(by_arch):
         if args.arch and arch not in args.arch:
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             s = kernel_stats(cr, insts, int(m.group(2)))
             fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
             label = f"{DTYPES[m.group(1)]}, {m.group(2)} rows"
-            figures = " ".join(f"{fmt(s[k]):>6}" for k in ("copy", "entry", "unroll"))
+            widths = {"copy": 6, "clamped": 7, "entry": 6, "unroll": 6}
+            figures = " ".join(f"{fmt(s[k]):>{w}}" for k, w in widths.items())
             print(f"{label:<28} {arch:<6} {s['static']:>6} {figures}  {s['adds']}")
             rows += 1
     if not rows:

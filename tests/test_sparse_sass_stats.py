@@ -1,9 +1,10 @@
 """bench/sparse_sass_stats.py: the sparse kinds' CUDA kernel's instructions per staged 16-byte
 copy of x and per summed entry, read from the built module's sm_80 / sm_90 code (no GPU).  The
-bounds lock in issue 13's stop-25 changes (bench/NOTES.md): bringing back the staging loop's
-division by the pieces per row and its 64-bit clamps (~60 instructions a copy before), the sign
-flip + add per batch row (FADD), or nvcc's 4x unroll of the run loop (a remainder loop and a
-4-entry body per column, for runs of ~1 entry) fails them."""
+bounds lock in issue 13's stop-25 and stop-27 changes (bench/NOTES.md): bringing back the
+staging loop's division by the pieces per row and its 64-bit clamps (~60 instructions a copy
+before), the clamp on whole chunks (23 against 13), the sign flip + add per batch row (FADD), or
+nvcc's 4x unroll of the run loop (a remainder loop and a 4-entry body per column, for runs of ~1
+entry) fails them."""
 
 import pytest
 
@@ -13,7 +14,10 @@ from .helpers import cubins_or_skip, load_bench_module
 
 stats = load_bench_module("sparse_sass_stats")
 ARCHS = ("sm_80", "sm_90")
-COPY_BOUND = 26  # measured 22 (sm_80) / 23 (sm_90), nvcc 13.0
+# Per 16-byte copy of x: whole chunks (since stop 27) measured 12 (sm_80) / 13 (sm_90), the
+# clamped loop (a call's last chunk, the last batch tile) 22 / 23, nvcc 13.0.
+COPY_BOUND = 15
+CLAMPED_BOUND = 26
 # Per entry of the (not unrolled) run loop, look-ahead included; measured on sm_80 and sm_90:
 # fp32 17, fp16 / bf16 20 for 4 rows, 13-14 for 2 rows.  16-bit x pays a conversion per row.
 ENTRY_BOUND = {("float32", 4): 17, ("float16", 4): 20, ("bfloat16", 4): 20}
@@ -38,12 +42,14 @@ def rows():
 def test_every_instantiation_is_read(rows):
     expected = {(a, d, r) for a in ARCHS for d in stats.DTYPES.values() for r in (2, 4)}
     assert set(rows) == expected
-    assert all(s["copy"] is not None and s["entry"] is not None for s in rows.values()), rows
+    assert all(None not in (s["copy"], s["clamped"], s["entry"]) for s in rows.values()), rows
 
 
 def test_staging_copies_without_divisions(rows):
     over = {k: s["copy"] for k, s in rows.items() if s["copy"] > COPY_BOUND}
-    assert not over, f"instructions per 16-byte copy of x above {COPY_BOUND}: {over}"
+    assert not over, f"instructions per 16-byte copy of x (whole chunks) above {COPY_BOUND}: {over}"
+    over = {k: s["clamped"] for k, s in rows.items() if s["clamped"] > CLAMPED_BOUND}
+    assert not over, f"instructions per 16-byte copy of x (clamped) above {CLAMPED_BOUND}: {over}"
 
 
 def test_entries_add_with_one_ffma_per_batch_row_in_a_rolled_loop(rows):
@@ -58,13 +64,27 @@ def test_entries_add_with_one_ffma_per_batch_row_in_a_rolled_loop(rows):
 
 
 def test_kernel_stats_on_synthetic_sass():
-    """Two loops: x's copy loop (2 .ZFILL copies in 10 instructions) and a run loop (8 FFMA for
-    4 batch rows, i.e. 2 entries, in 12): 5 per copy, 6 per entry."""
-    copy_loop = [(i * 16, "IMAD", "R1, R2, R3, RZ ;") for i in range(8)]
-    copy_loop[3] = (0x30, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R2.64], P0 ;")
-    copy_loop[6] = (0x60, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R4.64], P0 ;")
-    copy_loop += [(0x80, "LDGSTS", ".E.BYPASS.128 [R5], desc[UR4][R6.64] ;"), (0x90, "BRA", "0x0 ;")]
-    run_loop = [(0x100 + i * 16, "FFMA", "R8, R9, R10, R8 ;") for i in range(8)]
-    run_loop += [(0x180 + i * 16, "LDS", "R9, [R1] ;") for i in range(3)] + [(0x1B0, "BRA", "0x100 ;")]
-    s = stats.kernel_stats(cr, copy_loop + run_loop, 4)
-    assert s == {"static": 22, "copy": 5.0, "entry": 6.0, "unroll": 2.0, "adds": "FFMA"}
+    """Four loops: x's clamped copy loop (2 .ZFILL copies in 10 instructions), the whole-chunk
+    loop after it (2 plain copies in 6), the structure's copy loop (not x's: 1 copy in 4) and a
+    run loop (8 FFMA for 4 batch rows, i.e. 2 entries, in 12): 5 and 3 per copy, 6 per entry."""
+    clamped_loop = [(i * 16, "IMAD", "R1, R2, R3, RZ ;") for i in range(8)]
+    clamped_loop[3] = (0x30, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R2.64], P0 ;")
+    clamped_loop[6] = (0x60, "LDGSTS", ".E.BYPASS.128.ZFILL [R1], desc[UR4][R4.64], P0 ;")
+    clamped_loop += [(0x80, "LDGSTS", ".E.BYPASS.128 [R5], desc[UR4][R6.64] ;"), (0x90, "BRA", "0x0 ;")]
+    whole_loop = [(0xA0 + i * 16, "IADD3", "R8, P0, R8, UR4, RZ ;") for i in range(3)]
+    whole_loop[1] = (0xB0, "LDGSTS", ".E.BYPASS.128 [R5], desc[UR4][R8.64] ;")
+    whole_loop += [
+        (0xD0, "LDGSTS", ".E.BYPASS.128 [R7], desc[UR4][R8.64+0x10] ;"),
+        (0xE0, "IADD3", "R9, R9, 0x1, RZ ;"),
+        (0xF0, "BRA", "0xa0 ;"),
+    ]
+    structure_loop = [
+        (0x100, "IADD3", "R3, R3, 0x400, RZ ;"),
+        (0x110, "LDGSTS", ".E.BYPASS.128 [R3], desc[UR4][R4.64] ;"),
+        (0x120, "ISETP", ".GE.AND P0, PT, R3, R2, PT ;"),
+        (0x130, "BRA", "0x100 ;"),
+    ]
+    run_loop = [(0x200 + i * 16, "FFMA", "R8, R9, R10, R8 ;") for i in range(8)]
+    run_loop += [(0x280 + i * 16, "LDS", "R9, [R1] ;") for i in range(3)] + [(0x2B0, "BRA", "0x200 ;")]
+    s = stats.kernel_stats(cr, clamped_loop + whole_loop + structure_loop + run_loop, 4)
+    assert s == {"static": 32, "copy": 3.0, "clamped": 5.0, "entry": 6.0, "unroll": 2.0, "adds": "FFMA"}
