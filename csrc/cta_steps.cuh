@@ -97,10 +97,9 @@ struct CtaSteps {
   // whole_step: step < whole_steps, which lets the producer skip the clamp to the range
   // (load_x_tile_rows).
   __device__ __forceinline__ void fetch_x(int step, bool whole_step) const {
-    Producer::template fetch<tile_code_for(Kind)>(cursor, tid, kp.src, Cfg::kBlockB, b0,
-                                                  range.begin + static_cast<int64_t>(step) * kBlockD,
-                                                  range.end,
-                                                  whole_step, x_tile(step));
+    const int64_t d0 = range.begin + static_cast<int64_t>(step) * kBlockD;  // 64-bit rows
+    Producer::template fetch<tile_code_for(Kind)>(cursor, tid, kp.src, Cfg::kBlockB, b0, d0,
+                                                  range.end, whole_step, x_tile(step));
   }
   __device__ __forceinline__ void compute_words(int step) const {  // one warp
     rademacher_words(lane, kp.pipe.key, step_row(step), rademacher_group, words(step));

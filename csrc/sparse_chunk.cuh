@@ -122,8 +122,8 @@ FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b
     if (rows_here == s.chunk_rows && rows_real == BatchRows) {
       // A whole chunk of a whole batch tile (every chunk but a call's last, in every batch
       // tile but the last; uniform over the CTA): every piece is 16 bytes of x, so a copy is a
-      // pointer step with no clamp, zero-fill size or source select (23 -> 12 instructions a
-      // copy on sm_90, bench/sparse_sass_stats.py; stop 27).
+      // pointer step with no clamp, zero-fill size or source select (23 -> 13 instructions a
+      // copy on sm_90, 22 -> 12 on sm_80, bench/sparse_sass_stats.py; stop 27).
       for (; r < BatchRows; r += row_step, offset += step)
         copy(buf + r * L::kWindowBytes + q * 16, s.x + offset, 16);
     } else {

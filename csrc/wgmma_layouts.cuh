@@ -71,7 +71,8 @@ constexpr FASTJL_HD uint64_t make_descriptor(uint32_t start, uint32_t lbo, uint3
 constexpr FASTJL_HD uint64_t descriptor_advance(uint64_t desc, uint32_t bytes) {
   // The add stays inside the low word (the start field does not carry, see above): a 32-bit
   // add, where a 64-bit one compiled to a carry chain through the uniform registers.
-  return (desc & 0xFFFFFFFF00000000ull) | static_cast<uint32_t>(static_cast<uint32_t>(desc) + (bytes >> 4));
+  const uint32_t low = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | low;
 }
 
 // For every 1024-aligned base at which a CTA's `total` bytes of shared memory can start in a
