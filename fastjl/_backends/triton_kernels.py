@@ -48,8 +48,8 @@ def _rademacher_tile_of_rows(seed, rows, col0, BLOCK_D: tl.constexpr, BLOCK_K: t
 
     P_DTYPE float16 / bfloat16 (the 16-bit dots): the entries' bits are built directly, ±1
     differing from 1.0 only in the sign bit, so no integer-to-float conversion, float
-    arithmetic or float32-to-16-bit conversion (~160 of a B32 step's ~650 instructions on
-    sm_90, bench/NOTES.md stop 27).  float32: ``1 - 2 * bit``."""
+    arithmetic or float32-to-16-bit conversion per entry (Triton 3.6's bf16 B32 step on sm_90:
+    651 -> 374 instructions, bench/NOTES.md stop 27).  float32: ``1 - 2 * bit``."""
     GROUPS: tl.constexpr = BLOCK_K // 128
     WORDS: tl.constexpr = 4 * GROUPS
     flat = tl.arange(0, BLOCK_D * GROUPS)
