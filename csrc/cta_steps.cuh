@@ -70,8 +70,8 @@ struct CtaSteps {
         col0(static_cast<uint32_t>(blockIdx.x % kp_.pipe.tiles_n) * kBlockN),
         rademacher_group(col0 / kRademacherColumnsPerCounter),
         range(split_range(blockIdx.y, kp_.pipe.d_per_split, kp_.pipe.dim)),
-        steps(static_cast<int>((range.end - range.begin + kBlockD - 1) / kBlockD)),
-        whole_steps(static_cast<int>((range.end - range.begin) / kBlockD)),
+        steps(static_cast<int>(range_steps(range))),
+        whole_steps(static_cast<int>(range_whole_steps(range))),
         row0(kp_.pipe.offset + static_cast<uint64_t>(range.begin)),
         cursor(Producer::cursor(tid_, kp_.src, Cfg::kBlockB, b0)) {}
 

@@ -139,8 +139,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
   const int64_t b0 = (cta / plan.tiles_n) * Cfg::kBlockB;
   const uint32_t col0 = static_cast<uint32_t>(cta % plan.tiles_n) * kBlockN;
   const DRange range = split_range(split, plan.d_per_split, a.dim);
-  const int64_t steps = (range.end - range.begin + kBlockD - 1) / kBlockD;
-  const int64_t whole_steps = (range.end - range.begin) / kBlockD;  // as CtaSteps
+  const int64_t steps = range_steps(range), whole_steps = range_whole_steps(range);
   const uint64_t row0 = a.offset + static_cast<uint64_t>(range.begin);
 
   std::vector<float> acc_store(static_cast<size_t>(kWarps) * kMT * kNT * 32 * 4, 0.0f);

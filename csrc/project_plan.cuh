@@ -140,5 +140,10 @@ FASTJL_HD DRange split_range(int64_t split, int64_t d_per_split, int64_t dim) {
   return DRange{begin, end};
 }
 
+// The steps of kBlockD rows a range takes, and how many of them are whole (all but a partial
+// last one): the kernels' CtaSteps and the CPU emulation count them here.
+FASTJL_HD int64_t range_steps(const DRange& r) { return (r.end - r.begin + kBlockD - 1) / kBlockD; }
+FASTJL_HD int64_t range_whole_steps(const DRange& r) { return (r.end - r.begin) / kBlockD; }
+
 }  // namespace proj
 }  // namespace fastjl

@@ -17,42 +17,37 @@ ROOT = Path(__file__).resolve().parents[1]
 probe = load_bench_module("cuda_loop_probe")
 
 
+# A synthetic step loop (addresses as cuobjdump prints them): a wide forward branch around
+# everything, inside it a whole-step copy (no ZFILL), the last step's clamped copy under its own
+# branch (2 instructions), and the words branch around the Philox rounds (3 instructions).
+STEP = [
+    (0x00, "BAR", ".SYNC 0x0 ;"),
+    (0x10, "BRA", "0xd0 ;"),  # wide: skips 0x20 .. 0xc0
+    (0x20, "LDGSTS", ".E.BYPASS.128 [R15], desc[UR8][R12.64] ;"),
+    (0x30, "BRA", "0x60 ;"),  # the tail branch: skips 0x40 .. 0x50
+    (0x40, "SEL", "R12, R12, 0x8, P1 ;"),
+    (0x50, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
+    (0x60, "LDGDEPBAR", ""),
+    (0x70, "BRA", "0xb0 ;"),  # the words branch: skips 0x80 .. 0xa0
+    (0x80, "IMAD", ".WIDE.U32 R4, R5, -0x2daee0ad, RZ ; 0xd2511f53"),
+    (0x90, "LOP3", ".LUT R6, R7, UR8, R9, 0x96, !PT ;"),
+    (0xA0, "STS", "[R7+0x8000], R4 ;"),
+    (0xB0, "LDS", "R5, [R99+0x8000] ;"),
+    (0xC0, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
+    (0xD0, "BRA", "0x0 ;"),
+]
+
+
 def test_words_block_is_the_smallest_branch_around_philox():
-    """Synthetic SASS: a step with one forward branch around the Philox rounds (3 instructions
-    inside) and a wider one around everything: the words block is the inner 3."""
-    insts = [
-        (0x00, "BAR", ".SYNC 0x0 ;"),
-        (0x10, "BRA", "0x90 ;"),  # wide: skips 0x20 .. 0x80
-        (0x20, "IMAD", "R1, R2, R3, RZ ;"),
-        (0x30, "BRA", "0x70 ;"),  # the words branch: skips 0x40 .. 0x60
-        (0x40, "IMAD", ".WIDE.U32 R4, R5, -0x2daee0ad, RZ ; 0xd2511f53"),
-        (0x50, "LOP3", ".LUT R6, R7, UR8, R9, 0x96, !PT ;"),
-        (0x60, "STS", "[R7+0x8000], R4 ;"),
-        (0x70, "LDS", "R5, [R99+0x8000] ;"),
-        (0x80, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
-        (0x90, "BRA", "0x0 ;"),
-    ]
-    assert probe.words_block(insts, 0, 9) == 3
-    assert probe.words_block(insts[:4] + insts[6:], 0, 7) == 0  # no Philox: no words block
+    assert probe.words_block(STEP, 0, 13) == 3
+    no_philox = STEP[:8] + STEP[10:]  # the Philox rounds taken out: no words block
+    assert probe.words_block(no_philox, 0, 11) == 0
 
 
 def test_tail_block_is_the_smallest_branch_around_the_zero_filling_copies():
-    """Synthetic SASS: a whole-step copy (no ZFILL) on the path every step takes, and the last
-    step's clamped copy (ZFILL) under a branch of 2 instructions inside a wider one: the tail
-    block is the inner 2; without a ZFILL copy there is none."""
-    insts = [
-        (0x00, "BAR", ".SYNC 0x0 ;"),
-        (0x10, "BRA", "0x80 ;"),  # wide: skips 0x20 .. 0x70
-        (0x20, "LDGSTS", ".E.BYPASS.128 [R15], desc[UR8][R12.64] ;"),
-        (0x30, "BRA", "0x60 ;"),  # the tail branch: skips 0x40 .. 0x50
-        (0x40, "SEL", "R12, R12, 0x8, P1 ;"),
-        (0x50, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
-        (0x60, "LDGDEPBAR", ""),
-        (0x70, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
-        (0x80, "BRA", "0x0 ;"),
-    ]
-    assert probe.tail_block(insts, 0, 8) == 2
-    assert probe.tail_block(insts[:4] + insts[6:], 0, 6) == 0
+    assert probe.tail_block(STEP, 0, 13) == 2
+    no_zfill = STEP[:5] + STEP[6:]  # the clamped copy taken out: no tail block
+    assert probe.tail_block(no_zfill, 0, 12) == 0
 
 
 def _probe_rows(arch):
