@@ -8,17 +8,21 @@ contiguous aligned x (the cp.async path), estimated from the compiled code witho
 also holds the element-load path that contiguous x never takes, and the static count charges
 it as if taken.  This script compiles ``bench/cuda_loop_probe.cu`` (the same kernels with the
 cp.async path only) with nvcc to a cubin, so the loop is what a step runs, and amortizes the
-two blocks a step runs only sometimes: the rademacher words (Philox), computed by warp
-``s % 8`` (found as the smallest forward branch around the Philox multiplier's instructions),
-counted 1/8; and the rademacher kernels' fetch with the clamp to the range, which only a
-split's last step runs (the smallest forward branch around the zero-filling ``LDGSTS``; every
-other step takes the whole-step fetch), counted 0.  Columns:
+two blocks a step runs only sometimes: the rademacher words (Philox), which each warp
+computes once every 8 steps (found as the smallest forward branch around the Philox
+multiplier's instructions), counted 1/8; and the rademacher kernels' fetch with the clamp to
+the range, which only a split's last step runs (the smallest forward branch around the
+zero-filling ``LDGSTS``; every other step takes the whole-step fetch), counted 0.  Columns:
 
     loop    static instructions of the main loop (one CTA step)
     inner   loops left inside it (not unrolled: their bodies run more than once per step)
     words   instructions of the words branch (0: gaussian, no words)
     tail    instructions of the last step's fetch (0: gaussian, one fetch for every step)
     step    loop - 7/8 words - tail: instructions per warp per (whole) step
+    slowest the slowest warp's mean per step: every step ends at a barrier, so it sets the
+            pace.  With the words batched over kWordsBatch warps (csrc/words_pipeline.h), the
+            warps that compute words in a step run ``words`` more than the others, once
+            every kWordsBatch steps: step - words/8 + words/kWordsBatch
     MMA-eq  m16n8k16-equivalent MMAs per warp per step (2048 multiply-adds each)
     /MMA    step / MMA-eq
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +44,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PHILOX_MULTIPLIER = "0xd2511f53"  # csrc/philox.cuh kPhiloxM0: only Philox rounds use it
+WARPS = 8  # per CTA (csrc/project_plan.cuh kWarps)
+
+
+def words_batch(source: Path = ROOT / "csrc" / "words_pipeline.h") -> int:
+    """The kernels' kWordsBatch, read from its one definition."""
+    found = re.search(r"constexpr int kWordsBatch = (\d+);", source.read_text())
+    if found is None:
+        raise RuntimeError(f"no `constexpr int kWordsBatch = N;` in {source}")
+    return int(found.group(1))
+
+
+def slowest_warp_step(step: float, words: int, batch: int) -> float:
+    """The slowest warp's mean instructions per step, from the mean warp's (which counts the
+    words block 1/8) and the words schedule's batch."""
+    return step - words / WARPS + words / batch
 
 
 def _load_cuda_resources():
@@ -60,7 +80,8 @@ def find_nvcc() -> str | None:
 
 def words_block(insts, first: int, last: int) -> int:
     """Instructions inside the smallest forward branch of the loop [first, last] that skips
-    every Philox round (0 when the loop has none): the words code only warp s % 8 runs."""
+    every Philox round (0 when the loop has none): the words code, which a warp runs in one
+    step of 8."""
     philox = [i for i in range(first, last + 1) if PHILOX_MULTIPLIER in insts[i][2].lower()]
     if not philox:
         return 0
@@ -133,6 +154,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
     functions = cr.parse_sass(sass)
     names = cr.demangle(list(functions))
     rows = []
+    batch = words_batch()
     for mangled, insts in functions.items():
         found = cr.main_loop_and_span(insts)
         if found is None:
@@ -144,6 +166,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
         words = words_block(insts, first, last) if rademacher else 0
         tail = tail_block(insts, first, last) if rademacher else 0
         step = stats.instructions - words * 7 / 8 - tail
+        slowest = slowest_warp_step(step, words, batch)
         equiv = stats.mma_equiv or stats.mma
         fields = resources.get(mangled, {})
         rows.append(
@@ -156,6 +179,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
                 words=words,
                 tail=tail,
                 step=step,
+                slowest=slowest,
                 mma_eq=equiv,
                 per_mma=step / equiv,
                 local=stats.local,
@@ -176,7 +200,8 @@ def main(argv=None) -> int:
     archs = args.arch or ["sm_90", "sm_90a"]
     print(
         f"{'kernel (cp.async x only)':66s} {'arch':6s} {'regs':>4s} {'stack':>5s} {'lmem':>4s} "
-        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'tail':>5s} {'step':>6s} {'MMA-eq':>6s} {'/MMA':>6s}"
+        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'tail':>5s} {'step':>6s} {'slowest':>7s} "
+        f"{'MMA-eq':>6s} {'/MMA':>6s}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for arch in archs:
@@ -186,7 +211,7 @@ def main(argv=None) -> int:
                 print(
                     f"{r['name'][:66]:66s} {arch:6s} {r['regs']:4d} {r['stack']:5d} {r['local']:4d} "
                     f"{r['loop']:5d} {r['inner']:5d} {r['words']:5d} {r['tail']:5d} {r['step']:6.0f} "
-                    f"{r['mma_eq']:6.0f} {r['per_mma']:6.1f}"
+                    f"{r['slowest']:7.0f} {r['mma_eq']:6.0f} {r['per_mma']:6.1f}"
                 )
     return 0
 

@@ -1,8 +1,8 @@
 // The half of a projection step that the mma.sync kernel (project_kernel.cuh) and the sm_90a
 // kernel (wgmma_kernel.cuh) share: the CTA's place in the grid, its tiles in shared memory,
 // and the producer work that runs ahead of the MMAs (fetch x Layout::kXStages - 1 steps
-// ahead (x_pipeline.h), the rademacher words two steps ahead, generate P one step ahead
-// into the other of P's two stages).  The kernels differ only in how they multiply a stage
+// ahead (x_pipeline.h), the rademacher words two to nine steps ahead (words_pipeline.h),
+// generate P one step ahead into the other of P's two stages).  The kernels differ only in how they multiply a stage
 // (and in the wgmma kernel's proxy fence before its barrier).
 //
 // Device code only; the CPU emulation (host_emulate.cpp) mirrors this order with the same
@@ -13,6 +13,7 @@
 
 #include "project_plan.cuh"
 #include "project_tiles.cuh"
+#include "words_pipeline.h"
 #include "x_pipeline.h"
 
 namespace fastjl {
@@ -36,13 +37,16 @@ struct KernelParams {
 };
 
 // Layout: the kernel's shared-memory layout (x(stage) for kXStages stages, p(stage, plane)
-// and w(stage) for two: byte offsets); PLayout: where the P writers put an element
+// for two, w(slot) for kWordSlots: byte offsets); PLayout: where the P writers put an element
 // (project_tiles.cuh).
 template <class Cfg, class Producer, int Kind, class Layout, class PLayout>
 struct CtaSteps {
   static constexpr int kT = mma_type_for(Producer::kTileDtype);
   static constexpr bool kGauss = Kind == kGaussian;
   using XPipe = XPipeline<Layout::kXStages>;
+  using Words = WordsPipeline<Layout::kWordsBatch, kWarps>;
+  static_assert(Kind != kRademacher || Layout::kWordSlots == Words::kSlots,
+                "the layout holds the words schedule's slots");
 
   unsigned char* smem;
   const KernelParams<Producer>& kp;
@@ -82,7 +86,7 @@ struct CtaSteps {
     return reinterpret_cast<uint16_t*>(smem + Layout::p(static_cast<int>(step & 1), plane));
   }
   __device__ __forceinline__ U32x4* words(int step) const {
-    return reinterpret_cast<U32x4*>(smem + Layout::w(static_cast<int>(step & 1)));
+    return reinterpret_cast<U32x4*>(smem + Layout::w(Words::slot(step)));
   }
   __device__ __forceinline__ uint64_t step_row(int step) const {
     return row0 + static_cast<uint64_t>(step) * kBlockD;
@@ -101,7 +105,7 @@ struct CtaSteps {
     Producer::template fetch<tile_code_for(Kind)>(cursor, tid, kp.src, Cfg::kBlockB, b0, d0,
                                                   range.end, whole_step, x_tile(step));
   }
-  __device__ __forceinline__ void compute_words(int step) const {  // one warp
+  __device__ __forceinline__ void compute_words(int step) const {  // the whole warp
     rademacher_words(lane, kp.pipe.key, step_row(step), rademacher_group, words(step));
   }
   __device__ __forceinline__ void generate_p(int step) const {
@@ -153,6 +157,7 @@ struct CtaSteps {
     if (kGauss) {
       generate_p(0);
     } else {
+      static_assert(Words::kLead == 2, "the prologue computes the words of steps 0 and 1");
       if (warp == 0) compute_words(0);
       if (warp == 1 && steps > 1) compute_words(1);
       __syncthreads();
@@ -161,13 +166,14 @@ struct CtaSteps {
   }
 
   // Called by every thread after step s's barrier: fetches x(s + kAhead) into the stage step
-  // s - 1 read, generates P(s + 1) into the other P stage, and one warp (a different one
-  // each step) computes the words of step s + 2 into the words stage that generate_p(s) read
-  // before that barrier; so no extra barrier is needed.
+  // s - 1 read, generates P(s + 1) into the other P stage, and, every kBatch-th step, the
+  // batch's warps compute the words of steps s + 2 .. into slots whose words were read
+  // before that barrier (words_pipeline.h); so no extra barrier is needed.
   __device__ __forceinline__ void produce_next(int s) const {
     fetch_slot(s + XPipe::kAhead);
     if (s + 1 < steps) {
-      if (!kGauss && s + 2 < steps && warp == s % kWarps) compute_words(s + 2);
+      if (!kGauss && Words::computes(s, warp) && Words::target(s, warp) < steps)
+        compute_words(Words::target(s, warp));
       generate_p(s + 1);
     }
   }

@@ -148,7 +148,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
   };
 
   for (int64_t s = 0; s < steps; ++s) {
-    const int stage = static_cast<int>(s & 1);  // P and the words: double-buffered
+    const int stage = static_cast<int>(s & 1);  // P: double-buffered
     unsigned char* x_tile = smem + Layout::x(XPipeline<Layout::kXStages>::stage(s));
     uint16_t* p_hi = reinterpret_cast<uint16_t*>(smem + Layout::p(stage, 0));
     uint16_t* p_lo = reinterpret_cast<uint16_t*>(smem + Layout::p(stage, kGauss ? 1 : 0));
@@ -162,7 +162,10 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
       for (int tid = 0; tid < kThreads; ++tid)
         gaussian_generate<T>(tid, key, step_row, col0, a.proj_dim, p_hi, p_lo);
     } else {
-      U32x4* words = reinterpret_cast<U32x4*>(smem + Layout::w(stage));
+      // The kernel's slot for this step's words (which warp computes them, and when, is
+      // words_pipeline.h's schedule, checked there at compile time).
+      const int slot = WordsPipeline<Layout::kWordsBatch>::slot(static_cast<int>(s));
+      U32x4* words = reinterpret_cast<U32x4*>(smem + Layout::w(slot));
       for (int lane = 0; lane < 32; ++lane)
         rademacher_words(lane, key, step_row, col0 / kRademacherColumnsPerCounter, words);
       for (int tid = 0; tid < kThreads; ++tid) rademacher_expand<T>(tid, words, p_hi);

@@ -23,7 +23,8 @@
 //                                             warp is done with step s-1's buffers
 //                 MMAs on x(s), P(s), rows 0-15 from stage s%2
 //                 fetch x(s+1)       -> stage (s+1)%2   (cp.async for project's vector path)
-//                 words(s+2)         -> stage  s%2      (rademacher, one warp: s % 8)
+//                 words(s+2..s+9)    -> their slots     (rademacher, s % 8 == 0: a step's
+//                                                           words per warp, words_pipeline.h)
 //                 P(s+1)             -> stage (s+1)%2   (from words(s+1), or gaussian)
 //                 MMAs on x(s), P(s), rows 16-31 from stage s%2
 //

@@ -8,15 +8,16 @@
 //                                16-bit 64-byte rows swizzled (MmaXLayout)
 //   P tile  [kBlockD][kPStride]  16-bit MMA operands, rows = input index d, cols = output n
 //                                (gaussian: two such planes, hi and lo)
-//   words   [kBlockD]            rademacher: the 4 Philox words of each row (128 signs)
+//   words   [kBlockD]            rademacher: the 4 Philox words of each row (128 signs),
+//                                one such tile per words slot (words_pipeline.h)
 //
 // How P is generated (spec v1, matrix_entries.cuh):
 //   rademacher: one Philox call per row of a step covers all 128 columns of the CTA.  One
-//     warp computes the 32 calls of a step (a lane per row; philox is ~100 instructions, so
-//     giving every warp its own copy would cost 8x the issue slots), the words go through
+//     warp computes the 32 calls of a step (a lane per row; philox is ~60-70 instructions,
+//     so giving every warp its own copy would cost 8x the issue slots), the words go through
 //     shared memory, and all 256 threads expand bits to packed ±1 (4 logic ops per register
-//     of two values) with 16-byte stores.  The kernel computes the words two steps ahead,
-//     so no extra barrier is needed (see project_kernel.cu).
+//     of two values) with 16-byte stores.  The kernel computes the words two to nine steps
+//     ahead, every warp every 8th step (words_pipeline.h), so no extra barrier is needed.
 //   gaussian: one Philox call + Box-Muller per 4 columns; every thread does 4 groups per
 //     step and stores hi and lo halves.  Groups entirely at or past column K are skipped
 //     (zeros): they only feed outputs that are never stored.
@@ -29,6 +30,7 @@
 #include "project_args.h"  // ProjectArgs, dtype_size
 #include "matrix_entries.cuh"
 #include "project_index.cuh"
+#include "words_pipeline.h"  // WordsPipeline, kWordsBatch: the words' slots
 #include "x_layouts.cuh"  // PaddedXLayout, SwizzledXLayout, MmaXLayout
 
 namespace fastjl {
@@ -369,18 +371,24 @@ struct SmemLayout {
                                      : Cfg::kBlockB * SwizzledXLayout::kRowBytes;
   static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
   static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
-  static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;  // per stage
-  static constexpr int kTotal = kXStages * kXBytes + 2 * kPPlanes * kPBytes + 2 * kWBytes;
+  // Rademacher words: kWordSlots slots (words_pipeline.h) of a step's 32 rows x 16 bytes.
+  // With kWordsBatch = 8 (16 slots, 8 KiB), sm_86 / sm_89 (100 KiB per SM) hold 2 CTAs of
+  // the fp32 B32 tile instead of 3; every other tile keeps its CTAs per SM.
+  static constexpr int kWordsBatch = Kind == kRademacher ? ::fastjl::proj::kWordsBatch : 1;
+  static constexpr int kWordSlots = Kind == kRademacher ? WordsPipeline<kWordsBatch>::kSlots : 0;
+  static constexpr int kWBytes = kBlockD * 16;  // per slot
+  static constexpr int kTotal =
+      kXStages * kXBytes + 2 * kPPlanes * kPBytes + kWordSlots * kWBytes;
   static constexpr FASTJL_HD int x(int stage) { return stage * kXBytes; }
   static constexpr FASTJL_HD int p(int stage, int plane) {
     return kXStages * kXBytes + (stage * kPPlanes + plane) * kPBytes;
   }
-  static constexpr FASTJL_HD int w(int stage) {
-    return kXStages * kXBytes + 2 * kPPlanes * kPBytes + stage * kWBytes;
+  static constexpr FASTJL_HD int w(int slot) {
+    return kXStages * kXBytes + 2 * kPPlanes * kPBytes + slot * kWBytes;
   }
   static_assert(kXBytes % 16 == 0 && kPBytes % 16 == 0, "tiles must stay 16-byte aligned");
   static_assert(x(kXStages - 1) + kXBytes == p(0, 0) && p(1, kPPlanes - 1) + kPBytes == w(0) &&
-                    w(1) + kWBytes == kTotal,
+                    w(kWordSlots) == kTotal,
                 "the stages' regions tile the buffer without overlap");
 };
 

@@ -14,7 +14,8 @@
 //   iteration s:  x wait; fence.proxy.async; barrier  -- x(s), P(s), words(s+1) published
 //                                     to the async proxy; step s-1's MMAs done
 //                 wgmma.fence; issue the wgmmas of step s on x(s), P(s); commit  (async)
-//                 fetch x(s+3) -> x stage (s+3)%4 (step s-1's); words(s+2);
+//                 fetch x(s+3) -> x stage (s+3)%4 (step s-1's); every 8th step,
+//                 words(s+2 .. s+9), a step's per warp (words_pipeline.h);
 //                 P(s+1) -> P stage (s+1)%2
 //                 wgmma.wait_group 0     -- while the tensor cores ran, this warp generated
 // The wgmmas of step s read x stage s%4 and P stage s%2 while the threads write the stages
@@ -59,7 +60,8 @@ constexpr int sm90_min_blocks() {
   return Kind == kGaussian && Cfg::kBlockB == 128 ? 1 : 2;
 }
 
-// Byte offsets of the tiles: P and the rademacher words double-buffered, x in kXStages
+// Byte offsets of the tiles: P double-buffered, the rademacher words in kWordSlots slots
+// (words_pipeline.h), x in kXStages
 // stages (x_pipeline.h: fetched three steps ahead; run 7 measured this kernel waiting on x
 // with the double buffer's one step of lead).  P planes first: they are 1024-byte swizzle
 // atoms and the base is 1024-aligned (the kernel rounds its dynamic shared memory up); the
@@ -72,24 +74,29 @@ struct Sm90SmemLayout {
   static constexpr int kXBytes = XDtypeSize == 4
                                      ? Cfg::kBlockB * proj::kXStride * 4
                                      : Cfg::kBlockB * XTileK64B::kRowBytes;
-  static constexpr int kWBytes = Kind == kRademacher ? kBlockD * 16 : 0;
-  static constexpr int kTotal = 2 * kPPlanes * kPBytes + kXStages * kXBytes + 2 * kWBytes;
+  // Rademacher words: kWordSlots slots of 32 rows x 16 bytes (words_pipeline.h).
+  static constexpr int kWordsBatch = Kind == kRademacher ? proj::kWordsBatch : 1;
+  static constexpr int kWordSlots =
+      Kind == kRademacher ? proj::WordsPipeline<kWordsBatch>::kSlots : 0;
+  static constexpr int kWBytes = kBlockD * 16;  // per slot
+  static constexpr int kTotal =
+      2 * kPPlanes * kPBytes + kXStages * kXBytes + kWordSlots * kWBytes;
   static constexpr int kAlign = 1024;  // rounding slack requested on top of kTotal
   static constexpr FASTJL_HD int p(int stage, int plane) {
     return (stage * kPPlanes + plane) * kPBytes;
   }
   static constexpr FASTJL_HD int x(int stage) { return 2 * kPPlanes * kPBytes + stage * kXBytes; }
-  static constexpr FASTJL_HD int w(int stage) {
-    return 2 * kPPlanes * kPBytes + kXStages * kXBytes + stage * kWBytes;
+  static constexpr FASTJL_HD int w(int slot) {
+    return 2 * kPPlanes * kPBytes + kXStages * kXBytes + slot * kWBytes;
   }
   static_assert(kPBytes % 1024 == 0 && (2 * kPPlanes * kPBytes) % 1024 == 0, "P atoms");
   static_assert(XDtypeSize == 4 || kXBytes % 512 == 0, "x atoms");
   static_assert(p(1, kPPlanes - 1) + kPBytes == x(0) && x(kXStages - 1) + kXBytes == w(0) &&
-                    w(1) + kWBytes == kTotal,
+                    w(kWordSlots) == kTotal,
                 "the stages' regions tile the buffer without overlap");
   // An H100 SM has 228 KiB of shared memory and reserves 1 KiB per CTA: the CTAs per SM
   // that sm90_min_blocks asks for must fit (the largest, fp32 x rademacher B128, takes
-  // 2 x 98 KiB).
+  // 2 x 106 KiB).
   static_assert(sm90_min_blocks<Cfg, Kind>() * (kTotal + kAlign + 1024) <= 228 * 1024,
                 "the x stages leave room for the CTAs per SM the launch bounds promise");
   // The kernel advances descriptors encoded once (descriptor_advance) over its whole buffer.

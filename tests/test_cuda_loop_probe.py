@@ -50,6 +50,21 @@ def test_tail_block_is_the_smallest_branch_around_the_zero_filling_copies():
     assert probe.tail_block(no_zfill, 0, 12) == 0
 
 
+def test_slowest_warp_carries_the_words_once_per_batch():
+    # One warp per step (the former schedule): that warp runs 7/8 of the words block more
+    # than the mean warp every step; every warp every 8th step: no warp is slower on average.
+    assert probe.slowest_warp_step(100.0, 64, 1) == pytest.approx(100.0 + 64 * 7 / 8)
+    assert probe.slowest_warp_step(100.0, 64, 4) == pytest.approx(100.0 + 64 / 8)
+    assert probe.slowest_warp_step(100.0, 64, 8) == pytest.approx(100.0)
+
+
+def test_kernels_batch_the_words_over_every_warp():
+    # Stop 28 (bench/NOTES.md): the slowest warp's step was 25-55% above the mean warp's
+    # with one warp per step computing words.  Read from csrc/words_pipeline.h, the one
+    # definition both shared-memory layouts size their words slots by.
+    assert probe.words_batch() == probe.WARPS
+
+
 def _probe_rows(arch):
     nvcc = probe.find_nvcc()
     cr = probe._load_cuda_resources()
@@ -86,6 +101,7 @@ def test_rademacher_steps_are_straight_line_and_lean(arch):
         assert 30 < r["words"] < 120, f"{r['name']}: words block {r['words']} (one Philox call per lane)"
         assert 20 < r["tail"] < 150, f"{r['name']}: tail block {r['tail']} (the last step's clamped fetch)"
         assert r["step"] == pytest.approx(r["loop"] - r["words"] * 7 / 8 - r["tail"])
+        assert r["slowest"] == pytest.approx(r["step"]), f"{r['name']}: a warp carries the words every step"
     for r in gaussian:
         assert r["words"] == 0, f"{r['name']}: every warp generates gaussian P; nothing to amortize"
         assert r["tail"] == 0, f"{r['name']}: one fetch for every step; nothing to leave out"
