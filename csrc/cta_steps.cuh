@@ -2,8 +2,8 @@
 // kernel (wgmma_kernel.cuh) share: the CTA's place in the grid, its tiles in shared memory,
 // and the producer work that runs ahead of the MMAs (fetch x Layout::kXStages - 1 steps
 // ahead (x_pipeline.h), the rademacher words two to nine steps ahead (words_pipeline.h),
-// generate P one step ahead into the other of P's two stages).  The kernels differ only in how they multiply a stage
-// (and in the wgmma kernel's proxy fence before its barrier).
+// generate P one step ahead into the other of P's two stages).  The kernels differ only in
+// how they multiply a stage (and in the wgmma kernel's proxy fence before its barrier).
 //
 // Device code only; the CPU emulation (host_emulate.cpp) mirrors this order with the same
 // tile functions of project_tiles.cuh.
