@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "philox.cuh"  // FASTJL_HD
+#include "schedule_checks.h"
 
 namespace fastjl {
 namespace proj {
@@ -63,7 +64,8 @@ constexpr int kWordsBatch = 8;
 //    written twice in one epoch), so no words are lost before they are read;
 //  * words(t) is still in its slot when read.
 template <int kBatch, int kWarpsPerCta = 8>
-constexpr bool words_schedule_holds(int steps) {
+constexpr bool words_schedule_holds(int64_t step_count) {
+  const int steps = static_cast<int>(step_count);
   using Words = WordsPipeline<kBatch, kWarpsPerCta>;
   constexpr int kMax = 64;
   if (steps > kMax) return false;
@@ -106,17 +108,15 @@ constexpr bool words_schedule_holds(int steps) {
   return true;
 }
 
-template <int kBatch>
-constexpr bool words_schedule_holds_up_to(int max_steps) {
-  for (int n = 1; n <= max_steps; ++n)
-    if (!words_schedule_holds<kBatch>(n)) return false;
-  return true;
-}
-
-static_assert(words_schedule_holds_up_to<1>(40), "one warp per step");
-static_assert(words_schedule_holds_up_to<2>(40), "batches of 2");
-static_assert(words_schedule_holds_up_to<4>(40), "batches of 4");
-static_assert(words_schedule_holds_up_to<8>(40), "every warp every 8th step");
+// 40 steps: five turns of the largest ring (16 slots) and its batches.
+static_assert(holds_for_step_counts(40, [](int64_t n) { return words_schedule_holds<1>(n); }),
+              "one warp per step");
+static_assert(holds_for_step_counts(40, [](int64_t n) { return words_schedule_holds<2>(n); }),
+              "batches of 2");
+static_assert(holds_for_step_counts(40, [](int64_t n) { return words_schedule_holds<4>(n); }),
+              "batches of 4");
+static_assert(holds_for_step_counts(40, [](int64_t n) { return words_schedule_holds<8>(n); }),
+              "every warp every 8th step");
 
 }  // namespace proj
 }  // namespace fastjl

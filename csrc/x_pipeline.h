@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "philox.cuh"  // FASTJL_HD
+#include "schedule_checks.h"
 
 namespace fastjl {
 namespace proj {
@@ -77,15 +78,10 @@ constexpr bool x_schedule_holds(int64_t steps) {
   return fetched == steps;
 }
 
-template <int kStages>
-constexpr bool x_schedule_holds_up_to(int64_t max_steps) {
-  for (int64_t n = 1; n <= max_steps; ++n)
-    if (!x_schedule_holds<kStages>(n)) return false;
-  return true;
-}
-
-static_assert(x_schedule_holds_up_to<2>(16), "double-buffered x schedule");
-static_assert(x_schedule_holds_up_to<4>(16), "four-stage x schedule");
+static_assert(holds_for_step_counts(16, [](int64_t n) { return x_schedule_holds<2>(n); }),
+              "double-buffered x schedule");
+static_assert(holds_for_step_counts(16, [](int64_t n) { return x_schedule_holds<4>(n); }),
+              "four-stage x schedule");
 
 }  // namespace proj
 }  // namespace fastjl
