@@ -14,11 +14,14 @@ multiplier's instructions), counted 1/8; and the rademacher kernels' fetch with 
 the range, which only a split's last step runs (the smallest forward branch around the
 zero-filling ``LDGSTS``; every other step takes the whole-step fetch), counted 0.  Columns:
 
-    loop    static instructions of the main loop (one CTA step)
+    loop    static instructions of the main loop
+    unrl    CTA steps per loop iteration (its barriers: the rademacher loops are unrolled,
+            csrc/cta_steps.cuh step_unroll)
     inner   loops left inside it (not unrolled: their bodies run more than once per step)
     words   instructions of the words branch (0: gaussian, no words)
-    tail    instructions of the last step's fetch (0: gaussian, one fetch for every step)
-    step    loop - 7/8 words - tail: instructions per warp per (whole) step
+    tail    instructions of a step's clamped fetch (0: gaussian, one fetch for every step)
+    step    (loop - words blocks - tails) / unrl + words/8: instructions per warp per
+            (whole) step; rolled, loop - 7/8 words - tail
     slowest the slowest warp's mean per step: every step ends at a barrier, so it sets the
             pace.  With the words batched over kWordsBatch warps (csrc/words_pipeline.h), the
             warps that compute words in a step run ``words`` more than the others, once
@@ -118,6 +121,23 @@ def tail_block(insts, first: int, last: int) -> int:
     return best
 
 
+def step_bodies(insts, first: int, last: int) -> list[tuple[int, int]]:
+    """The loop [first, last] cut at its barriers (``BAR.SYNC``: one per CTA step, at the top
+    of the step): one (start, end) span per step body.  A loop unrolled u times has u bodies;
+    the instructions before the first barrier (the step's x wait) belong to the first."""
+    bars = [i for i in range(first, last + 1) if insts[i][1] == "BAR" and ".SYNC" in insts[i][2]]
+    if not bars:
+        return [(first, last)]
+    starts = [first] + bars[1:]
+    return list(zip(starts, [b - 1 for b in bars[1:]] + [last]))
+
+
+def blocks_per_body(insts, first: int, last: int, finder) -> list[int]:
+    """finder (words_block or tail_block) applied to each step body of the loop: the sizes of
+    the blocks found (bodies without one left out)."""
+    return [size for a, b in step_bodies(insts, first, last) if (size := finder(insts, a, b))]
+
+
 def compile_probe(arch: str, nvcc: str, workdir: Path) -> Path:
     """bench/cuda_loop_probe.cu -> a cubin for arch (sm_90a: the wgmma kernel)."""
     wgmma = arch == "sm_90a"
@@ -161,13 +181,17 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
             continue
         stats, (first, last) = found
         name = cr.short_name(names[mangled])
-        # Kind: only rademacher has the one-warp words branch and a whole-step fetch.
+        # Kind: only rademacher has the words branch and a whole-step fetch.
         rademacher = name.endswith(", 0>")
-        words = words_block(insts, first, last) if rademacher else 0
-        tail = tail_block(insts, first, last) if rademacher else 0
-        step = stats.instructions - words * 7 / 8 - tail
+        unroll = len(step_bodies(insts, first, last))  # steps per loop iteration
+        words_blocks = blocks_per_body(insts, first, last, words_block) if rademacher else []
+        tails = blocks_per_body(insts, first, last, tail_block) if rademacher else []
+        words = sum(words_blocks) / len(words_blocks) if words_blocks else 0
+        # A warp computes words once every 8 steps, whichever body holds the block (unrolled,
+        # only the body whose step can be a multiple of 8 has one): words / 8 a step.
+        step = (stats.instructions - sum(words_blocks) - sum(tails)) / unroll + words / 8
         slowest = slowest_warp_step(step, words, batch)
-        equiv = stats.mma_equiv or stats.mma
+        equiv = (stats.mma_equiv or stats.mma) / unroll
         fields = resources.get(mangled, {})
         rows.append(
             dict(
@@ -176,8 +200,11 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
                 stack=fields.get("STACK", -1),
                 loop=stats.instructions,
                 inner=stats.inner_loops,
+                unroll=unroll,
                 words=words,
-                tail=tail,
+                words_blocks=len(words_blocks),
+                tail=sum(tails) / len(tails) if tails else 0,
+                tails=len(tails),
                 step=step,
                 slowest=slowest,
                 mma_eq=equiv,
@@ -200,7 +227,7 @@ def main(argv=None) -> int:
     archs = args.arch or ["sm_90", "sm_90a"]
     print(
         f"{'kernel (cp.async x only)':66s} {'arch':6s} {'regs':>4s} {'stack':>5s} {'lmem':>4s} "
-        f"{'loop':>5s} {'inner':>5s} {'words':>5s} {'tail':>5s} {'step':>6s} {'slowest':>7s} "
+        f"{'loop':>5s} {'unrl':>4s} {'inner':>5s} {'words':>5s} {'tail':>5s} {'step':>6s} {'slowest':>7s} "
         f"{'MMA-eq':>6s} {'/MMA':>6s}"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +237,8 @@ def main(argv=None) -> int:
                     continue
                 print(
                     f"{r['name'][:66]:66s} {arch:6s} {r['regs']:4d} {r['stack']:5d} {r['local']:4d} "
-                    f"{r['loop']:5d} {r['inner']:5d} {r['words']:5d} {r['tail']:5d} {r['step']:6.0f} "
-                    f"{r['slowest']:7.0f} {r['mma_eq']:6.0f} {r['per_mma']:6.1f}"
+                    f"{r['loop']:5d} {r['unroll']:4d} {r['inner']:5d} {r['words']:5.0f} {r['tail']:5.0f} "
+                    f"{r['step']:6.0f} {r['slowest']:7.0f} {r['mma_eq']:6.0f} {r['per_mma']:6.1f}"
                 )
     return 0
 

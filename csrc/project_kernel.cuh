@@ -97,7 +97,8 @@ __global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
   using XLayout = MmaXLayout<XDtype>;  // the producers' 16-bit tiles (fp32: kXStride rows)
   extern __shared__ __align__(16) unsigned char smem[];
   const PipelineParams& p = kp.pipe;
-  const CtaSteps<Cfg, Producer, Kind, Layout, PaddedPLayout> cta(smem, kp, threadIdx.x);
+  using Steps = CtaSteps<Cfg, Producer, Kind, Layout, PaddedPLayout>;
+  const Steps cta(smem, kp, threadIdx.x);
   const int warp = cta.warp, lane = cta.lane;
 
   const RowCol wo = warp_origin<Cfg>(warp);
@@ -179,6 +180,8 @@ __global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
   // (cuda_loop_probe.py, tests/test_cuda_compile.py; bench/NOTES.md, stop 25).
   constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();
+  constexpr int kStepUnroll = Steps::template step_unroll<false>();
+#pragma unroll(kStepUnroll)
   for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();
     __syncthreads();

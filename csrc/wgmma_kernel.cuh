@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
       smem_raw + ((1024u - (sm80::smem_addr(smem_raw) & 1023u)) & 1023u);
   const PipelineParams& p = kp.pipe;
 
-  const proj::CtaSteps<Cfg, Producer, Kind, Layout, PL> cta(smem, kp, threadIdx.x);
+  using Steps = proj::CtaSteps<Cfg, Producer, Kind, Layout, PL>;
+  const Steps cta(smem, kp, threadIdx.x);
   const int tid = cta.tid;
   const int wg = tid >> 7, wt = tid & 127;  // warpgroup, thread within it
 
@@ -185,6 +186,8 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   };
 
   cta.prologue();
+  constexpr int kStepUnroll = Steps::template step_unroll<true>();
+#pragma unroll(kStepUnroll)
   for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();
     fence_proxy_async_shared();  // this thread's x and P writes -> visible to wgmma

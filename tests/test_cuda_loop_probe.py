@@ -50,6 +50,39 @@ def test_tail_block_is_the_smallest_branch_around_the_zero_filling_copies():
     assert probe.tail_block(no_zfill, 0, 12) == 0
 
 
+# The same step unrolled twice (rows as cuobjdump prints them): each body starts at its
+# barrier and has its own clamped fetch (2 instructions); only the first, whose step can be a
+# multiple of 8, has the words branch (3).
+UNROLLED = [
+    (0x000, "DEPBAR", ".LE SB0, 0x2 ;"),
+    (0x010, "BAR", ".SYNC 0x0 ;"),
+    (0x020, "BRA", "0x50 ;"),  # body 1's tail branch: skips 0x30 .. 0x40
+    (0x030, "SEL", "R12, R12, 0x8, P1 ;"),
+    (0x040, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
+    (0x050, "BRA", "0x90 ;"),  # the words branch: skips 0x60 .. 0x80
+    (0x060, "IMAD", ".WIDE.U32 R4, R5, -0x2daee0ad, RZ ; 0xd2511f53"),
+    (0x070, "LOP3", ".LUT R6, R7, UR8, R9, 0x96, !PT ;"),
+    (0x080, "STS", "[R7+0x8000], R4 ;"),
+    (0x090, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
+    (0x0A0, "DEPBAR", ".LE SB0, 0x2 ;"),
+    (0x0B0, "BAR", ".SYNC 0x0 ;"),
+    (0x0C0, "BRA", "0xf0 ;"),  # body 2's tail branch: skips 0xd0 .. 0xe0
+    (0x0D0, "SEL", "R12, R12, 0x8, P1 ;"),
+    (0x0E0, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
+    (0x0F0, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
+    (0x100, "BRA", "0x0 ;"),
+]
+
+
+def test_unrolled_loops_are_read_body_by_body():
+    assert probe.step_bodies(UNROLLED, 0, 16) == [(0, 10), (11, 16)]
+    assert probe.blocks_per_body(UNROLLED, 0, 16, probe.tail_block) == [2, 2]
+    assert probe.blocks_per_body(UNROLLED, 0, 16, probe.words_block) == [3]
+    # Without barriers (not a kernel's step loop) the loop is one body.
+    no_bar = [row for row in UNROLLED if row[1] != "BAR"]
+    assert probe.step_bodies(no_bar, 0, 14) == [(0, 14)]
+
+
 def test_slowest_warp_carries_the_words_once_per_batch():
     # One warp per step (the former schedule): that warp runs 7/8 of the words block more
     # than the mean warp every step; every warp every 8th step: no warp is slower on average.
@@ -81,12 +114,16 @@ def _probe_rows(arch):
 # with the producer before both k16 slices; the split costs ~12 rematerialized addresses at
 # 128 registers, bench/NOTES.md).  Stop 27 (whole-step fetch, descriptors advanced, fused
 # sign ops, byte loads of the signs, 32-bit step indices): mma.sync B128 187 -> 151, B32
-# 134 -> 112, wgmma B128 170 -> 114.
+# 134 -> 112, wgmma B128 170 -> 114.  Stop 28 (loops unrolled 4): 149 -> 108, 111 -> 86,
+# 114 -> 95.
 STEP_BOUNDS = {
-    ("project_kernel<TileConfig<128, 4>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 160,
-    ("project_kernel<TileConfig<32, 2>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 118,
-    ("project_kernel_sm90<TileConfig<128, 4>, VectorOnly<2, XTileK64B>, 0>", "sm_90a"): 120,
+    ("project_kernel<TileConfig<128, 4>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 115,
+    ("project_kernel<TileConfig<32, 2>, VectorOnly<2, SwizzledXLayout>, 0>", "sm_90"): 92,
+    ("project_kernel_sm90<TileConfig<128, 4>, VectorOnly<2, XTileK64B>, 0>", "sm_90a"): 101,
 }
+# The most instructions a rademacher step loop may have: 12 KiB of code, the order of the
+# instruction cache a scheduler fetches from (csrc/cta_steps.cuh step_unroll).
+MAX_LOOP_INSTRUCTIONS = 768
 
 
 @pytest.mark.parametrize("arch", ["sm_90", "sm_90a"])
@@ -100,8 +137,15 @@ def test_rademacher_steps_are_straight_line_and_lean(arch):
         assert r["local"] == 0 and r["stack"] == 0, f"{r['name']}: spills"
         assert 30 < r["words"] < 120, f"{r['name']}: words block {r['words']} (one Philox call per lane)"
         assert 20 < r["tail"] < 150, f"{r['name']}: tail block {r['tail']} (the last step's clamped fetch)"
-        assert r["step"] == pytest.approx(r["loop"] - r["words"] * 7 / 8 - r["tail"])
+        # one clamped fetch per step body, one words block per loop (the body whose step can
+        # be a multiple of 8)
+        assert r["tails"] == r["unroll"] and r["words_blocks"] == 1, r
+        skipped = r["words"] * r["words_blocks"] + r["tail"] * r["tails"]
+        assert r["step"] == pytest.approx((r["loop"] - skipped) / r["unroll"] + r["words"] / 8)
         assert r["slowest"] == pytest.approx(r["step"]), f"{r['name']}: a warp carries the words every step"
+        assert r["loop"] <= MAX_LOOP_INSTRUCTIONS, f"{r['name']}: a {r['loop']}-instruction loop"
+        if "PaddedXLayout" not in r["name"]:  # 16-bit tiles
+            assert r["unroll"] == 4, f"{r['name']}: unrolled {r['unroll']}"
     for r in gaussian:
         assert r["words"] == 0, f"{r['name']}: every warp generates gaussian P; nothing to amortize"
         assert r["tail"] == 0, f"{r['name']}: one fetch for every step; nothing to leave out"

@@ -240,7 +240,8 @@ def test_sm90a_registers_local_memory_and_main_loop(sm90a_kernels):
         gauss_b128 = int(kind == 1 and block_b == 128)
         assert k.registers <= SM90_REGISTER_CAP[gauss_b128], f"{k.name}\n{table}"
         assert k.loop is not None, f"{k.name}: no HGMMA main loop\n{table}"
-        assert k.loop.mma == SM90_HGMMA[(fp32, kind)], f"{k.name}\n{table}"
+        # per step: an unrolled loop (csrc/cta_steps.cuh step_unroll) holds one barrier a step
+        assert k.loop.mma == SM90_HGMMA[(fp32, kind)] * k.loop.bar, f"{k.name}\n{table}"
         assert k.loop.mma_equiv == k.loop.mma * (16 if block_b == 128 else 8), f"{k.name}\n{table}"
         assert k.loop.ldsm == 0, f"{k.name}: wgmma reads shared memory itself\n{table}"
         stack, in_loop = SM90_GAUSSIAN_LOCAL if kind == 1 else SM90_LOCAL[(fp32, kind, block_b)]
