@@ -192,6 +192,13 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
         step = (stats.instructions - sum(words_blocks) - sum(tails)) / unroll + words / 8
         slowest = slowest_warp_step(step, words, batch)
         equiv = (stats.mma_equiv or stats.mma) / unroll
+        # The x wait's allowance (cp.async.wait_group N: N newer fetches may be in flight):
+        # 0 with a double buffer, kXStages - 2 with more (x_pipeline.h).
+        waits = [
+            int(m.group(1), 16)
+            for i in range(first, last + 1)
+            if insts[i][1] == "DEPBAR" and (m := re.search(r"SB0, 0x([0-9a-f]+)", insts[i][2]))
+        ]
         fields = resources.get(mangled, {})
         rows.append(
             dict(
@@ -201,6 +208,7 @@ def probe_rows(cubin: Path, cuobjdump: str) -> list[dict]:
                 loop=stats.instructions,
                 inner=stats.inner_loops,
                 unroll=unroll,
+                x_wait=min(waits) if waits else -1,
                 words=words,
                 words_blocks=len(words_blocks),
                 tail=sum(tails) / len(tails) if tails else 0,

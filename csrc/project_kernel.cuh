@@ -15,14 +15,17 @@
 //   3. each warp loads its fragments (x: A operand, ldmatrix for 16-bit tiles, float2 loads
 //      + bf16 hi/lo split for fp32 tiles; P: B operand, ldmatrix.trans because the tile is
 //      stored [d][n]) and issues mma.sync m16n8k16, float32 accumulate.
-// x and P are double-buffered, and step s+1's tiles are produced while step s is being
-// multiplied, so one __syncthreads per step suffices (warps that finish generating start
-// their MMAs while others still generate, which keeps ALU and tensor pipes busy together):
+// P is double-buffered, x in SmemLayout::kXStages stages (rademacher 16-bit tiles: 4,
+// fetched three steps ahead; otherwise 2, x_pipeline.h), and step s+1's tiles are produced
+// while step s is being multiplied, so one __syncthreads per step suffices (warps that finish
+// generating start their MMAs while others still generate, which keeps ALU and tensor pipes
+// busy together).  Rademacher loops are unrolled (CtaSteps::step_unroll).  With 2 x stages:
 //
 //   iteration s:  producer wait; barrier    -- x(s), P(s), words(s+1) are complete, and every
 //                                             warp is done with step s-1's buffers
 //                 MMAs on x(s), P(s), rows 0-15 from stage s%2
-//                 fetch x(s+1)       -> stage (s+1)%2   (cp.async for project's vector path)
+//                 fetch x(s+1)       -> stage (s+1)%2   (cp.async for project's vector path;
+//                                                       4 stages: x(s+3) -> stage (s+3)%4)
 //                 words(s+2..s+9)    -> their slots     (rademacher, s % 8 == 0: a step's
 //                                                           words per warp, words_pipeline.h)
 //                 P(s+1)             -> stage (s+1)%2   (from words(s+1), or gaussian)

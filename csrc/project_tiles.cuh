@@ -363,9 +363,14 @@ FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t
 // Byte offsets of the double-buffered tiles (stage s = step % 2).  All 16-byte aligned.
 template <class Cfg, int XDtypeSize, int Kind>
 struct SmemLayout {
-  // Two x stages (a double buffer, x_pipeline.h): more would cost the sm_86 / sm_89 GPUs
-  // (100 KiB of shared memory per SM) their second CTA per SM at B128.
-  static constexpr int kXStages = 2;
+  // x stages (x_pipeline.h): rademacher 16-bit tiles four, fetched three steps ahead, as in
+  // the wgmma kernel: with two, every step waited one global-load latency for the fetch it
+  // issued itself, and in the unrolled loop ptxas put that wait above the step's MMAs
+  // (bench/NOTES.md, stop 28).  Gaussian (bound by generating P) and fp32 tiles (fp32 B128
+  // would not fit 2 CTAs on an A100) keep a double buffer.  Four stages cost sm_86 / sm_89
+  // (100 KiB of shared memory per SM) a resident CTA at B32 (3 -> 2) and B128 (2 -> 1);
+  // "auto" runs Triton first there.
+  static constexpr int kXStages = XDtypeSize == 2 && Kind == kRademacher ? 4 : 2;
   static constexpr int kXBytes = XDtypeSize == 4  // per stage: MmaXLayout's rows
                                      ? Cfg::kBlockB * kXStride * 4
                                      : Cfg::kBlockB * SwizzledXLayout::kRowBytes;
