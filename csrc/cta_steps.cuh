@@ -98,23 +98,21 @@ struct CtaSteps {
   static constexpr bool kWholePath =
       Producer::kWholeStepFetch && tile_code_for(Kind) == TileCode::kFewestInstructions;
 
-  // How many steps a kernel's loop body holds (`#pragma unroll (kStepUnroll)`).  Unrolled by
-  // a power of two, a body's step s has compile-time stages (s % 2, s % 4) and a known
-  // answer to "does it compute words" (only s % 8 == 0 does, words_pipeline.h), so the
-  // stage addresses and tests the rolled loop recomputed every step become immediates:
-  // nvcc 13.0, instructions per warp per step, rolled -> unrolled 4 (bench/NOTES.md, stop 28):
-  // mma.sync bf16 B128 149 -> 108, B32 111 -> 86, fp32 B32 160 -> 138; wgmma bf16 B128
-  // 114 -> 95.  Bounded by code size: the loop stays within 768 instructions (12 KiB, the
-  // order of a scheduler's instruction cache; tests/test_cuda_loop_probe.py), so fp32 tiles
-  // unroll less (mma.sync B64: 2; B128 and the wgmma kernel's fp32 tiles, whose unrolled
-  // loops grow past it or spill: rolled), and the kernels without the whole-step path
-  // (gaussian, project_linear: ~1000-2200 instructions a step) stay rolled.
-  template <bool kSm90>
+  // How many steps a kernel's loop body holds (`#pragma unroll (kStepUnroll)`): 4 for the
+  // rademacher x tiles of 16-bit x, else 1.  Unrolled by a power of two, a body's step s has
+  // compile-time stages (s % 2, s % 4) and a known answer to "does it compute words" (only
+  // s % 8 == 0 does, words_pipeline.h), so the stage addresses and tests the rolled loop
+  // recomputed every step become immediates: nvcc 13.0, instructions per warp per step,
+  // rolled -> unrolled 4 (bench/NOTES.md, stop 28): mma.sync bf16 B128 149 -> 108, B32
+  // 111 -> 86; wgmma bf16 B128 114 -> 95.  The loops stay within 768 instructions (12 KiB,
+  // the order of a scheduler's instruction cache; tests/test_cuda_loop_probe.py).  Unrolled,
+  // ptxas moves a step's x wait above the previous step's MMAs, so these kernels fetch x
+  // three steps ahead (4 stages, SmemLayout / Sm90SmemLayout), where the wait is for a
+  // fetch issued steps earlier.  Rolled: fp32 tiles (their double buffer's wait would delay
+  // the MMAs; fp32 B128 unrolled 2 spilled, 4 made a 1630-instruction loop), gaussian and
+  // project_linear (~1000-2200 instructions a step).
   static constexpr FASTJL_HD int step_unroll() {
-    if (!kWholePath) return 1;
-    if (Producer::kTileDtype != kFloat32) return 4;
-    if (kSm90) return 1;
-    return Cfg::kBlockB == 32 ? 4 : Cfg::kBlockB == 64 ? 2 : 1;
+    return kWholePath && Producer::kTileDtype != kFloat32 ? 4 : 1;
   }
 
   // whole_step: step < whole_steps, which lets the producer skip the clamp to the range

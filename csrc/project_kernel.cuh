@@ -19,7 +19,7 @@
 // fetched three steps ahead; otherwise 2, x_pipeline.h), and step s+1's tiles are produced
 // while step s is being multiplied, so one __syncthreads per step suffices (warps that finish
 // generating start their MMAs while others still generate, which keeps ALU and tensor pipes
-// busy together).  Rademacher loops are unrolled (CtaSteps::step_unroll).  With 2 x stages:
+// busy together).  16-bit rademacher loops are unrolled (CtaSteps::step_unroll).  With 2 x stages:
 //
 //   iteration s:  producer wait; barrier    -- x(s), P(s), words(s+1) are complete, and every
 //                                             warp is done with step s-1's buffers
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, (resident_ctas_per_sm<Cfg>()))
   // (cuda_loop_probe.py, tests/test_cuda_compile.py; bench/NOTES.md, stop 25).
   constexpr bool kInterleave = !kGauss && !kFp32 && Cfg::kBlockB == 128;
   cta.prologue();
-  constexpr int kStepUnroll = Steps::template step_unroll<false>();
+  constexpr int kStepUnroll = Steps::step_unroll();
 #pragma unroll(kStepUnroll)
   for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();

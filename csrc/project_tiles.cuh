@@ -365,9 +365,9 @@ template <class Cfg, int XDtypeSize, int Kind>
 struct SmemLayout {
   // x stages (x_pipeline.h): rademacher 16-bit tiles four, fetched three steps ahead, as in
   // the wgmma kernel: with two, every step waited one global-load latency for the fetch it
-  // issued itself, and in the unrolled loop ptxas put that wait above the step's MMAs
-  // (bench/NOTES.md, stop 28).  Gaussian (bound by generating P) and fp32 tiles (fp32 B128
-  // would not fit 2 CTAs on an A100) keep a double buffer.  Four stages cost sm_86 / sm_89
+  // issued itself, and in their unrolled loop (CtaSteps::step_unroll) ptxas put that wait
+  // above the step's MMAs (bench/NOTES.md, stop 28).  Gaussian (bound by generating P) and
+  // fp32 tiles (rolled loops; fp32 B128 would not fit 2 CTAs on an A100) keep a double buffer.  Four stages cost sm_86 / sm_89
   // (100 KiB of shared memory per SM) a resident CTA at B32 (3 -> 2) and B128 (2 -> 1);
   // "auto" runs Triton first there.
   static constexpr int kXStages = XDtypeSize == 2 && Kind == kRademacher ? 4 : 2;

@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, (sm90_min_blocks<Cfg, Kind>()))
   };
 
   cta.prologue();
-  constexpr int kStepUnroll = Steps::template step_unroll<true>();
+  constexpr int kStepUnroll = Steps::step_unroll();
 #pragma unroll(kStepUnroll)
   for (int s = 0; s < cta.steps; ++s) {
     cta.wait_x();
