@@ -19,7 +19,8 @@
 // fetched three steps ahead; otherwise 2, x_pipeline.h), and step s+1's tiles are produced
 // while step s is being multiplied, so one __syncthreads per step suffices (warps that finish
 // generating start their MMAs while others still generate, which keeps ALU and tensor pipes
-// busy together).  16-bit rademacher loops are unrolled (CtaSteps::step_unroll).  With 2 x stages:
+// busy together).  16-bit rademacher loops are unrolled (CtaSteps::step_unroll).  With two
+// x stages:
 //
 //   iteration s:  producer wait; barrier    -- x(s), P(s), words(s+1) are complete, and every
 //                                             warp is done with step s-1's buffers

@@ -360,16 +360,21 @@ FASTJL_HD void gaussian_generate(int tid, PhiloxKey key, uint64_t row0, uint32_t
 
 // ---- shared-memory layout ------------------------------------------------------------
 
-// Byte offsets of the double-buffered tiles (stage s = step % 2).  All 16-byte aligned.
+// Byte offsets of the mma.sync kernel's tiles: x in kXStages stages, P in two (stage s % 2),
+// the rademacher words in kWordSlots slots.  All 16-byte aligned.
+//
+// Against sm_86 / sm_89's 100 KiB of shared memory per SM, the four x stages and the 16 words
+// slots (stop 28) cost a resident CTA at B32 (3 -> 2: rademacher 16-bit and fp32 tiles) and
+// at rademacher 16-bit B128 (2 -> 1); "auto" runs Triton first on those GPUs.  The H100 and
+// the A100 keep the CTAs per SM the launch bounds promise.
 template <class Cfg, int XDtypeSize, int Kind>
 struct SmemLayout {
   // x stages (x_pipeline.h): rademacher 16-bit tiles four, fetched three steps ahead, as in
   // the wgmma kernel: with two, every step waited one global-load latency for the fetch it
   // issued itself, and in their unrolled loop (CtaSteps::step_unroll) ptxas put that wait
   // above the step's MMAs (bench/NOTES.md, stop 28).  Gaussian (bound by generating P) and
-  // fp32 tiles (rolled loops; fp32 B128 would not fit 2 CTAs on an A100) keep a double buffer.  Four stages cost sm_86 / sm_89
-  // (100 KiB of shared memory per SM) a resident CTA at B32 (3 -> 2) and B128 (2 -> 1);
-  // "auto" runs Triton first there.
+  // fp32 tiles (rolled loops; fp32 B128 would not fit 2 CTAs on an A100) keep a double
+  // buffer.
   static constexpr int kXStages = XDtypeSize == 2 && Kind == kRademacher ? 4 : 2;
   static constexpr int kXBytes = XDtypeSize == 4  // per stage: MmaXLayout's rows
                                      ? Cfg::kBlockB * kXStride * 4
@@ -377,8 +382,6 @@ struct SmemLayout {
   static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
   static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
   // Rademacher words: kWordSlots slots (words_pipeline.h) of a step's 32 rows x 16 bytes.
-  // With kWordsBatch = 8 (16 slots, 8 KiB), sm_86 / sm_89 (100 KiB per SM) hold 2 CTAs of
-  // the fp32 B32 tile instead of 3; every other tile keeps its CTAs per SM.
   static constexpr int kWordsBatch = Kind == kRademacher ? ::fastjl::proj::kWordsBatch : 1;
   static constexpr int kWordSlots = Kind == kRademacher ? WordsPipeline<kWordsBatch>::kSlots : 0;
   static constexpr int kWBytes = kBlockD * 16;  // per slot

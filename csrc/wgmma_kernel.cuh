@@ -61,11 +61,11 @@ constexpr int sm90_min_blocks() {
 }
 
 // Byte offsets of the tiles: P double-buffered, the rademacher words in kWordSlots slots
-// (words_pipeline.h), x in kXStages
-// stages (x_pipeline.h: fetched three steps ahead; run 7 measured this kernel waiting on x
-// with the double buffer's one step of lead).  P planes first: they are 1024-byte swizzle
-// atoms and the base is 1024-aligned (the kernel rounds its dynamic shared memory up); the
-// 16-bit x tile's atoms are 512 bytes, the fp32 tile is the padded one (16-byte aligned).
+// (words_pipeline.h), x in kXStages stages (x_pipeline.h: fetched three steps ahead; run 7
+// measured this kernel waiting on x with the double buffer's one step of lead).  P planes
+// first: they are 1024-byte swizzle atoms and the base is 1024-aligned (the kernel rounds
+// its dynamic shared memory up); the 16-bit x tile's atoms are 512 bytes, the fp32 tile is
+// the padded one (16-byte aligned).
 template <class Cfg, int XDtypeSize, int Kind>
 struct Sm90SmemLayout {
   static constexpr int kXStages = 4;
