@@ -3,13 +3,13 @@
 // the check below proves it at compile time for every batch size).
 //
 // A step's words are the 32 Philox calls of its 32 rows of P (128 signs each,
-// project_tiles.cuh), one call per lane of one warp.  generate_p(t) reads them after the
-// barrier of step t - 1 (after the prologue's barrier for t = 0), so they are computed
-// during step t - kLead or earlier.  Every step ends at a barrier, so a step lasts as long
-// as its slowest warp: with one warp per step computing words (kBatch = 1) that warp ran
-// 25-55% more instructions than the other seven every step (bench/NOTES.md, stop 28).  A warp issues a Philox call's whole
-// instruction sequence whether 32 lanes or 4 run it, so the work cannot be shared out within
-// a step; it is batched across steps instead: every kBatch-th step, kBatch warps each
+// project_tiles.cuh), one call per lane of one warp.  generate_p(t) reads them after the barrier
+// of step t - 1 (after the prologue's barrier for t = 0), so they are computed during step
+// t - kLead or earlier.  Every step ends at a barrier, so a step lasts as long as its slowest warp:
+// with one warp per step computing words (kBatch = 1) that warp ran 25-55% more instructions
+// than the other seven every step (bench/NOTES.md, stop 28).  A warp issues a Philox call's
+// whole instruction sequence whether 32 lanes or 4 run it, so the work cannot be shared out
+// within a step; it is batched across steps instead: every kBatch-th step, kBatch warps each
 // compute one step's words (steps s + kLead .. s + kLead + kBatch - 1), and the warps take
 // turns by batch.  With kBatch = kWarps every warp computes words once every 8 steps, in the
 // same step, so the slowest warp's mean step equals the mean warp's.
