@@ -50,37 +50,31 @@ def test_tail_block_is_the_smallest_branch_around_the_zero_filling_copies():
     assert probe.tail_block(no_zfill, 0, 12) == 0
 
 
-# The same step unrolled twice (rows as cuobjdump prints them): each body starts at its
-# barrier and has its own clamped fetch (2 instructions); only the first, whose step can be a
-# multiple of 8, has the words branch (3).
-UNROLLED = [
-    (0x000, "DEPBAR", ".LE SB0, 0x2 ;"),
-    (0x010, "BAR", ".SYNC 0x0 ;"),
-    (0x020, "BRA", "0x50 ;"),  # body 1's tail branch: skips 0x30 .. 0x40
-    (0x030, "SEL", "R12, R12, 0x8, P1 ;"),
-    (0x040, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
-    (0x050, "BRA", "0x90 ;"),  # the words branch: skips 0x60 .. 0x80
-    (0x060, "IMAD", ".WIDE.U32 R4, R5, -0x2daee0ad, RZ ; 0xd2511f53"),
-    (0x070, "LOP3", ".LUT R6, R7, UR8, R9, 0x96, !PT ;"),
-    (0x080, "STS", "[R7+0x8000], R4 ;"),
-    (0x090, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
-    (0x0A0, "DEPBAR", ".LE SB0, 0x2 ;"),
-    (0x0B0, "BAR", ".SYNC 0x0 ;"),
-    (0x0C0, "BRA", "0xf0 ;"),  # body 2's tail branch: skips 0xd0 .. 0xe0
-    (0x0D0, "SEL", "R12, R12, 0x8, P1 ;"),
-    (0x0E0, "LDGSTS", ".E.BYPASS.128.ZFILL [R15], desc[UR8][R12.64], P1 ;"),
-    (0x0F0, "HMMA", ".16816.F32.BF16 R8, R12, R16, R8 ;"),
-    (0x100, "BRA", "0x0 ;"),
-]
+def _relocated(rows, delta):
+    """rows moved delta bytes on: their addresses and their branches' targets."""
+    return [
+        (addr + delta, op, f"{int(operands.split()[0], 16) + delta:#x} ;" if op == "BRA" else operands)
+        for addr, op, operands in rows
+    ]
+
+
+# STEP unrolled twice: each body has its own clamped fetch; only the first, whose step can be
+# a multiple of 8, has the Philox rounds (the second's multiply is a plain one).
+BODY = STEP[:-1]  # without the loop's back branch
+UNROLLED = (
+    BODY
+    + [(a, op, "R4, R5, R6, RZ ;" if op == "IMAD" else x) for a, op, x in _relocated(BODY, 0xD0)]
+    + [(0x1A0, "BRA", "0x0 ;")]
+)
 
 
 def test_unrolled_loops_are_read_body_by_body():
-    assert probe.step_bodies(UNROLLED, 0, 16) == [(0, 10), (11, 16)]
-    assert probe.blocks_per_body(UNROLLED, 0, 16, probe.tail_block) == [2, 2]
-    assert probe.blocks_per_body(UNROLLED, 0, 16, probe.words_block) == [3]
+    assert probe.step_bodies(UNROLLED, 0, 26) == [(0, 12), (13, 26)]
+    assert probe.blocks_per_body(UNROLLED, 0, 26, probe.tail_block) == [2, 2]
+    assert probe.blocks_per_body(UNROLLED, 0, 26, probe.words_block) == [3]
     # Without barriers (not a kernel's step loop) the loop is one body.
     no_bar = [row for row in UNROLLED if row[1] != "BAR"]
-    assert probe.step_bodies(no_bar, 0, 14) == [(0, 14)]
+    assert probe.step_bodies(no_bar, 0, 24) == [(0, 24)]
 
 
 def test_slowest_warp_carries_the_words_once_per_batch():
