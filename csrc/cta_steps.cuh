@@ -44,7 +44,8 @@ struct CtaSteps {
   static constexpr int kT = mma_type_for(Producer::kTileDtype);
   static constexpr bool kGauss = Kind == kGaussian;
   using XPipe = XPipeline<Layout::kXStages>;
-  using Words = WordsPipeline<Layout::kWordsBatch, kWarps>;
+  using Words = KernelWords;
+  static_assert(Words::kTurns * kWordsBatch == kWarps, "the schedule's warps are the CTA's");
   static_assert(Kind != kRademacher || Layout::kWordSlots == Words::kSlots,
                 "the layout holds the words schedule's slots");
 

@@ -164,7 +164,7 @@ void emulate_cta(const Problem& a, const Plan& plan, int64_t cta, int64_t split,
     } else {
       // The kernel's slot for this step's words (which warp computes them, and when, is
       // words_pipeline.h's schedule, checked there at compile time).
-      const int slot = WordsPipeline<Layout::kWordsBatch>::slot(static_cast<int>(s));
+      const int slot = KernelWords::slot(static_cast<int>(s));
       U32x4* words = reinterpret_cast<U32x4*>(smem + Layout::w(slot));
       for (int lane = 0; lane < 32; ++lane)
         rademacher_words(lane, key, step_row, col0 / kRademacherColumnsPerCounter, words);

@@ -30,7 +30,7 @@
 #include "project_args.h"  // ProjectArgs, dtype_size
 #include "matrix_entries.cuh"
 #include "project_index.cuh"
-#include "words_pipeline.h"  // WordsPipeline, kWordsBatch: the words' slots
+#include "words_pipeline.h"  // KernelWords: the words' slots
 #include "x_layouts.cuh"  // PaddedXLayout, SwizzledXLayout, MmaXLayout
 
 namespace fastjl {
@@ -382,8 +382,7 @@ struct SmemLayout {
   static constexpr int kPPlanes = Kind == kGaussian ? 2 : 1;
   static constexpr int kPBytes = kBlockD * kPStride * 2;  // per plane and stage
   // Rademacher words: kWordSlots slots (words_pipeline.h) of a step's 32 rows x 16 bytes.
-  static constexpr int kWordsBatch = Kind == kRademacher ? ::fastjl::proj::kWordsBatch : 1;
-  static constexpr int kWordSlots = Kind == kRademacher ? WordsPipeline<kWordsBatch>::kSlots : 0;
+  static constexpr int kWordSlots = Kind == kRademacher ? KernelWords::kSlots : 0;
   static constexpr int kWBytes = kBlockD * 16;  // per slot
   static constexpr int kTotal =
       kXStages * kXBytes + 2 * kPPlanes * kPBytes + kWordSlots * kWBytes;

@@ -75,9 +75,7 @@ struct Sm90SmemLayout {
                                      ? Cfg::kBlockB * proj::kXStride * 4
                                      : Cfg::kBlockB * XTileK64B::kRowBytes;
   // Rademacher words: kWordSlots slots of 32 rows x 16 bytes (words_pipeline.h).
-  static constexpr int kWordsBatch = Kind == kRademacher ? proj::kWordsBatch : 1;
-  static constexpr int kWordSlots =
-      Kind == kRademacher ? proj::WordsPipeline<kWordsBatch>::kSlots : 0;
+  static constexpr int kWordSlots = Kind == kRademacher ? proj::KernelWords::kSlots : 0;
   static constexpr int kWBytes = kBlockD * 16;  // per slot
   static constexpr int kTotal =
       2 * kPPlanes * kPBytes + kXStages * kXBytes + kWordSlots * kWBytes;

@@ -50,9 +50,11 @@ struct WordsPipeline {
   }
 };
 
-// The kernels' batch (both layouts, SmemLayout and Sm90SmemLayout, size their words slots by
-// it): every warp, every 8th step.  1 is the former schedule, one warp per step.
+// The kernels' batch: every warp, every 8th step (1 is the former schedule, one warp per
+// step).  KernelWords is the one schedule CtaSteps runs, the emulation mirrors and both
+// shared-memory layouts (SmemLayout, Sm90SmemLayout) size their words slots by.
 constexpr int kWordsBatch = 8;
+using KernelWords = WordsPipeline<kWordsBatch>;  // the kernels' schedule and slots
 
 // ---- the schedule, checked by enumeration at compile time ------------------------------
 // Epochs are the stretches between barriers: the prologue's words are written in epoch -2
