@@ -15,8 +15,11 @@ the next chunk (``stage_chunk``), then the runs of its columns (``chunk_columns`
               LDGSTS.ZFILL: a call's last chunk, the last batch tile)
     entry     instructions per entry in the run loop (the innermost loop with the most adds,
               divided by the entries its body handles: adds / batch rows)
+    per_row   entry / batch rows: the run loop's instructions per entry and batch row
     unroll    entries per run-loop body: 1 since stop 25 (runs average ~1 entry a chunk, and
               nvcc's 4x unroll paid a remainder loop and a 4-entry body per column: NOTES)
+    x_loads   shared loads of x per entry in the run loop: 1 since stop 29 (one 8- or 16-byte
+              row of the transposed windows for every batch row; one per batch row before)
     adds      the run loop's add opcode (FADD before stop 25, FFMA since: acc + x·(±1))
 
 Compare a build before and after a change: these are the figures bench/NOTES.md quotes.
@@ -52,7 +55,8 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
     zfill = lambda body: sum(op == "LDGSTS" and ".ZFILL" in rest for _, op, rest in body)  # noqa: E731
     clamped = [sp for sp in spans if zfill(body_of(sp)) and not count(body_of(sp), ADDS)]
     runs = [body_of(sp) for sp in spans if count(body_of(sp), ADDS)]
-    stats = {"static": len(insts), "copy": None, "clamped": None, "entry": None, "unroll": None, "adds": "-"}
+    stats = {"static": len(insts), "copy": None, "clamped": None, "entry": None, "per_row": None, "unroll": None,
+             "x_loads": None, "adds": "-"}  # fmt: skip
     if clamped:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
         span = max(clamped, key=lambda sp: (zfill(body_of(sp)), -len(body_of(sp))))
         stats["clamped"] = len(body_of(span)) / zfill(body_of(span))
@@ -65,6 +69,10 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
         body = max(runs, key=lambda b: (count(b, ADDS), -len(b)))
         stats["unroll"] = count(body, ADDS) / batch_rows
         stats["entry"] = len(body) / stats["unroll"]
+        stats["per_row"] = stats["entry"] / batch_rows
+        # Shared loads but the look-ahead's 16-bit entry loads: x's.
+        shared = sum(op == "LDS" and not rest.startswith((".U16", ".S16")) for _, op, rest in body)
+        stats["x_loads"] = shared / stats["unroll"]
         stats["adds"] = next(op for _, op, _ in body if op in ADDS)
     return stats
 
@@ -83,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     cr = _load_cuda_resources()
     args, path, tool = compiled_code_args(__doc__.splitlines()[0], argv, "a module or cubin")
     by_arch = sass_by_arch(tool, path)
-    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {'copy':>6} {'clamped':>7} {'entry':>6} {'unroll':>6}  adds")
+    widths = {"copy": 6, "clamped": 7, "entry": 6, "per_row": 7, "unroll": 6, "x_loads": 7}
+    header = " ".join(f"{k:>{w}}" for k, w in widths.items())
+    print(f"{'kernel':<28} {'arch':<6} {'static':>6} {header}  adds")
     rows = 0
     for arch in sorted(by_arch):
         if args.arch and arch not in args.arch:
@@ -95,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             s = kernel_stats(cr, insts, int(m.group(2)))
             fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
             label = f"{DTYPES[m.group(1)]}, {m.group(2)} rows"
-            widths = {"copy": 6, "clamped": 7, "entry": 6, "unroll": 6}
             figures = " ".join(f"{fmt(s[k]):>{w}}" for k, w in widths.items())
             print(f"{label:<28} {arch:<6} {s['static']:>6} {figures}  {s['adds']}")
             rows += 1

@@ -15,9 +15,11 @@ broadcast; 64-bit requests run as 2 phases of 16 lanes, 128-bit as 4 phases of 8
 counts wavefronts, the cycles the SM's shared memory spends (one wavefront per cycle).  It adds
 the staging writes (``cp.async``, 128 bytes per wavefront).
 
-Layouts: ``rows`` (the kernel today: one window per batch row, one load per row per entry) and
-``interleaved`` (a candidate: the chunk's x stored row-major by batch row, ``window[row][r]``,
-so one 8- or 16-byte load gives an entry's x for all 4 batch rows).
+Layouts: ``rows`` (the kernel until stop 29: one window per batch row, one load per row per
+entry, 4 batch rows) and ``transposed`` (the kernel since stop 29: the windows transposed per
+chunk into ``T[row][r]``, so one 16-byte load gives an entry's x for all its batch rows, 4 of
+fp32 or 8 of 16-bit x; the transposition's loads and stores count as staging).  ``per row``
+divides the total by the batch rows: the layouts' CTAs own different numbers of them.
 
 The H100 runs of 2026-11-27 (bench/NOTES.md, runs 5-6) measured ~6.1 µs per chunk per CTA for
 fp32 x, s = 1 and ~4.4 µs for bf16 x, s = 4 (B = 32, D = 10^7, K = 4096).
@@ -33,7 +35,6 @@ from fastjl._backends.sparse_chunks import GPU_NONZEROS, chunk_structure
 
 THREADS, COLS_PER_THREAD, WARP, BANKS = 1024, 4, 32, 32  # csrc/sparse_chunk_args.h
 MAX_CHUNK_ROWS = 4096  # kMaxChunkRows: every x window is sized for it
-BATCH_ROWS = 4
 CLOCK_GHZ = 1.98  # H100 SXM's maximum SM clock (nvidia-smi clocks.max.sm in run 5)
 
 
@@ -52,12 +53,15 @@ def request_wavefronts(byte_addresses: np.ndarray, width: int) -> int:
     return total
 
 
-def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: str) -> dict:
-    """Summing-step wavefronts of one chunk for one CTA (4 batch rows), by access kind; the
-    chunk's nonzeros (the kernel's chunk_nonzeros) are ``entries.size``."""
+def chunk_wavefronts(
+    entries: np.ndarray, ptr: np.ndarray, esize: int, layout: str, batch_rows: int = 4, chunk_rows: int | None = None
+) -> dict:
+    """Summing-step wavefronts of one chunk for one CTA (``batch_rows`` batch rows), by access
+    kind; the chunk's nonzeros (the kernel's chunk_nonzeros) are ``entries.size``, its rows
+    ``chunk_rows`` (default: as many as nonzeros, at most 4096: s = 1's, an upper bound)."""
     nonzeros = entries.size
     window_bytes = MAX_CHUNK_ROWS * esize
-    entries_offset = BATCH_ROWS * window_bytes
+    entries_offset = 2 * batch_rows * window_bytes  # raw windows and T (their sizes in the kernel)
     ptr_offset = entries_offset + nonzeros * 2
     counts = {"pointers": 0, "entries": 0, "x": 0}
     for warp in range(THREADS // WARP):
@@ -75,15 +79,18 @@ def chunk_wavefronts(entries: np.ndarray, ptr: np.ndarray, esize: int, layout: s
                 counts["entries"] += request_wavefronts(np.stack([active, look_ahead], 1), 2)
                 row = entries[j].astype(np.int64) >> 1
                 if layout == "rows":
-                    for r in range(BATCH_ROWS):
+                    for r in range(batch_rows):
                         addr = r * window_bytes + row * esize
                         counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize)
                 else:
-                    addr = row * esize * BATCH_ROWS
-                    counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize * BATCH_ROWS)
-    rows = min(MAX_CHUNK_ROWS, nonzeros)  # s = 1's rows; fewer for s > 1 (an upper bound)
-    counts["staging"] = (BATCH_ROWS * rows * esize + nonzeros * 2 + (ptr.size * 2)) // 128
+                    addr = row * esize * batch_rows
+                    counts["x"] += request_wavefronts(np.stack([active, addr], 1), esize * batch_rows)
+    rows = chunk_rows or min(MAX_CHUNK_ROWS, nonzeros)
+    counts["staging"] = (batch_rows * rows * esize + nonzeros * 2 + (ptr.size * 2)) // 128
+    if layout == "transposed":  # per row of the chunk: a warp-wide load per batch row, one store
+        counts["staging"] += batch_rows * rows // WARP + rows * esize * batch_rows // 128
     counts["total"] = sum(counts.values())
+    counts["per row"] = counts["total"] / batch_rows
     return counts
 
 
@@ -97,23 +104,25 @@ def main(argv=None) -> None:
     )
     args = p.parse_args(argv)
     nnz = args.chunk_nonzeros
-    print(f"wavefronts per chunk of {nnz} nonzeros per CTA (4 batch rows, K = 4096), µs at {CLOCK_GHZ} GHz")
-    columns = ("pointers", 9), ("entries", 8), ("x", 7), ("staging", 8), ("total", 7), ("µs", 6)
-    print(f"{'s':>2} {'x':>5} {'layout':>11} " + " ".join(f"{name:>{width}}" for name, width in columns))
+    print(f"wavefronts per chunk of {nnz} nonzeros per CTA (K = 4096), µs at {CLOCK_GHZ} GHz")
+    columns = ("rows", 4), ("pointers", 9), ("entries", 8), ("x", 7), ("staging", 8), ("total", 7), ("per row", 8)
+    columns += (("µs", 6),)
+    print(f"{'s':>2} {'x':>5} {'layout':>10} " + " ".join(f"{name:>{width}}" for name, width in columns))
     for s in (int(v) for v in args.sparsity.split(",")):
         rows = nnz // s
         if rows > MAX_CHUNK_ROWS:
             continue  # the kernel takes at most 4096 rows a chunk
         entries, ptr = chunk_structure(args.seed, 0, rows * args.chunks, 4096, s, None, rows, 0, 4096, "cpu")
         for esize, name in ((4, "fp32"), (2, "16bit")):
-            for layout in ("rows", "interleaved"):
-                runs = [chunk_wavefronts(entries[i].numpy(), ptr[i].numpy(), esize, layout) for i in range(args.chunks)]
+            for layout, batch_rows in (("rows", 4), ("transposed", 16 // esize)):
+                runs = [
+                    chunk_wavefronts(entries[i].numpy(), ptr[i].numpy(), esize, layout, batch_rows, rows)
+                    for i in range(args.chunks)
+                ]
                 mean = {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
                 us = mean["total"] / (CLOCK_GHZ * 1e3)
-                print(
-                    f"{s:>2} {name:>5} {layout:>11} {mean['pointers']:>9.0f} {mean['entries']:>8.0f} "
-                    f"{mean['x']:>7.0f} {mean['staging']:>8.0f} {mean['total']:>7.0f} {us:>6.2f}"
-                )
+                figures = " ".join(f"{mean[name]:>{width}.0f}" for name, width in columns[1:-1])
+                print(f"{s:>2} {name:>5} {layout:>10} {batch_rows:>4} {figures} {us:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -293,7 +293,8 @@ PYBIND11_MODULE(_C, m) {
   // ---- sparse kinds on the GPU (sparse_kernel.cu; CPU emulation: sparse_emulate.cpp) ------
   // Argument order: x (pointer, dtype code, B, rows, element strides), the chunk structure
   // (entries, col_ptr pointers, col_ptr row stride, chunks, sparsity, nonzeros per chunk), out (pointer, width,
-  // element strides; float32), batch_rows (2 or 4), then the launch resources.
+  // element strides; float32), batch_rows (2 or 4 for float32 x, 4 or 8 for 16-bit), then the
+  // launch resources.
 #ifdef FASTJL_WITH_CUDA  // CUDA build only
   m.def(
       "project_sparse",

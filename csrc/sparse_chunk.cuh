@@ -6,10 +6,14 @@
 // A CTA owns BatchRows batch rows and kBlockK = 4096 output columns; thread t owns columns
 // t + c·kThreads (c < kColsPerThread: t, t + 1024, t + 2048, t + 3072) of the tile for all
 // BatchRows rows (kColsPerThread·BatchRows float32 accumulators in registers, kept across the
-// CTA's chunks).  The lanes of a warp hold
-// consecutive columns: their pointer loads are consecutive int16 (conflict-free), their runs
-// adjacent in the entries (few bank conflicts), their stores coalesced.  Per chunk, one buffer of shared memory holds
-//   * the x window of each batch row (the chunk's rows of x, native dtype),
+// CTA's chunks).  The lanes of a warp hold consecutive columns: their pointer loads are
+// consecutive int16 (conflict-free), their runs adjacent in the entries (few bank conflicts),
+// their stores coalesced.  Per chunk, shared memory holds
+//   * the x window of each batch row (the chunk's rows of x, native dtype), as cp.async copies
+//     them: 16-byte pieces of one batch row;
+//   * the same values transposed, T[row] = (x[b0][row], ..., x[b0 + BatchRows - 1][row]): one
+//     8- or 16-byte vector per row of the chunk, so the run loop loads an entry's x for every
+//     batch row with one shared load (since stop 29: a scalar load per batch row before);
 //   * the chunk's entries (chunk_nonzeros int16) and its tile's column pointers,
 // staged once and read by all BatchRows rows: the structure is decoded once per CTA, not once
 // per batch row.  Thread t walks the runs of its columns in order (rows ascending within a
@@ -20,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "half_bits.cuh"
@@ -28,25 +33,36 @@
 namespace fastjl {
 namespace sparse {
 
-// Byte offsets of one chunk buffer: BatchRows x windows, the entries, the column pointers.  The
-// kernel double-buffers (total = two buffers).  A window is sized for the longest chunk
-// (kMaxChunkRows rows) whatever the chunk's shape; the entries for chunk_nonzeros, so the
-// pointers' offset and the buffer's size depend on it.  The pointers follow the entries
-// directly: the run loop's look-ahead past the last entry reads the first pointer.
+// Byte offsets in shared memory: the raw x windows (one per batch row, each sized for the
+// longest chunk, kMaxChunkRows rows, whatever the chunk's shape), their transpose T (a vector of
+// kVecBytes per row), then two structure buffers (entries for chunk_nonzeros, then the tile's
+// column pointers).  Only the structure is double-buffered: chunk c + 1's x is copied into the
+// raw windows once chunk c's have been transposed, while chunk c is summed from T (kernel loop
+// in sparse_kernel.cu).  The pointers follow the entries directly: the run loop's look-ahead
+// past the last entry reads the first pointer.
 template <int XDtype, int BatchRows>
 struct SmemLayout {
   static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
+  static constexpr int kVecBytes = BatchRows * kEsize;  // one row of T
+  static_assert(kVecBytes == 8 || kVecBytes == 16, "a row of T is one 8- or 16-byte load");
   static constexpr int kWindowBytes = kMaxChunkRows * kEsize;
-  static constexpr int kEntriesOffset = BatchRows * kWindowBytes;
+  static constexpr int kTransposedOffset = BatchRows * kWindowBytes;
+  static constexpr int kStructureOffset = kTransposedOffset + kMaxChunkRows * kVecBytes;
   static constexpr int kPtrCount = kBlockK + kPtrAlign;  // kBlockK + 1 used, 16-byte rounded
-  static_assert(kEntriesOffset % 16 == 0 && kPtrCount * 2 % 16 == 0, "16-byte aligned pieces");
-  FASTJL_HD static int ptr_offset(int chunk_nonzeros) {
-    return kEntriesOffset + chunk_nonzeros * 2;
+  static_assert(kStructureOffset % 16 == 0 && kPtrCount * 2 % 16 == 0, "16-byte aligned pieces");
+  FASTJL_HD static int structure_bytes(int chunk_nonzeros) {
+    return chunk_nonzeros * 2 + kPtrCount * 2;
   }
-  FASTJL_HD static int buffer_bytes(int chunk_nonzeros) {
-    return ptr_offset(chunk_nonzeros) + kPtrCount * 2;
+  // Structure buffer `slot` (0 or 1): its entries, then its pointers.
+  FASTJL_HD static int entries_offset(int slot, int chunk_nonzeros) {
+    return kStructureOffset + slot * structure_bytes(chunk_nonzeros);
   }
-  FASTJL_HD static int total(int chunk_nonzeros) { return 2 * buffer_bytes(chunk_nonzeros); }
+  FASTJL_HD static int ptr_offset(int slot, int chunk_nonzeros) {
+    return entries_offset(slot, chunk_nonzeros) + chunk_nonzeros * 2;
+  }
+  FASTJL_HD static int total(int chunk_nonzeros) {
+    return kStructureOffset + 2 * structure_bytes(chunk_nonzeros);
+  }
 };
 
 // Where a CTA reads from (global memory on the GPU, host memory in the emulation).
@@ -89,7 +105,7 @@ FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
 }
 
 // Thread tid's share of staging chunk `chunk` for batch rows b0 .. b0+BatchRows-1 and the
-// column tile at k0 into `buf`.  copy(dst, src, bytes) copies `bytes` (0..16) bytes and
+// column tile at k0: x into the raw windows, the structure into structure buffer `slot`.  copy(dst, src, bytes) copies `bytes` (0..16) bytes and
 // zero-fills the rest of 16 (cp.async on the GPU).  Vector path (sparse_vector_loads): x in
 // 16-byte pieces; element path: plain loads (any strides and alignment).  Rows past B and
 // past the chunk's end read as zeros.
@@ -101,7 +117,7 @@ FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
 // (no division, no 64-bit clamps), and each copy is a pointer step.
 template <int XDtype, int BatchRows, class Copy16>
 FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b0, int64_t k0,
-                           int64_t chunk, unsigned char* buf, Copy16 copy) {
+                           int64_t chunk, unsigned char* smem, int slot, Copy16 copy) {
   using L = SmemLayout<XDtype, BatchRows>;
   constexpr int kE = L::kEsize;
   const int64_t d0 = chunk * s.chunk_rows;
@@ -125,11 +141,11 @@ FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b
       // pointer step with no clamp, zero-fill size or source select (23 -> 13 instructions a
       // copy on sm_90, 22 -> 12 on sm_80, bench/sparse_sass_stats.py; stop 27).
       for (; r < BatchRows; r += row_step, offset += step)
-        copy(buf + r * L::kWindowBytes + q * 16, s.x + offset, 16);
+        copy(smem + r * L::kWindowBytes + q * 16, s.x + offset, 16);
     } else {
       for (; r < BatchRows; r += row_step, offset += step) {
         const int bytes = r < rows_real ? valid * kE : 0;
-        copy(buf + r * L::kWindowBytes + q * 16, bytes > 0 ? s.x + offset : s.x, bytes);
+        copy(smem + r * L::kWindowBytes + q * 16, bytes > 0 ? s.x + offset : s.x, bytes);
       }
     }
   } else {
@@ -139,29 +155,90 @@ FASTJL_HD void stage_chunk(int tid, const ChunkSource& s, bool vector, int64_t b
     for (int i = tid; i < (BatchRows << s.rows_shift); i += kThreads) {
       const int r = i >> s.rows_shift, q = i & mask;
       const int64_t b = b0 + r;
-      reinterpret_cast<Elem*>(buf + r * L::kWindowBytes)[q] =
+      reinterpret_cast<Elem*>(smem + r * L::kWindowBytes)[q] =
           (b < s.batch && q < rows_here) ? x[b * s.stride_xb + (d0 + q) * s.stride_xd] : Elem(0);
     }
   }
   const unsigned char* e =
       reinterpret_cast<const unsigned char*>(s.entries + chunk * int64_t(s.chunk_nonzeros));
   for (int i = tid; i < s.chunk_nonzeros * 2 / 16; i += kThreads)
-    copy(buf + L::kEntriesOffset + i * 16, e + i * 16, 16);
+    copy(smem + L::entries_offset(slot, s.chunk_nonzeros) + i * 16, e + i * 16, 16);
   // Pointers of columns k0 .. k0+ncols (ncols + 1 values), in 16-byte pieces: k0 is a
   // multiple of 8 and ptr_stride a multiple of 8 >= width + 1, so they stay in the row.
   const int pieces = (tile_columns(k0, s.width) + 1 + kPtrAlign - 1) / kPtrAlign;
   const unsigned char* p =
       reinterpret_cast<const unsigned char*>(s.col_ptr + chunk * s.ptr_stride + k0);
-  unsigned char* ptr_dst = buf + L::ptr_offset(s.chunk_nonzeros);
+  unsigned char* ptr_dst = smem + L::ptr_offset(slot, s.chunk_nonzeros);
   for (int i = tid; i < pieces; i += kThreads) copy(ptr_dst + i * 16, p + i * 16, 16);
 }
 
-// Element `row` of a staged window, widened to float32 (exact).
-template <int XDtype>
-FASTJL_HD float window_value(const unsigned char* window, int row) {
-  if (XDtype == kFloat32) return reinterpret_cast<const float*>(window)[row];
-  const uint32_t h = reinterpret_cast<const uint16_t*>(window)[row];
-  return XDtype == kBFloat16 ? bits_float(h << 16) : half_to_float<kMmaF16>(h);
+// T's rows: kVecBytes / 4 32-bit words (shared memory on the GPU, where the vector accesses
+// are one LDS / STS; memcpy on the host).
+template <int Words>
+FASTJL_HD void load_words(const unsigned char* p, uint32_t (&w)[Words]) {
+  static_assert(Words == 2 || Words == 4, "8- or 16-byte rows");
+#if defined(__CUDA_ARCH__)
+  if constexpr (Words == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x, w[1] = v.y;
+  }
+#else
+  std::memcpy(w, p, Words * 4);
+#endif
+}
+template <int Words>
+FASTJL_HD void store_words(unsigned char* p, const uint32_t (&w)[Words]) {
+  static_assert(Words == 2 || Words == 4, "8- or 16-byte rows");
+#if defined(__CUDA_ARCH__)
+  if constexpr (Words == 4)
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  else
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+#else
+  std::memcpy(p, w, Words * 4);
+#endif
+}
+
+// Thread tid's share of transposing the staged windows into T: rows d = tid, tid + kThreads, ...
+// of the chunk (chunk_rows, a power of two <= kMaxChunkRows), each one load per batch row
+// (consecutive lanes, consecutive rows: conflict-free) and one vector store.  Rows past B and
+// past the chunk's end were staged as zeros, so T's are zeros too.
+template <int XDtype, int BatchRows>
+FASTJL_HD void transpose_windows(int tid, int chunk_rows, unsigned char* smem) {
+  using L = SmemLayout<XDtype, BatchRows>;
+  constexpr int kWords = L::kVecBytes / 4;
+  for (int d = tid; d < chunk_rows; d += kThreads) {
+    uint32_t w[kWords];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+    for (int i = 0; i < kWords; ++i) {
+      if constexpr (XDtype == kFloat32) {
+        w[i] = reinterpret_cast<const uint32_t*>(smem + i * L::kWindowBytes)[d];
+      } else {  // batch rows 2i (low half) and 2i + 1 (high half)
+        const uint32_t lo = reinterpret_cast<const uint16_t*>(smem + 2 * i * L::kWindowBytes)[d];
+        const uint32_t hi =
+            reinterpret_cast<const uint16_t*>(smem + (2 * i + 1) * L::kWindowBytes)[d];
+        w[i] = lo | (hi << 16);
+      }
+    }
+    store_words(smem + L::kTransposedOffset + d * L::kVecBytes, w);
+  }
+}
+
+// Batch row r's value in a row of T, widened to float32 (exact).
+template <int XDtype, int Words>
+FASTJL_HD float row_value(const uint32_t (&w)[Words], int r) {
+  if constexpr (XDtype == kFloat32) {
+    return bits_float(w[r]);
+  } else {
+    const uint32_t pair = w[r >> 1];
+    if constexpr (XDtype == kBFloat16) return bits_float((r & 1) ? pair & 0xFFFF0000u : pair << 16);
+    return half_to_float<kMmaF16>(static_cast<uint16_t>((r & 1) ? pair >> 16 : pair & 0xFFFFu));
+  }
 }
 
 // entries[j], loaded where it is written: on the GPU as a volatile shared load, so that nvcc
@@ -180,23 +257,27 @@ FASTJL_HD uint32_t look_ahead(const uint16_t* entries, int j) {
 }
 
 // Thread tid adds the staged chunk's contribution to its columns: for each of its columns
-// in order, the column's run of entries in order (rows ascending), ±x for every batch row.  The
-// sign is entry bit 0 moved into the sign bit of a ±1.0f, and each add is an FFMA acc + x·(±1):
-// the product is exact, so the result is bitwise acc ± x, one instruction instead of a sign flip
-// and an add.
+// in order, the column's run of entries in order (rows ascending), ±x for every batch row, x
+// loaded as one row of T (one vector load for all BatchRows rows).  The sign is entry bit 0
+// moved into the sign bit of a ±1.0f, and each add is an FFMA acc + x·(±1): the product is
+// exact, so the result is bitwise acc ± x, one instruction instead of a sign flip and an add.
 //
 // Shared loads are issued as early as their addresses are known: the thread's columns' bounds
 // and first entries are loaded before any sum (a column then starts without a pointer -> entry
 // chain), and within a run entry j + 1 is loaded before entry j's x values are summed, so an
 // entry waits on one shared-load latency (x) instead of two (entry, then x).  The look-ahead
 // reads one entry past a run's end: at most entries[chunk_nonzeros], i.e. the first pointer of
-// the same buffer (SmemLayout puts the pointers right after the entries).
+// the same structure buffer (SmemLayout puts the pointers right after the entries).
 template <int XDtype, int BatchRows>
-FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int chunk_nonzeros, int ncols,
-                             float (&acc)[BatchRows][kColsPerThread]) {
+FASTJL_HD void chunk_columns(int tid, const unsigned char* smem, int slot, int chunk_nonzeros,
+                             int ncols, float (&acc)[BatchRows][kColsPerThread]) {
   using L = SmemLayout<XDtype, BatchRows>;
-  const uint16_t* entries = reinterpret_cast<const uint16_t*>(buf + L::kEntriesOffset);
-  const uint16_t* ptr = reinterpret_cast<const uint16_t*>(buf + L::ptr_offset(chunk_nonzeros));
+  constexpr int kWords = L::kVecBytes / 4;
+  const unsigned char* transposed = smem + L::kTransposedOffset;
+  const uint16_t* entries =
+      reinterpret_cast<const uint16_t*>(smem + L::entries_offset(slot, chunk_nonzeros));
+  const uint16_t* ptr =
+      reinterpret_cast<const uint16_t*>(smem + L::ptr_offset(slot, chunk_nonzeros));
   int begin[kColsPerThread], end[kColsPerThread];
   uint32_t first[kColsPerThread];
 #if defined(__CUDA_ARCH__)
@@ -226,12 +307,13 @@ FASTJL_HD void chunk_columns(int tid, const unsigned char* buf, int chunk_nonzer
     for (int j = begin[c]; j < end[c]; ++j) {
       const uint32_t next = look_ahead(entries, j + 1);
       const float unit = bits_float(0x3F800000u | (code << 31));  // -1 or +1
-      const int row = static_cast<int>(code >> 1);
+      uint32_t w[kWords];
+      load_words(transposed + (code >> 1) * L::kVecBytes, w);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
       for (int r = 0; r < BatchRows; ++r)  // x·(±1) is exact: one rounding, as acc ± x
-        acc[r][c] = fmaf(window_value<XDtype>(buf + r * L::kWindowBytes, row), unit, acc[r][c]);
+        acc[r][c] = fmaf(row_value<XDtype>(w, r), unit, acc[r][c]);
       code = next;
     }
   }

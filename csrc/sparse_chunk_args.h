@@ -32,8 +32,10 @@ namespace sparse {
 constexpr int kThreads = 1024;
 constexpr int kColsPerThread = 4;  // thread t owns columns t + kThreads c (c < 4) of the tile
 constexpr int kBlockK = kThreads * kColsPerThread;  // 4096 columns per CTA
-// Batch rows per CTA (2 or 4, a launch argument), sharing each staged chunk structure: 4 where
-// the GPU lets a CTA have the shared memory (sparse_smem_bytes), else 2.
+// Batch rows per CTA (a launch argument), sharing each staged chunk structure: as many as one
+// 16-byte vector of x holds (4 float32, 8 float16/bfloat16), or 8 bytes' worth (2, 4) where the
+// GPU's shared memory is short (sparse_smem_bytes): the run loop loads an entry's x for all
+// the CTA's batch rows with one vector load from the transposed windows (sparse_chunk.cuh).
 constexpr int kMaxChunkRows = 4096;       // rows per chunk (chunk_nonzeros / s) at most
 constexpr int kPtrAlign = 8;          // col_ptr rows start 16-byte aligned (8 int16)
 constexpr int64_t kMinChunksPerSplit = 2;
@@ -69,9 +71,24 @@ struct SparsePlan {
 // and ~96-208 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
 // chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
 // model.
+inline int64_t sparse_dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
+
+// The plan takes any of the kernel's batch-row counts; the kernel, per x dtype, those whose
+// rows of one batch element fill an 8- or 16-byte vector.
 inline void validate_batch_rows(int batch_rows, const char* op) {
-  if (batch_rows != 2 && batch_rows != 4)
-    throw std::invalid_argument(std::string(op) + ": batch_rows must be 2 or 4, got " +
+  if (batch_rows != 2 && batch_rows != 4 && batch_rows != 8)
+    throw std::invalid_argument(std::string(op) + ": batch_rows must be 2, 4 or 8, got " +
+                                std::to_string(batch_rows));
+}
+inline bool valid_batch_rows(int x_dtype, int batch_rows) {
+  const int64_t vector_bytes = batch_rows * sparse_dtype_size(x_dtype);
+  return (batch_rows == 2 || batch_rows == 4 || batch_rows == 8) &&
+         (vector_bytes == 8 || vector_bytes == 16);
+}
+inline void validate_batch_rows(int x_dtype, int batch_rows, const char* op) {
+  if (!valid_batch_rows(x_dtype, batch_rows))
+    throw std::invalid_argument(std::string(op) + ": batch_rows must be 2 or 4 for float32 x, " +
+                                "4 or 8 for float16 / bfloat16 x, got " +
                                 std::to_string(batch_rows));
 }
 
@@ -128,8 +145,6 @@ inline void validate_sparse_chunk_args(const SparseChunkArgs& a, const char* op)
   if (a.entries % 16 != 0 || a.col_ptr % 16 != 0)
     fail("entries_ptr and col_ptr_ptr must be 16-byte aligned");
 }
-
-inline int64_t sparse_dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
 
 // Whether x's chunk windows can be staged with 16-byte asynchronous copies: unit stride along
 // the rows of P and 16-byte aligned batch rows.  Otherwise element loads.

@@ -2,9 +2,9 @@
 // the CPU, on host pointers, for tests without a GPU.
 //
 // Same plan (make_sparse_plan), same grid walk (cta_tile), same per-thread code
-// (stage_chunk, chunk_columns, store_columns from sparse_chunk.cuh, compiled for the host) and
-// the same double buffering; each phase runs for all kThreads threads of a CTA before the next, as
-// the kernel's barrier orders them.  cp.async is modelled by a copy that zero-fills the rest of
+// (stage_chunk, transpose_windows, chunk_columns, store_columns from sparse_chunk.cuh, compiled
+// for the host) and the same buffers; each phase runs for all kThreads threads of a CTA before
+// the next, as the kernel's barriers order them.  cp.async is modelled by a copy that zero-fills the rest of
 // its 16 bytes and refuses to read outside x's rows or the structure; shared memory starts
 // poisoned (0xFF: NaN), so reading anything unstaged shows.
 // The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.
@@ -56,7 +56,6 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
              int64_t stride_split, int64_t stride_b, int64_t stride_k) {
   using L = SmemLayout<XDtype, BatchRows>;
   const CheckedCopy16 copy{&a, L::kEsize};
-  const int buffer_bytes = L::buffer_bytes(a.chunk_nonzeros);
   std::vector<uint64_t> smem_store(L::total(a.chunk_nonzeros) / sizeof(uint64_t));  // 8-aligned
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_store.data());
   const ChunkSource src = chunk_source(a);
@@ -72,18 +71,18 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
         for (auto& row : thread)
           for (float& v : row) v = 0.0f;
       for (int tid = 0; tid < kThreads; ++tid)
-        stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, t.chunk_begin, smem,
+        stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, t.chunk_begin, smem, 0,
                                        copy);
       for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
-        unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * buffer_bytes;
-        if (c + 1 < t.chunk_end) {
-          unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * buffer_bytes;
-          for (int tid = 0; tid < kThreads; ++tid)
-            stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, c + 1, next,
-                                           copy);
-        }
+        const int slot = static_cast<int>((c - t.chunk_begin) & 1);
         for (int tid = 0; tid < kThreads; ++tid)
-          chunk_columns<XDtype, BatchRows>(tid, cur, a.chunk_nonzeros, ncols, acc[tid]);
+          transpose_windows<XDtype, BatchRows>(tid, static_cast<int>(src.chunk_rows), smem);
+        if (c + 1 < t.chunk_end)
+          for (int tid = 0; tid < kThreads; ++tid)
+            stage_chunk<XDtype, BatchRows>(tid, src, vector, t.b0, t.k0, c + 1, smem, slot ^ 1,
+                                           copy);
+        for (int tid = 0; tid < kThreads; ++tid)
+          chunk_columns<XDtype, BatchRows>(tid, smem, slot, a.chunk_nonzeros, ncols, acc[tid]);
       }
       for (int tid = 0; tid < kThreads; ++tid)
         store_columns<BatchRows>(tid, acc[tid], dest + split * stride_split, stride_b, stride_k,
@@ -94,28 +93,33 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
 template <int XDtype>
 void emulate_rows(int batch_rows, const SparseChunkArgs& a, const SparsePlan& plan, bool vector,
                   float* dest, int64_t stride_split, int64_t stride_b, int64_t stride_k) {
-  if (batch_rows == 4)
-    emulate<XDtype, 4>(a, plan, vector, dest, stride_split, stride_b, stride_k);
+  constexpr int kFull = XDtype == kFloat32 ? 4 : 8;  // as sparse_kernel.cu's launch_rows
+  if (batch_rows == kFull)
+    emulate<XDtype, kFull>(a, plan, vector, dest, stride_split, stride_b, stride_k);
   else
-    emulate<XDtype, 2>(a, plan, vector, dest, stride_split, stride_b, stride_k);
+    emulate<XDtype, kFull / 2>(a, plan, vector, dest, stride_split, stride_b, stride_k);
 }
 
 }  // namespace
 
 int64_t sparse_smem_bytes(int x_dtype, int batch_rows, int chunk_nonzeros) {
   constexpr const char* op = "fastjl._C.project_sparse_smem_bytes";
-  validate_batch_rows(batch_rows, op);
+  if (x_dtype != kFloat32 && x_dtype != kFloat16 && x_dtype != kBFloat16)
+    throw std::invalid_argument(std::string(op) + ": x_dtype must be 0, 1 or 2");
+  validate_batch_rows(x_dtype, batch_rows, op);
   if (!valid_chunk_nonzeros(chunk_nonzeros))
     throw std::invalid_argument(std::string(op) + ": chunk_nonzeros must be 4096, 8192 or 16384");
+  // The layout depends only on the bytes of a row of T and of an element.
   if (x_dtype == kFloat32)
     return batch_rows == 4 ? SmemLayout<kFloat32, 4>::total(chunk_nonzeros)
                            : SmemLayout<kFloat32, 2>::total(chunk_nonzeros);
-  return batch_rows == 4 ? SmemLayout<kFloat16, 4>::total(chunk_nonzeros)
-                         : SmemLayout<kFloat16, 2>::total(chunk_nonzeros);
+  return batch_rows == 8 ? SmemLayout<kFloat16, 8>::total(chunk_nonzeros)
+                         : SmemLayout<kFloat16, 4>::total(chunk_nonzeros);
 }
 
 bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms) {
   validate_sparse_chunk_args(a, kOp);
+  validate_batch_rows(a.x_dtype, batch_rows, kOp);
   const SparsePlan plan = make_sparse_plan(a.batch, a.chunks, a.width, num_sms, batch_rows, kOp);
   const bool vector = sparse_vector_loads(a);
   if (a.batch == 0) return vector;

@@ -4,8 +4,8 @@
 //
 // Grid: x = batch tiles x column tiles (column tile fastest: the CTAs that read the same x
 // windows run side by side), y = splits (contiguous ranges of chunks).  A CTA walks its chunks
-// in order, double-buffered: chunk c+1's x windows, entries and pointers are copied to shared
-// memory with cp.async while chunk c is summed, one barrier per chunk.  Splits write float32
+// in order: chunk c+1's x windows, entries and pointers are copied to shared memory with
+// cp.async while chunk c is summed (from its transposed windows, T), two barriers per chunk.  Splits write float32
 // partials to a workspace [splits, B, width] that project_kernel.cu's sum_splits kernel adds
 // up in split order.  No atomics anywhere: for a given GPU (the plan depends on its SM count)
 // the result is bitwise the same run after run.
@@ -39,13 +39,11 @@ struct KernelArgs {
   int64_t dest_stride_split, dest_stride_b, dest_stride_k;
 };
 
-// One CTA per SM (1024 threads, up to 64 registers each, ~96-208 KiB of shared memory).
+// One CTA per SM (1024 threads, up to 64 registers each, ~96-213 KiB of shared memory).
 template <int XDtype, int BatchRows>
 __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const KernelArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using L = SmemLayout<XDtype, BatchRows>;
   extern __shared__ __align__(16) unsigned char smem[];
-  const int buffer_bytes = L::buffer_bytes(a.src.chunk_nonzeros);
   const int tid = static_cast<int>(threadIdx.x);
   const CtaTile t = cta_tile(blockIdx.x, blockIdx.y, a.tiles_k, a.chunks_per_split, a.chunks,
                              BatchRows);
@@ -56,22 +54,24 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_project_kernel(const Kerne
 #pragma unroll
     for (int c = 0; c < kColsPerThread; ++c) acc[r][c] = 0.0f;
 
-  stage_chunk<XDtype, BatchRows>(tid, a.src, a.vector != 0, t.b0, t.k0, t.chunk_begin, smem,
+  stage_chunk<XDtype, BatchRows>(tid, a.src, a.vector != 0, t.b0, t.k0, t.chunk_begin, smem, 0,
                                  AsyncCopy16{});
   sm80::cp_async_commit();
   for (int64_t c = t.chunk_begin; c < t.chunk_end; ++c) {
-    unsigned char* cur = smem + ((c - t.chunk_begin) & 1) * buffer_bytes;
+    const int slot = static_cast<int>((c - t.chunk_begin) & 1);
     sm80::cp_async_wait_all();
-    // Chunk c is in `cur` for every thread, and every thread is done with chunk c-1, whose
-    // buffer the next staging overwrites.
+    // Chunk c's x windows and structure are in shared memory for every thread, and every
+    // thread is done summing chunk c-1 from T.
+    __syncthreads();
+    transpose_windows<XDtype, BatchRows>(tid, static_cast<int>(a.src.chunk_rows), smem);
+    // T holds chunk c's x for every thread, and the raw windows are free for chunk c+1's.
     __syncthreads();
     if (c + 1 < t.chunk_end) {
-      unsigned char* next = smem + ((c + 1 - t.chunk_begin) & 1) * buffer_bytes;
-      stage_chunk<XDtype, BatchRows>(tid, a.src, a.vector != 0, t.b0, t.k0, c + 1, next,
-                                     AsyncCopy16{});
+      stage_chunk<XDtype, BatchRows>(tid, a.src, a.vector != 0, t.b0, t.k0, c + 1, smem,
+                                     slot ^ 1, AsyncCopy16{});
       sm80::cp_async_commit();
     }
-    chunk_columns<XDtype, BatchRows>(tid, cur, a.src.chunk_nonzeros, ncols, acc);
+    chunk_columns<XDtype, BatchRows>(tid, smem, slot, a.src.chunk_nonzeros, ncols, acc);
   }
   store_columns<BatchRows>(tid, acc, a.dest + blockIdx.y * a.dest_stride_split, a.dest_stride_b,
                            a.dest_stride_k, t.b0, a.src.batch, t.k0, a.src.width);
@@ -86,7 +86,7 @@ void launch(const KernelArgs& ka, const SparsePlan& plan, cudaStream_t stream) {
   auto kernel = sparse_project_kernel<XDtype, BatchRows>;
   proj::check_cuda(kOp,
                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                   "cudaFuncSetAttribute (shared memory; batch_rows=2 or fewer chunk_nonzeros "
+                   "cudaFuncSetAttribute (shared memory; fewer batch_rows or chunk_nonzeros "
                    "need less)");
   const dim3 grid(static_cast<unsigned>(plan.tiles_b * plan.tiles_k),
                   static_cast<unsigned>(plan.splits));
@@ -94,13 +94,15 @@ void launch(const KernelArgs& ka, const SparsePlan& plan, cudaStream_t stream) {
   proj::check_cuda(kOp, cudaGetLastError(), "sparse_project_kernel launch");
 }
 
+// The kernel's batch-row counts for x of XDtype: one 8- or 16-byte row of T (valid_batch_rows).
 template <int XDtype>
 void launch_rows(int batch_rows, const KernelArgs& ka, const SparsePlan& plan,
                  cudaStream_t stream) {
-  if (batch_rows == 4)
-    launch<XDtype, 4>(ka, plan, stream);
+  constexpr int kFull = XDtype == kFloat32 ? 4 : 8;  // a 16-byte row of T
+  if (batch_rows == kFull)
+    launch<XDtype, kFull>(ka, plan, stream);
   else
-    launch<XDtype, 2>(ka, plan, stream);
+    launch<XDtype, kFull / 2>(ka, plan, stream);
 }
 
 }  // namespace
@@ -108,7 +110,7 @@ void launch_rows(int batch_rows, const KernelArgs& ka, const SparsePlan& plan,
 void sparse_project_device(const SparseChunkArgs& a, int batch_rows, uintptr_t workspace,
                            int64_t workspace_bytes, int64_t num_sms, uintptr_t stream_handle) {
   validate_sparse_chunk_args(a, kOp);
-  validate_batch_rows(batch_rows, kOp);
+  validate_batch_rows(a.x_dtype, batch_rows, kOp);
   const SparsePlan plan = make_sparse_plan(a.batch, a.chunks, a.width, num_sms, batch_rows, kOp);
   if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && workspace == 0))
     throw std::invalid_argument(std::string(kOp) + ": this call needs a workspace of " +

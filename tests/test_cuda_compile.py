@@ -190,7 +190,9 @@ def test_project_kernel_registers(report):
 # instantiation must be there; the local-memory test below allows them none (no spills).
 SPARSE_THREADS = 1024  # kThreads of csrc/sparse_chunk_args.h
 SPARSE_KERNEL_MAX_REGISTERS = 65536 // SPARSE_THREADS
-SPARSE_KERNELS = {f"sparse_project_kernel<{dtype}, {rows}>" for dtype in (0, 1, 2) for rows in (2, 4)}
+# Batch rows per x dtype code: a 16- or 8-byte row of the transposed windows (sparse_chunk.cuh).
+SPARSE_ROWS = {0: (2, 4), 1: (4, 8), 2: (4, 8)}
+SPARSE_KERNELS = {f"sparse_project_kernel<{dtype}, {rows}>" for dtype, counts in SPARSE_ROWS.items() for rows in counts}
 
 
 def test_sparse_kernel_instantiations_and_registers(report):

@@ -39,9 +39,10 @@ def reference(x, proj_dim, **o):
     return fastjl.project(x.double(), proj_dim, backend="torch", **o)
 
 
-def emulate(x, out, *, num_sms=H100_SMS, rows_per_cta=4, chunk_nonzeros=4096, **options):
+def emulate(x, out, *, num_sms=H100_SMS, rows_per_cta=None, chunk_nonzeros=4096, **options):
     """The kernel's result for ``x`` through the same host code as ``backend="cuda"``;
-    ``options``: those of :func:`opts` (defaults: sjlt, s = 1, offset past 2^40)."""
+    ``options``: those of :func:`opts` (defaults: sjlt, s = 1, offset past 2^40); batch rows
+    per CTA: a 16-byte row of the transposed windows unless given."""
     o = opts("sjlt", 1, None) | options
     threshold = fastjl.sparse.check_sparse_options(o["kind"], o["sparsity"], o["mask_rate"])[1]
     return cuda_sparse.emulate_project_sparse(
@@ -64,12 +65,16 @@ def test_emulation_matches_torch_backend(kind, s, rate, dtype):
 
 @pytest.mark.parametrize("batch", [1, 3, 33])
 @pytest.mark.parametrize("proj_dim", [1, 5, 4096, 4133])
-@pytest.mark.parametrize("rows_per_cta", [2, 4])
-def test_odd_sizes(batch, proj_dim, rows_per_cta):
-    """Partial batch tiles, one column, a full tile, a second (partial) column tile; D = 5001:
-    2 chunks, one split, so the result is the sequential float32 sum (bitwise)."""
+@pytest.mark.parametrize(
+    "dtype,rows_per_cta",
+    [(torch.float32, 2), (torch.float32, 4), (torch.bfloat16, 4), (torch.bfloat16, 8), (torch.float16, 8)],
+)
+def test_odd_sizes(batch, proj_dim, dtype, rows_per_cta):
+    """Partial batch tiles, one column, a full tile, a second (partial) column tile, every batch
+    row count of every dtype (8- and 16-byte rows of the transposed windows); D = 5001: 2
+    chunks, one split, so the result is the sequential float32 sum (bitwise)."""
     gen = torch.Generator().manual_seed(batch * 10_000 + proj_dim + rows_per_cta)
-    x = torch.randn(batch, 5_001, generator=gen)
+    x = torch.randn(batch, 5_001, generator=gen).to(dtype)
     o = opts("sjlt", 1, None, offset=2**32 + 5)
     out = poisoned((batch, proj_dim))
     emulate(x, out, rows_per_cta=rows_per_cta, **o)
@@ -200,7 +205,9 @@ def _valid_args():
 BAD_ARGS = [
     (dict(x_dtype=3), "x_dtype must be 0"),
     (dict(sparsity=3), "sparsity must be 1, 2, 4 or 8"),
-    (dict(batch_rows=3), "batch_rows must be 2 or 4"),
+    (dict(batch_rows=3), "batch_rows must be 2 or 4 for float32 x"),
+    (dict(batch_rows=8), "batch_rows must be 2 or 4 for float32 x"),  # 32 bytes: no one load
+    (dict(batch_rows=2, x_dtype=2), "4 or 8 for float16 / bfloat16 x"),  # 4 bytes
     (dict(chunks=2), "chunks must be ceil"),
     (dict(chunk_nonzeros=2048), "chunk_nonzeros must be 4096, 8192 or 16384"),
     (dict(chunk_nonzeros=8192), "rows per chunk"),  # s = 1: 8192 rows
@@ -256,15 +263,20 @@ def test_device_entry_refuses_missing_workspace_and_host_memory():
 
 
 def test_shared_memory_fits_the_gpus():
-    """4096-nonzero chunks: 4 rows <= an A100's 163 KiB opt-in, 2 rows <= sm_86/sm_89's 99 KiB;
-    the largest shape (float32 x, 4 rows, 16384 nonzeros) <= an H100's 227 KiB."""
-    assert _C.project_sparse_smem_bytes(0, 4, 4096) <= 166_912
-    for code in (0, 1, 2):
-        assert _C.project_sparse_smem_bytes(code, 2, 4096) <= 101_376
-    assert _C.project_sparse_smem_bytes(1, 4, 4096) <= 101_376
-    assert _C.project_sparse_smem_bytes(0, 4, 16384) <= 232_448
+    """The raw windows, their transpose and two structure buffers: with 4096-nonzero chunks
+    16-byte rows of T (4 float32 / 8 16-bit batch rows) fit an A100's 163 KiB opt-in, 8-byte rows
+    sm_86/sm_89's 99 KiB; the largest shape (16-byte rows, 16384 nonzeros) an H100's 227 KiB.
+    Only the bytes of a row of T and of the structure matter."""
+    for code, full in ((0, 4), (1, 8), (2, 8)):
+        assert _C.project_sparse_smem_bytes(code, full, 4096) <= 166_912
+        assert _C.project_sparse_smem_bytes(code, full // 2, 4096) <= 101_376
+        assert _C.project_sparse_smem_bytes(code, full, 16384) <= 232_448
+        assert _C.project_sparse_smem_bytes(code, full, 4096) < _C.project_sparse_smem_bytes(code, full, 8192)
+    assert _C.project_sparse_smem_bytes(0, 4, 4096) == _C.project_sparse_smem_bytes(2, 8, 4096)
     with pytest.raises(ValueError, match="chunk_nonzeros must be"):
         _C.project_sparse_smem_bytes(0, 4, 5000)
+    with pytest.raises(ValueError, match="batch_rows must be 2 or 4 for float32"):
+        _C.project_sparse_smem_bytes(0, 8, 4096)
 
 
 H100, A100, SM89 = 232_448, 166_912, 101_376
@@ -276,17 +288,20 @@ H100, A100, SM89 = 232_448, 166_912, 101_376
         (H100, torch.float32, 1, (4, 4096)),  # 4096 rows at most
         (H100, torch.float32, 2, (4, 8192)),
         (H100, torch.float32, 4, (4, 16384)),
-        (H100, torch.bfloat16, 8, (4, 16384)),
-        (A100, torch.float32, 4, (4, 4096)),  # 2 x 88 KiB does not fit 163 KiB
+        (H100, torch.bfloat16, 8, (8, 16384)),
+        (H100, torch.float16, 1, (8, 4096)),
+        (A100, torch.float32, 1, (4, 4096)),
+        (A100, torch.float32, 4, (2, 16384)),  # the larger chunk first, then the rows that fit
         (A100, torch.bfloat16, 4, (4, 16384)),
+        (A100, torch.bfloat16, 2, (4, 8192)),
         (SM89, torch.float32, 4, (2, 4096)),
         (SM89, torch.bfloat16, 2, (4, 4096)),
-        (0, torch.float16, 8, (2, 4096)),  # limit unknown: the shape every sm_80+ GPU holds
+        (0, torch.float16, 8, (4, 4096)),  # limit unknown: the shape every sm_80+ GPU holds
+        (0, torch.float32, 1, (2, 4096)),
     ],
 )
 def test_launch_shape_follows_the_gpus_shared_memory(monkeypatch, limit, dtype, s, shape):
-    """4 batch rows where they fit with 4096-nonzero chunks, then the largest chunk (of at most
-    4096 rows) that fits beside them."""
+    """The largest chunk of at most 4096 rows, then the most batch rows that fit beside it."""
     props = type("Props", (), {"shared_memory_per_block_optin": limit})()
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     assert cuda_sparse.launch_shape(dtype, s, torch.device("cuda")) == shape

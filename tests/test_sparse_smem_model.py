@@ -23,12 +23,19 @@ def test_banking_rules():
 
 
 def test_chunk_counts_follow_the_structure():
-    """Interleaving the 4 batch rows' x cuts the x wavefronts; everything else is the layout's
-    own constant (pointers: 2 loads x 4 columns x 32 warps, conflict-free)."""
+    """Transposing the windows cuts the x wavefronts (one load of all batch rows per entry) for
+    the cost of the transposition in staging; everything else is the layout's own constant
+    (pointers: 2 loads x 4 columns x 32 warps, conflict-free)."""
     entries, ptr = model.chunk_structure(0, 0, 4096, 4096, 1, None, 4096, 0, 4096, "cpu")
     rows = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 4, "rows")
-    inter = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 4, "interleaved")
+    inter = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 4, "transposed")
     assert rows["pointers"] == inter["pointers"] == 2 * model.COLS_PER_THREAD * model.THREADS // 32
     assert rows["entries"] == inter["entries"] > 0
     assert 0 < inter["x"] < rows["x"]
-    assert rows["total"] == sum(v for k, v in rows.items() if k != "total")
+    assert inter["staging"] == rows["staging"] + 4 * 4096 // 32 + 4096 * 16 // 128
+    assert rows["total"] == sum(v for k, v in rows.items() if k not in ("total", "per row"))
+    # 8 rows of 16-bit x: one 16-byte load too, so per batch row fewer x wavefronts than 4.
+    four = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 2, "transposed", 4)
+    eight = model.chunk_wavefronts(entries[0].numpy(), ptr[0].numpy(), 2, "transposed", 8)
+    assert eight["x"] / 8 < 0.8 * four["x"] / 4  # 236 against 305 per batch row
+    assert eight["per row"] < four["per row"]

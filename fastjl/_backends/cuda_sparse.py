@@ -4,14 +4,15 @@
 ``out = x @ P[offset:offset+D, :K]`` (entries ±1, GraSS's masked rows 0) from P's chunk
 structure (:mod:`.sparse_chunks`, the format the Triton kernel reads, kept in
 :mod:`.sparse_cache`): chunks of ``nonzeros / s`` rows, each chunk's nonzeros sorted by column.
-A CTA owns 2 or 4 batch rows and 4096 columns (:func:`launch_shape`, which also picks the
-nonzeros per chunk: 4096, 8192 or 16384, the most the GPU's shared memory holds, at most 4096
-rows); each of its 1024 threads sums the runs of its 4 columns in float32, rows ascending, for
-all its batch rows.  No atomics and no float64: the order of every sum is fixed by the
-structure and the plan (chunks in order within a split, splits added in order), and those
-depend only on (B, D, K, s, the GPU's SM count and shared memory), so a call is bitwise the
-same run after run on one GPU model (``tests/test_cuda_sparse.py`` checks
-it on a GPU).  ``backend="auto"`` picks this backend first for the sparse kinds on CUDA tensors.
+A CTA owns 4096 columns and as many batch rows as one 8- or 16-byte vector of x holds (2 or 4
+float32, 4 or 8 16-bit: :func:`launch_shape`, which also picks the nonzeros per chunk: 4096,
+8192 or 16384, at most 4096 rows); each of its 1024 threads sums the runs of its 4 columns in
+float32, rows ascending, for all its batch rows, loading an entry's x for all of them at once.
+No atomics and no float64: the order of every sum is fixed by the structure and the plan
+(chunks in order within a split, splits added in order), and those depend only on (B, D, K, s,
+the GPU's SM count and shared memory), so a call is bitwise the same run after run on one GPU
+model (``tests/test_cuda_sparse.py`` checks it on a GPU).  ``backend="auto"`` picks this
+backend first for the sparse kinds on CUDA tensors.
 
 K beyond ``COLUMN_RANGE`` goes one range of columns at a time (a pass over x each), D in pieces
 of at most ``PIECE_NONZEROS`` nonzeros (the structure's build memory); pieces after the first
@@ -41,19 +42,24 @@ PIECE_POINTERS = sparse_chunks.PIECE_POINTERS
 
 
 def launch_shape(dtype: torch.dtype, sparsity: int, device: torch.device) -> tuple[int, int]:
-    """(batch rows per CTA, nonzeros per chunk) for x of ``dtype`` on ``device``: 4 rows where
-    the GPU lets a CTA have the shared memory that takes with 4096-nonzero chunks (A100, H100:
-    160 KiB for float32 x), else 2 (e.g. sm_86/sm_89, 99 KiB); then the largest chunk of at most
-    4096 rows that fits beside them (H100: 16384 nonzeros for s >= 4)."""
+    """(batch rows per CTA, nonzeros per chunk) for x of ``dtype`` on ``device``.  First the
+    largest chunk of at most 4096 rows (16384, 8192 or 4096 nonzeros: a column's runs grow with
+    it, so a warp's lanes are busier), then the most batch rows that fit beside it in the GPU's
+    shared memory: a 16-byte row of the transposed windows (4 float32 / 8 16-bit rows), else 8
+    bytes (2 / 4).  H100: 16384 nonzeros for s >= 4 with 16-byte rows; A100: 16-byte rows at s = 1,
+    8-byte rows with the larger chunks at s >= 2; sm_86/sm_89 (99 KiB): 8-byte rows, 4096."""
     code = DTYPE_CODES[dtype]
-    # Unknown limit (a torch without the property): 2 rows of 4096-nonzero chunks, which every
-    # sm_80+ GPU can hold.
+    full = 16 // torch.empty((), dtype=dtype).element_size()  # batch rows in a 16-byte row of T
+    # Unknown limit (a torch without the property): the smallest shape, which every sm_80+ GPU
+    # can hold.
     limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
-    rows = 4 if limit >= _C.project_sparse_smem_bytes(code, 4, CHUNK_NONZEROS[-1]) else 2
     for nonzeros in CHUNK_NONZEROS:
-        if nonzeros // sparsity <= MAX_CHUNK_ROWS and _C.project_sparse_smem_bytes(code, rows, nonzeros) <= limit:
-            return rows, nonzeros
-    return rows, CHUNK_NONZEROS[-1]
+        if nonzeros // sparsity > MAX_CHUNK_ROWS:
+            continue
+        for rows in (full, full // 2):
+            if _C.project_sparse_smem_bytes(code, rows, nonzeros) <= limit:
+                return rows, nonzeros
+    return full // 2, CHUNK_NONZEROS[-1]
 
 
 # One piece: (x piece (B, rows), entries, col_ptr, destination (B, width) float32) -> None.
@@ -126,14 +132,17 @@ def emulate_project_sparse(
     sparsity: int,
     threshold: int | None,
     num_sms: int,
-    rows_per_cta: int = 4,
+    rows_per_cta: int | None = None,
     chunk_nonzeros: int = 4096,
 ) -> list[bool]:
     """:func:`project_sparse` on CPU tensors through ``_C.host_emulate_project_sparse`` (the
     kernel's plan for a GPU of ``num_sms`` SMs and per-thread code, run thread by thread), with
-    chunks of ``chunk_nonzeros`` nonzeros.
+    chunks of ``chunk_nonzeros`` nonzeros and ``rows_per_cta`` batch rows per CTA (default: the
+    16-byte rows, 4 for float32 x, 8 for 16-bit).
     Returns, per piece, whether the vector (cp.async) staging path was taken.  For tests."""
     vector: list[bool] = []
+    if rows_per_cta is None:
+        rows_per_cta = 16 // x.element_size()
 
     def run(xp, entries, col_ptr, dest):
         args = _args(xp, entries, col_ptr, dest, sparsity)
