@@ -42,7 +42,7 @@ namespace sparse {
 // past the last entry reads the first pointer.
 template <int XDtype, int BatchRows>
 struct SmemLayout {
-  static constexpr int kEsize = XDtype == kFloat32 ? 4 : 2;
+  static constexpr int kEsize = sparse_dtype_size(XDtype);
   static constexpr int kVecBytes = BatchRows * kEsize;  // one row of T
   static_assert(kVecBytes == 8 || kVecBytes == 16, "a row of T is one 8- or 16-byte load");
   static constexpr int kWindowBytes = kMaxChunkRows * kEsize;
@@ -105,10 +105,10 @@ FASTJL_HD int tile_columns(int64_t k0, int64_t width) {
 }
 
 // Thread tid's share of staging chunk `chunk` for batch rows b0 .. b0+BatchRows-1 and the
-// column tile at k0: x into the raw windows, the structure into structure buffer `slot`.  copy(dst, src, bytes) copies `bytes` (0..16) bytes and
-// zero-fills the rest of 16 (cp.async on the GPU).  Vector path (sparse_vector_loads): x in
-// 16-byte pieces; element path: plain loads (any strides and alignment).  Rows past B and
-// past the chunk's end read as zeros.
+// column tile at k0: x into the raw windows, the structure into structure buffer `slot`.
+// copy(dst, src, bytes) copies `bytes` (0..16) bytes and zero-fills the rest of 16 (cp.async on
+// the GPU).  Vector path (sparse_vector_loads): x in 16-byte pieces; element path: plain loads
+// (any strides and alignment).  Rows past B and past the chunk's end read as zeros.
 //
 // Vector path, written for few instructions per copy (every thread runs it every chunk): a row
 // window is `pieces` = chunk_rows / (16 / esize) pieces, a power of two <= kThreads, so thread

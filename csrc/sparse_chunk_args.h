@@ -46,6 +46,11 @@ inline int64_t chunk_rows(int chunk_nonzeros, int sparsity) { return chunk_nonze
 inline bool valid_chunk_nonzeros(int n) { return n == 4096 || n == 8192 || n == 16384; }
 inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+constexpr int sparse_dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
+// Batch rows per CTA whose x fill a 16-byte row of the transposed windows (4 float32, 8 16-bit);
+// half as many fill 8 bytes.
+constexpr int full_batch_rows(int x_dtype) { return 16 / sparse_dtype_size(x_dtype); }
+
 // out[B, width] (float32, element strides) = x[B, rows] @ P_structure[rows, width].
 struct SparseChunkArgs {
   uintptr_t x;
@@ -67,23 +72,15 @@ struct SparsePlan {
   int64_t workspace_bytes;    // float32 [splits, B, width] when splits > 1, else 0
 };
 
-// Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 1024 threads
-// and ~96-208 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
-// chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
-// model.
-inline int64_t sparse_dtype_size(int code) { return code == kFloat32 ? 4 : 2; }
-
-// The plan takes any of the kernel's batch-row counts; the kernel, per x dtype, those whose
-// rows of one batch element fill an 8- or 16-byte vector.
 inline void validate_batch_rows(int batch_rows, const char* op) {
   if (batch_rows != 2 && batch_rows != 4 && batch_rows != 8)
     throw std::invalid_argument(std::string(op) + ": batch_rows must be 2, 4 or 8, got " +
                                 std::to_string(batch_rows));
 }
+// The plan takes any of the kernel's batch-row counts; the kernel, per x dtype, those whose
+// values of one row of x fill an 8- or 16-byte vector.
 inline bool valid_batch_rows(int x_dtype, int batch_rows) {
-  const int64_t vector_bytes = batch_rows * sparse_dtype_size(x_dtype);
-  return (batch_rows == 2 || batch_rows == 4 || batch_rows == 8) &&
-         (vector_bytes == 8 || vector_bytes == 16);
+  return batch_rows == full_batch_rows(x_dtype) || batch_rows == full_batch_rows(x_dtype) / 2;
 }
 inline void validate_batch_rows(int x_dtype, int batch_rows, const char* op) {
   if (!valid_batch_rows(x_dtype, batch_rows))
@@ -92,6 +89,10 @@ inline void validate_batch_rows(int x_dtype, int batch_rows, const char* op) {
                                 std::to_string(batch_rows));
 }
 
+// Splits of the chunks: as many as fill ONE wave of one CTA per SM (the kernel's 1024 threads
+// and ~96-213 KiB of shared memory allow one per SM), each split at least kMinChunksPerSplit
+// chunks.  Depends only on (B, chunks, width, num_sms): the summation order is fixed per GPU
+// model.
 inline SparsePlan make_sparse_plan(int64_t batch, int64_t chunks, int64_t width, int64_t num_sms,
                                    int batch_rows, const char* op) {
   if (num_sms < 1) throw std::invalid_argument(std::string(op) + ": num_sms must be >= 1");

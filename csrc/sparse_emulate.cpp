@@ -4,9 +4,9 @@
 // Same plan (make_sparse_plan), same grid walk (cta_tile), same per-thread code
 // (stage_chunk, transpose_windows, chunk_columns, store_columns from sparse_chunk.cuh, compiled
 // for the host) and the same buffers; each phase runs for all kThreads threads of a CTA before
-// the next, as the kernel's barriers order them.  cp.async is modelled by a copy that zero-fills the rest of
-// its 16 bytes and refuses to read outside x's rows or the structure; shared memory starts
-// poisoned (0xFF: NaN), so reading anything unstaged shows.
+// the next, as the kernel's barriers order them.  cp.async is modelled by a copy that zero-fills
+// the rest of its 16 bytes and refuses to read outside x's rows or the structure; shared memory
+// starts poisoned (0xFF: NaN), so reading anything unstaged shows.
 // The split partials are summed in split order, as project_kernel.cu's sum_splits kernel does.
 #include <cmath>
 #include <cstring>
@@ -93,7 +93,7 @@ void emulate(const SparseChunkArgs& a, const SparsePlan& plan, bool vector, floa
 template <int XDtype>
 void emulate_rows(int batch_rows, const SparseChunkArgs& a, const SparsePlan& plan, bool vector,
                   float* dest, int64_t stride_split, int64_t stride_b, int64_t stride_k) {
-  constexpr int kFull = XDtype == kFloat32 ? 4 : 8;  // as sparse_kernel.cu's launch_rows
+  constexpr int kFull = full_batch_rows(XDtype);  // as sparse_kernel.cu's launch_rows
   if (batch_rows == kFull)
     emulate<XDtype, kFull>(a, plan, vector, dest, stride_split, stride_b, stride_k);
   else
@@ -109,12 +109,13 @@ int64_t sparse_smem_bytes(int x_dtype, int batch_rows, int chunk_nonzeros) {
   validate_batch_rows(x_dtype, batch_rows, op);
   if (!valid_chunk_nonzeros(chunk_nonzeros))
     throw std::invalid_argument(std::string(op) + ": chunk_nonzeros must be 4096, 8192 or 16384");
-  // The layout depends only on the bytes of a row of T and of an element.
+  // The layout depends only on the bytes of an element and of a row of T.
+  const bool full = batch_rows == full_batch_rows(x_dtype);
   if (x_dtype == kFloat32)
-    return batch_rows == 4 ? SmemLayout<kFloat32, 4>::total(chunk_nonzeros)
-                           : SmemLayout<kFloat32, 2>::total(chunk_nonzeros);
-  return batch_rows == 8 ? SmemLayout<kFloat16, 8>::total(chunk_nonzeros)
-                         : SmemLayout<kFloat16, 4>::total(chunk_nonzeros);
+    return full ? SmemLayout<kFloat32, full_batch_rows(kFloat32)>::total(chunk_nonzeros)
+                : SmemLayout<kFloat32, full_batch_rows(kFloat32) / 2>::total(chunk_nonzeros);
+  return full ? SmemLayout<kFloat16, full_batch_rows(kFloat16)>::total(chunk_nonzeros)
+              : SmemLayout<kFloat16, full_batch_rows(kFloat16) / 2>::total(chunk_nonzeros);
 }
 
 bool host_emulate_sparse_project(const SparseChunkArgs& a, int batch_rows, int64_t num_sms) {

@@ -94,11 +94,11 @@ void launch(const KernelArgs& ka, const SparsePlan& plan, cudaStream_t stream) {
   proj::check_cuda(kOp, cudaGetLastError(), "sparse_project_kernel launch");
 }
 
-// The kernel's batch-row counts for x of XDtype: one 8- or 16-byte row of T (valid_batch_rows).
+// The kernel's batch-row counts for x of XDtype: a 16- or 8-byte row of T (valid_batch_rows).
 template <int XDtype>
 void launch_rows(int batch_rows, const KernelArgs& ka, const SparsePlan& plan,
                  cudaStream_t stream) {
-  constexpr int kFull = XDtype == kFloat32 ? 4 : 8;  // a 16-byte row of T
+  constexpr int kFull = full_batch_rows(XDtype);
   if (batch_rows == kFull)
     launch<XDtype, kFull>(ka, plan, stream);
   else

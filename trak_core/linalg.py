@@ -51,12 +51,16 @@ class RegularizedSolver:
     If the Cholesky factorization fails (only possible when λ is 0 or tiny, i.e. the matrix is
     singular to working precision) it falls back to an LU solve, which is what an explicit
     inverse as in TRAK amounts to, and logs a warning: the result is then dominated by rounding.
+    If LU meets an exactly zero pivot too (λ = 0 and rank(XᵀX) < K, e.g. K > n, where rounding
+    decides whether the last pivot is exactly 0), a solve would divide by zero: it uses the
+    pseudo-inverse instead (from the symmetric eigendecomposition, eigenvalues below K·eps·max
+    treated as 0) and says so, so the scores stay finite whatever the platform's LAPACK rounds.
 
     Args:
         xtx: ``(K, K)`` ``XᵀX``.
         lam: λ >= 0.
     Attributes:
-        method: ``"cholesky"`` or ``"lu"``.
+        method: ``"cholesky"``, ``"lu"`` or ``"pinv"``.
     """
 
     def __init__(self, xtx: torch.Tensor, lam: float):
@@ -65,22 +69,35 @@ class RegularizedSolver:
         factor, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
             self.method, self._factor = "cholesky", factor
-        else:
-            logger.warning(
-                "XᵀX + λI (λ=%g) is not positive definite to %s precision (Cholesky failed at column %d): "
-                "falling back to an LU solve; scores will be dominated by rounding. Use the default λ "
-                "(lambda_reg=None) or a larger one.",
-                lam,
-                self.dtype,
-                int(info),
-            )
-            self.method, self._factor = "lu", torch.linalg.lu_factor(a)
+            return
+        logger.warning(
+            "XᵀX + λI (λ=%g) is not positive definite to %s precision (Cholesky failed at column %d): "
+            "falling back to an LU solve; scores will be dominated by rounding. Use the default λ "
+            "(lambda_reg=None) or a larger one.",
+            lam,
+            self.dtype,
+            int(info),
+        )
+        lu, pivots, info = torch.linalg.lu_factor_ex(a)
+        if int(info) == 0:
+            self.method, self._factor = "lu", (lu, pivots)
+            return
+        logger.warning(
+            "XᵀX + λI (λ=%g) is exactly singular to %s precision (LU pivot %d is zero): using its "
+            "pseudo-inverse instead of an LU solve.",
+            lam,
+            self.dtype,
+            int(info),
+        )
+        self.method, self._factor = "pinv", torch.linalg.pinv(a, hermitian=True)
 
     def solve_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows (XᵀX + λI)⁻¹`` for ``rows`` of shape ``(b, K)``; returns ``(b, K)`` in the solver dtype."""
         rhs = rows.to(self.dtype).T  # the matrix is symmetric: (A⁻¹ rowsᵀ)ᵀ = rows A⁻¹
         if self.method == "cholesky":
             out = torch.cholesky_solve(rhs, self._factor)
-        else:
+        elif self.method == "lu":
             out = torch.linalg.lu_solve(*self._factor, rhs)
+        else:
+            out = self._factor @ rhs
         return out.T

@@ -41,6 +41,13 @@ PIECE_NONZEROS = sparse_chunks.PIECE_NONZEROS
 PIECE_POINTERS = sparse_chunks.PIECE_POINTERS
 
 
+def full_batch_rows(dtype: torch.dtype) -> int:
+    """Batch rows per CTA whose x fill a 16-byte row of the kernel's transposed windows (4
+    float32, 8 float16/bfloat16; csrc/sparse_chunk_args.h's full_batch_rows); half as many fill
+    8 bytes."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
 def launch_shape(dtype: torch.dtype, sparsity: int, device: torch.device) -> tuple[int, int]:
     """(batch rows per CTA, nonzeros per chunk) for x of ``dtype`` on ``device``.  First the
     largest chunk of at most 4096 rows (16384, 8192 or 4096 nonzeros: a column's runs grow with
@@ -49,7 +56,7 @@ def launch_shape(dtype: torch.dtype, sparsity: int, device: torch.device) -> tup
     bytes (2 / 4).  H100: 16384 nonzeros for s >= 4 with 16-byte rows; A100: 16-byte rows at s = 1,
     8-byte rows with the larger chunks at s >= 2; sm_86/sm_89 (99 KiB): 8-byte rows, 4096."""
     code = DTYPE_CODES[dtype]
-    full = 16 // torch.empty((), dtype=dtype).element_size()  # batch rows in a 16-byte row of T
+    full = full_batch_rows(dtype)
     # Unknown limit (a torch without the property): the smallest shape, which every sm_80+ GPU
     # can hold.
     limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
@@ -142,7 +149,7 @@ def emulate_project_sparse(
     Returns, per piece, whether the vector (cp.async) staging path was taken.  For tests."""
     vector: list[bool] = []
     if rows_per_cta is None:
-        rows_per_cta = 16 // x.element_size()
+        rows_per_cta = full_batch_rows(x.dtype)
 
     def run(xp, entries, col_ptr, dest):
         args = _args(xp, entries, col_ptr, dest, sparsity)
