@@ -115,7 +115,10 @@ gpu_stage pytest_changed 90 "$L1" "$PYTEST_GPU $GPU_TESTS_FIRST"
 #    kernels against Triton's: issue slots, shared-memory and L2 throughput, stall reasons)
 L2=$OUT/2_bench.log
 export PYTHONPATH=$PWD:/tmp/peers
-BENCH="python3 -m fastjl.bench --device cuda --batch 32,128,512 --dim ${GPU_CHECK_DIM:-2000000} --proj-dim 2048,8192 \
+# B = 64: the largest batch "auto" still sends to Triton on an H100 (its routing was set from run
+# 7, before stops 25-28 cut the CUDA kernels' B64 step to ~4.7 instructions per MMA against
+# Triton's 8.0: bench/NOTES.md), so the row that decides it.
+BENCH="python3 -m fastjl.bench --device cuda --batch 32,64,128,512 --dim ${GPU_CHECK_DIM:-2000000} --proj-dim 2048,8192 \
   --save /tmp/gpu-bench"
 SPARSE_CMD="python3 -m fastjl.bench --device cuda --kind sjlt --batch 32,128 --dim 10000000 --proj-dim 4096"
 # FASTJL_CUDA_WGMMA=0: the mma.sync kernel (since stop 24 the wgmma kernel is cuda's default on
