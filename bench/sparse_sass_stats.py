@@ -18,6 +18,9 @@ the next chunk (``stage_chunk``), then the runs of its columns (``chunk_columns`
     per_row   entry / batch rows: the run loop's instructions per entry and batch row
     unroll    entries per run-loop body: 1 since stop 25 (runs average ~1 entry a chunk, and
               nvcc's 4x unroll paid a remainder loop and a 4-entry body per column: NOTES)
+    transpose instructions per row of the chunk in the loop that transposes the x windows into
+              T (since stop 29: the innermost loop with vector shared stores and no adds;
+              rows = bytes stored / bytes of a row of T)
     x_loads   shared loads of x per entry in the run loop: 1 since stop 29 (one 8- or 16-byte
               row of the transposed windows for every batch row; one per batch row before)
     adds      the run loop's add opcode (FADD before stop 25, FFMA since: acc + x·(±1))
@@ -46,7 +49,9 @@ def innermost_spans(cr, insts) -> list[tuple[int, int]]:
     return sorted(inner)
 
 
-def kernel_stats(cr, insts, batch_rows: int) -> dict:
+def kernel_stats(cr, insts, batch_rows: int, row_bytes: int = 16) -> dict:
+    """The columns above for one kernel; ``row_bytes``: the bytes of a row of T (batch rows x
+    element size: 16, or 8 for half as many batch rows)."""
     spans = innermost_spans(cr, insts)
     body_of = lambda span: insts[span[0] : span[1] + 1]  # noqa: E731
     count = lambda body, ops: sum(op in ops for _, op, _ in body)  # noqa: E731
@@ -55,8 +60,14 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
     zfill = lambda body: sum(op == "LDGSTS" and ".ZFILL" in rest for _, op, rest in body)  # noqa: E731
     clamped = [sp for sp in spans if zfill(body_of(sp)) and not count(body_of(sp), ADDS)]
     runs = [body_of(sp) for sp in spans if count(body_of(sp), ADDS)]
-    stats = {"static": len(insts), "copy": None, "clamped": None, "entry": None, "per_row": None, "unroll": None,
-             "x_loads": None, "adds": "-"}  # fmt: skip
+    stats = {"static": len(insts), "copy": None, "clamped": None, "transpose": None, "entry": None, "per_row": None,
+             "unroll": None, "x_loads": None, "adds": "-"}  # fmt: skip
+    # Bytes of T a loop stores (nvcc may merge two adjacent 8-byte rows into one STS.128).
+    stored = lambda body: sum({".128": 16, ".64": 8}.get(rest.split()[0], 0) for _, op, rest in body if op == "STS")  # noqa: E731
+    transposes = [body_of(sp) for sp in spans if stored(body_of(sp)) and not count(body_of(sp), ADDS)]
+    if transposes:
+        body = max(transposes, key=stored)
+        stats["transpose"] = len(body) / (stored(body) / row_bytes)
     if clamped:  # the steady state: the loop with the most copies (nvcc unrolls, then a remainder)
         span = max(clamped, key=lambda sp: (zfill(body_of(sp)), -len(body_of(sp))))
         stats["clamped"] = len(body_of(span)) / zfill(body_of(span))
@@ -77,6 +88,15 @@ def kernel_stats(cr, insts, batch_rows: int) -> dict:
     return stats
 
 
+def instantiation_stats(cr, name: str, insts) -> tuple[str, int, dict] | None:
+    """(x dtype, batch rows, kernel_stats) of a sparse_project_kernel instantiation, else None."""
+    m = _KERNEL_RE.search(name)
+    if not m:
+        return None
+    dtype, rows = DTYPES[m.group(1)], int(m.group(2))
+    return dtype, rows, kernel_stats(cr, insts, rows, rows * (4 if dtype == "float32" else 2))
+
+
 def sass_by_arch(tool: str, path: Path) -> dict[str, str]:
     """{sm_XX: its SASS} of a module or a cubin (cuobjdump heads each with 'code for sm_XX')."""
     text = _load_cuda_resources()._run([tool, "--dump-sass", str(path)])
@@ -91,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     cr = _load_cuda_resources()
     args, path, tool = compiled_code_args(__doc__.splitlines()[0], argv, "a module or cubin")
     by_arch = sass_by_arch(tool, path)
-    widths = {"copy": 6, "clamped": 7, "entry": 6, "per_row": 7, "unroll": 6, "x_loads": 7}
+    widths = {"copy": 6, "clamped": 7, "transpose": 9, "entry": 6, "per_row": 7, "unroll": 6, "x_loads": 7}
     header = " ".join(f"{k:>{w}}" for k, w in widths.items())
     print(f"{'kernel':<28} {'arch':<6} {'static':>6} {header}  adds")
     rows = 0
@@ -99,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.arch and arch not in args.arch:
             continue
         for name, insts in sorted(cr.parse_sass(by_arch[arch]).items()):
-            m = _KERNEL_RE.search(name)
-            if not m:
+            found = instantiation_stats(cr, name, insts)
+            if found is None:
                 continue
-            s = kernel_stats(cr, insts, int(m.group(2)))
+            dtype, batch_rows, s = found
             fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-            label = f"{DTYPES[m.group(1)]}, {m.group(2)} rows"
+            label = f"{dtype}, {batch_rows} rows"
             figures = " ".join(f"{fmt(s[k]):>{w}}" for k, w in widths.items())
             print(f"{label:<28} {arch:<6} {s['static']:>6} {figures}  {s['adds']}")
             rows += 1
