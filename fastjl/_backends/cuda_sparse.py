@@ -45,7 +45,7 @@ def full_batch_rows(dtype: torch.dtype) -> int:
     """Batch rows per CTA whose x fill a 16-byte row of the kernel's transposed windows (4
     float32, 8 float16/bfloat16; csrc/sparse_chunk_args.h's full_batch_rows); half as many fill
     8 bytes."""
-    return 16 // torch.empty((), dtype=dtype).element_size()
+    return 16 // dtype.itemsize
 
 
 def launch_shape(dtype: torch.dtype, sparsity: int, device: torch.device) -> tuple[int, int]:
