@@ -105,7 +105,8 @@ struct CtaSteps {
   // s % 8 == 0 does, words_pipeline.h), so the stage addresses and tests the rolled loop
   // recomputed every step become immediates: nvcc 13.0, instructions per warp per step,
   // rolled -> unrolled 4 (bench/NOTES.md, stop 28): mma.sync bf16 B128 149 -> 108, B32
-  // 111 -> 86; wgmma bf16 B128 114 -> 95.  The loops stay within 768 instructions (12 KiB,
+  // 111 -> 86 (112 and 92 with the four x stages below, which the unroll needs); wgmma bf16
+  // B128 114 -> 95.  The loops stay within 768 instructions (12 KiB,
   // the order of a scheduler's instruction cache; tests/test_cuda_loop_probe.py).  Unrolled,
   // ptxas moves a step's x wait above the previous step's MMAs, so these kernels fetch x
   // three steps ahead (4 stages, SmemLayout / Sm90SmemLayout), where the wait is for a
